@@ -1,0 +1,12 @@
+"""zoo: a PyTorch model zoo for few-step generative models.
+
+Consistency models (Song et al., 2023), the EDM teacher (Karras et al., 2022) and progressive
+distillation (Salimans & Ho, 2022), each a pluggy plugin over one shared core.
+"""
+
+__version__ = "0.1.0"
+
+#: Version of the plugin API (hook specifications and the public modules listed in
+#: docs/plugins.md). A plugin module may declare ``ZOO_API_VERSION``; a different major
+#: version is refused at load time.
+API_VERSION = 1

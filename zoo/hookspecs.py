@@ -1,0 +1,44 @@
+"""Hook specifications: the only contract between the core and plugins.
+
+Each hook receives a ``register`` callable. A plugin calls it once per thing it adds::
+
+    @zoo.hookimpl
+    def register_methods(register):
+        register("cm", ConsistencyModels())
+
+The name is the key users type on the command line; registering a name twice is an error that
+names both sources.
+"""
+
+import pluggy
+
+hookspec = pluggy.HookspecMarker("zoo")
+hookimpl = pluggy.HookimplMarker("zoo")
+
+
+@hookspec
+def register_methods(register):
+    """Register training methods: ``register(name, method)`` with a :class:`zoo.methods.Method`."""
+
+
+@hookspec
+def register_networks(register):
+    """Register network factories: ``register(name, factory)``.
+
+    ``factory(**kwargs)`` returns an ``nn.Module`` with ``forward(x, noise_labels, class_labels=None)``.
+    """
+
+
+@hookspec
+def register_datasets(register):
+    """Register datasets: ``register(name, loader)``, ``loader(**options) -> zoo.data.Dataset``."""
+
+
+@hookspec
+def register_samplers(register):
+    """Register samplers: ``register(name, fn)``, ``fn(denoiser, x, sigmas, *, generator, **opts)``."""
+
+
+@hookspec
+def register_metrics(register):
+    """Register metrics: ``register(name, metric)`` with a :class:`zoo.metrics.Metric`."""
