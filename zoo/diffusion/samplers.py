@@ -12,7 +12,9 @@ from __future__ import annotations
 import math
 
 import torch
+from tqdm.auto import tqdm
 
+from zoo.diffusion.random import StackedGenerator
 from zoo.diffusion.precond import SIGMA_MIN, expand_sigma, ode_derivative
 from zoo.hookspecs import hookimpl
 
@@ -168,3 +170,30 @@ def run_sampler(sampler, denoiser, x, sigmas, *, generator=None, **opts):
     counter = NFECounter(denoiser)
     out = sampler(counter, x, sigmas, generator=generator, **opts)
     return out, counter.nfe
+
+
+def generate(
+    denoiser,
+    sampler,
+    sigmas,
+    shape,
+    seeds,
+    *,
+    batch_size: int = 256,
+    device="cpu",
+    progress: bool = False,
+    **opts,
+):
+    """Draw one sample per seed: x_T = σ_0·z with z from the sample's own seed, then the sampler.
+
+    Returns ``(x0, nfe)``, NFE per sample. Samples do not depend on ``batch_size``.
+    """
+    seeds = list(seeds)
+    sigma_0 = float(sigmas[0])
+    outs, nfe = [], 0
+    for start in tqdm(range(0, len(seeds), batch_size), disable=not progress, desc="sampling"):
+        gen = StackedGenerator(seeds[start : start + batch_size], device)
+        x = gen.randn(shape).to(device) * sigma_0
+        out, nfe = run_sampler(sampler, denoiser, x, sigmas, generator=gen, **opts)
+        outs.append(out.cpu())
+    return torch.cat(outs), nfe

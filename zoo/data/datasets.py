@@ -1,0 +1,92 @@
+"""The :class:`Dataset` record every loader returns, its errors, and name-based loading."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import inspect
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+DATA_DIR_ENV = "ZOO_DATA_DIR"
+
+
+class DatasetNotFoundError(FileNotFoundError):
+    """The source files of a dataset are missing; the message says what to put where."""
+
+
+class DatasetOptionError(ValueError):
+    """A dataset was given an option it does not accept, or a bad value for one."""
+
+
+class DataCacheError(RuntimeError):
+    """An HDF5 cache file is unreadable, corrupt, or holds other data than requested."""
+
+
+@dataclass
+class Dataset:
+    """A whole dataset in memory.
+
+    Images are float32 ``[N, C, H, W]`` in [-1, 1]; points float32 ``[N, D]``. ``checksum`` is
+    the sha256 of the stored data (and labels), so two runs on equal checksums saw equal data.
+    ``sample_true(n, seed)`` (toy data only) draws fresh points from the true distribution.
+    """
+
+    name: str
+    x: torch.Tensor
+    labels: torch.Tensor | None
+    checksum: str
+    kind: str
+    num_classes: int = 0
+    data_range: tuple[float, float] | None = None
+    sample_true: Callable[[int, int], torch.Tensor] | None = None
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.x.shape[1:])
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+
+def data_dir() -> Path:
+    """Root of downloaded data and caches: ``$ZOO_DATA_DIR``, default ``~/.cache/zoo``."""
+    return Path(os.environ.get(DATA_DIR_ENV) or "~/.cache/zoo").expanduser()
+
+
+def sha256_of(*arrays) -> str:
+    """sha256 hex of the bytes of the given tensors / numpy arrays, in order (``None`` skipped)."""
+    digest = hashlib.sha256()
+    for a in arrays:
+        if a is not None:
+            a = a.numpy() if isinstance(a, torch.Tensor) else a
+            digest.update(a.tobytes())
+    return digest.hexdigest()
+
+
+def with_checked_options(name: str, loader: Callable[..., Dataset]) -> Callable[..., Dataset]:
+    """Wrap ``loader`` so that an unknown option raises an error naming the accepted ones."""
+    accepted = list(inspect.signature(loader).parameters)
+
+    @functools.wraps(loader)
+    def load(**options) -> Dataset:
+        unknown = sorted(set(options) - set(accepted))
+        if unknown:
+            raise DatasetOptionError(
+                f"dataset {name!r} got unknown option(s) {', '.join(unknown)}; "
+                f"accepted: {', '.join(accepted) or '(none)'}"
+            )
+        return loader(**options)
+
+    return load
+
+
+def load_dataset(name: str, **options) -> Dataset:
+    """Load the dataset registered as ``name`` (e.g. ``"checkerboard"``, ``"digits"``)."""
+    from zoo import plugins
+
+    return plugins.get("datasets", name)(**options)

@@ -1,0 +1,125 @@
+"""The method interface: what a plugin registers with ``register_methods``.
+
+A :class:`Method` knows its config class and per-dataset presets, turns a config and a dataset
+into a :class:`~zoo.training.TrainingTask` for the shared trainer, and samples from a trained
+run directory.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from zoo.data import Dataset, load_dataset
+from zoo.diffusion import Denoiser
+from zoo.nets import build_network
+from zoo.training import Trainer, TrainingTask, load_checkpoint
+from zoo.training.config import TrainConfig, config_from_dict
+
+DEFAULT_RUNS_ROOT = Path("runs")
+SCALES = ("toy", "digits", "cifar10")
+
+
+def preset_scale(dataset: str) -> str:
+    """The preset family of a dataset: ``toy`` (2D points, CPU minutes), ``digits`` (small images,
+    CPU) or ``cifar10`` (the paper's settings, GPU). A dataset loader declares it as its ``scale``
+    attribute; undeclared ones get the small-image presets."""
+    from zoo.plugins import get
+
+    scale = getattr(get("datasets", dataset), "scale", "digits")
+    if scale not in SCALES:
+        raise ValueError(f"dataset {dataset!r} declares scale {scale!r}; valid: {', '.join(SCALES)}")
+    return scale
+
+
+@dataclass
+class Samples:
+    """Generated samples with what produced them: ``nfe`` per sample, ``info`` for the record."""
+
+    x: torch.Tensor
+    nfe: int
+    info: dict = field(default_factory=dict)
+
+
+@dataclass
+class Run:
+    """A trained run loaded for sampling: its config, the EMA denoiser and the dataset record."""
+
+    path: Path
+    config: TrainConfig
+    denoiser: torch.nn.Module
+    dataset: dict
+    step: int
+
+
+class Method(abc.ABC):
+    """Base class of a training method. Subclasses set ``name``, ``config_class`` and implement
+    :meth:`preset`, :meth:`make_task` and :meth:`sample`."""
+
+    name: str = ""
+    description: str = ""
+    config_class: type[TrainConfig] = TrainConfig
+    #: extra ``click.Option`` objects that ``zoo sample NAME`` accepts, passed to :meth:`sample`
+    sample_options: tuple = ()
+
+    @abc.abstractmethod
+    def preset(self, dataset: str) -> TrainConfig:
+        """The default configuration of this method for ``dataset``."""
+
+    @abc.abstractmethod
+    def make_task(self, config: TrainConfig, dataset: Dataset) -> TrainingTask:
+        """The module to train and its loss."""
+
+    @abc.abstractmethod
+    def sample(self, run: Run, n: int, *, seed: int = 0, batch_size: int = 256, **options) -> Samples:
+        """``n`` samples from a loaded run, sample i drawn from seed ``seed + i``."""
+
+    def configure(self, dataset: str, **overrides) -> TrainConfig:
+        """The preset for ``dataset`` with ``overrides`` applied; unknown settings are an error."""
+        config = self.preset(dataset)
+        names = {f.name for f in dataclasses.fields(config)}
+        unknown = sorted(set(overrides) - names)
+        if unknown:
+            raise ValueError(f"unknown {self.name} settings: {', '.join(unknown)}")
+        config = dataclasses.replace(config, **overrides)
+        config.validate()
+        return config
+
+    def run_name(self, config: TrainConfig) -> str:
+        """Folder name of a run of this config under ``runs/<dataset>/``."""
+        return self.name
+
+    def default_run_dir(self, config: TrainConfig, root=DEFAULT_RUNS_ROOT) -> Path:
+        return Path(root) / config.dataset / self.run_name(config)
+
+    def train(self, config: TrainConfig, run_dir=None, *, resume=False, progress=True, on_step=None):
+        """Train ``config`` into ``run_dir`` with the shared trainer; returns the run directory."""
+        config.method = self.name
+        dataset = load_dataset(config.dataset, **config.dataset_options)
+        run_dir = Path(run_dir) if run_dir else self.default_run_dir(config)
+        task = self.make_task(config, dataset)
+        Trainer(task, config, dataset, run_dir, progress=progress).fit(resume=resume, on_step=on_step)
+        return run_dir
+
+    def build_net(self, config: TrainConfig, data_shape, num_classes: int = 0):
+        """The raw network F chosen by ``config.network`` through the registry."""
+        return build_network(config.network, tuple(data_shape), num_classes, **config.network_kwargs)
+
+    def load(self, run_dir, *, device="cpu", ema: bool = True) -> Run:
+        """Load a trained run (its EMA weights by default) without running code from the file."""
+        state = load_checkpoint(run_dir, map_location=device)
+        if state["method"] != self.name:
+            raise ValueError(f"{run_dir} is a {state['method']!r} run, not {self.name!r}")
+        config = config_from_dict(self.config_class, state["config"])
+        denoiser = self.build_denoiser(config, state["dataset"]["shape"])
+        denoiser.load_state_dict(state["ema" if ema else "net"])
+        denoiser.to(device).eval().requires_grad_(False)
+        return Run(Path(run_dir), config, denoiser, state["dataset"], state["step"])
+
+    def build_denoiser(self, config: TrainConfig, data_shape) -> Denoiser:
+        """The network wrapped in this method's preconditioning (EDM's by default)."""
+        return Denoiser(self.build_net(config, data_shape), "edm")

@@ -1,0 +1,20 @@
+"""The one training loop every method uses: optimiser, EMA, checkpoints, resume, progress."""
+
+from zoo.training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from zoo.training.config import TrainConfig, config_from_dict, config_to_dict
+from zoo.training.ema import EMA
+from zoo.training.trainer import BatchNoise, NonFiniteLossError, Trainer, TrainingTask
+
+__all__ = [
+    "EMA",
+    "BatchNoise",
+    "CheckpointError",
+    "NonFiniteLossError",
+    "TrainConfig",
+    "Trainer",
+    "TrainingTask",
+    "config_from_dict",
+    "config_to_dict",
+    "load_checkpoint",
+    "save_checkpoint",
+]

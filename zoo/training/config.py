@@ -1,0 +1,77 @@
+"""Run configuration: a dataclass per method (subclassing :class:`TrainConfig`), presets per dataset."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+def setting(default, help: str):
+    """A config field with its help text (shown by ``zoo train METHOD --help``)."""
+    if isinstance(default, (dict, list)):
+        return field(default_factory=lambda: type(default)(default), metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class TrainConfig:
+    """Settings every method shares. Methods subclass it and add their own fields."""
+
+    method: str = setting("", "Method name (set by the method).")
+    dataset: str = setting("toy", "Registered dataset name.")
+    dataset_options: dict = setting({}, "Dataset options as JSON, e.g. '{\"path\": \"imgs/\"}'.")
+    network: str = setting("mlp", "Registered network name.")
+    network_kwargs: dict = setting({}, "Network constructor overrides as JSON.")
+    batch_size: int = setting(512, "Global batch size (split across processes).")
+    iterations: int = setting(10_000, "Training iterations.")
+    optimizer: str = setting("adam", "adam or radam.")
+    lr: float = setting(1e-3, "Peak learning rate.")
+    adam_beta1: float = setting(0.9, "Adam β1.")
+    adam_beta2: float = setting(0.999, "Adam β2.")
+    weight_decay: float = setting(0.0, "Weight decay.")
+    lr_warmup: int = setting(0, "Iterations of linear learning-rate warm-up.")
+    lr_decay: str = setting("constant", "constant, or linear (to 0 at the last iteration).")
+    grad_clip: float = setting(0.0, "Max gradient norm; 0 = off.")
+    ema_rate: float = setting(0.0, "Evaluation EMA rate per step; 0 = use --ema-halflife-kimg.")
+    ema_halflife_kimg: float = setting(0.0, "Evaluation EMA half-life in thousands of samples.")
+    hflip: bool = setting(False, "Horizontal-flip augmentation (images).")
+    seed: int = setting(0, "Seed of data order, noise and initialisation.")
+    checkpoint_every: int = setting(1000, "Write the checkpoint every this many iterations.")
+    log_every: int = setting(100, "Log loss and throughput every this many iterations.")
+    device: str = setting("cpu", "cpu, cuda or cuda:N.")
+
+    def validate(self) -> None:
+        choices = {"optimizer": ("adam", "radam"), "lr_decay": ("constant", "linear")}
+        for name, valid in choices.items():
+            if getattr(self, name) not in valid:
+                raise ValueError(f"{name}={getattr(self, name)!r} is not one of {', '.join(valid)}")
+        positive = ("batch_size", "iterations", "checkpoint_every", "log_every")
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if not 0 <= self.ema_rate < 1:
+            raise ValueError(f"ema_rate must be in [0, 1), got {self.ema_rate}")
+        if self.ema_rate and self.ema_halflife_kimg:
+            raise ValueError("give ema_rate or ema_halflife_kimg, not both")
+
+
+def config_to_dict(config) -> dict:
+    return dataclasses.asdict(config)
+
+
+def config_from_dict(cls, data: dict):
+    """Rebuild a config, refusing keys the class does not know (a clear error, not a silent drop)."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} settings: {', '.join(unknown)}")
+    return cls(**data)
+
+
+def save_config(config, path: Path) -> None:
+    path = Path(path)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(config_to_dict(config), indent=2, sort_keys=True) + "\n")
+    tmp.replace(path)
