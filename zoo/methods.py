@@ -56,6 +56,17 @@ class Run:
     step: int
 
 
+@dataclass
+class BenchRow:
+    """One row of the NFE-versus-metric table: ``label`` (e.g. "CD (L2)"), its NFE, the run
+    directory to load and the keyword options for :meth:`Method.sample`."""
+
+    label: str
+    nfe: int
+    run_dir: Path
+    options: dict = field(default_factory=dict)
+
+
 class Method(abc.ABC):
     """Base class of a training method. Subclasses set ``name``, ``config_class`` and implement
     :meth:`preset`, :meth:`make_task` and :meth:`sample`."""
@@ -65,6 +76,8 @@ class Method(abc.ABC):
     config_class: type[TrainConfig] = TrainConfig
     #: extra ``click.Option`` objects that ``zoo sample NAME`` accepts, passed to :meth:`sample`
     sample_options: tuple = ()
+    #: methods whose runs this method's runs need first (e.g. a distillation teacher)
+    requires: tuple[str, ...] = ()
 
     @abc.abstractmethod
     def preset(self, dataset: str) -> TrainConfig:
@@ -95,6 +108,16 @@ class Method(abc.ABC):
 
     def default_run_dir(self, config: TrainConfig, root=DEFAULT_RUNS_ROOT) -> Path:
         return Path(root) / config.dataset / self.run_name(config)
+
+    def bench_configs(self, dataset: str, runs_root=DEFAULT_RUNS_ROOT) -> dict[str, TrainConfig]:
+        """The runs ``zoo bench`` needs, by run name (its folder under ``runs_root/dataset``);
+        ``--train-missing`` trains the absent ones with these configs."""
+        config = self.configure(dataset)
+        return {self.run_name(config): config}
+
+    def bench_rows(self, run_dir: Path) -> list[BenchRow]:
+        """The table rows of one trained run: one per sampling setting (e.g. per NFE)."""
+        return []
 
     def train(self, config: TrainConfig, run_dir=None, *, resume=False, progress=True, on_step=None):
         """Train ``config`` into ``run_dir`` with the shared trainer; returns the run directory."""

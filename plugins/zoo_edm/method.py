@@ -9,7 +9,7 @@ import click
 from zoo.diffusion import SIGMA_DATA, SIGMA_MAX, SIGMA_MIN, Denoiser, append_zero, karras_sigmas
 from zoo.diffusion.precond import expand_sigma
 from zoo.diffusion.samplers import generate
-from zoo.methods import Method, Samples, preset_scale
+from zoo.methods import BenchRow, Method, Samples, preset_scale
 from zoo.plugins import get
 from zoo.training import TrainingTask
 from zoo.training.config import TrainConfig, setting
@@ -100,3 +100,11 @@ class EDM(Method):
         info = {"method": self.name, "sampler": sampler, "steps": steps, "nfe": nfe,
                 "sigmas": [float(s) for s in sigmas], **opts}
         return Samples(x, nfe, info)
+
+    #: Heun steps in the bench table: NFE 2N-1 = 1, 3, 5, 9, 19, 35 (one step is Euler).
+    bench_steps = (1, 2, 3, 5, 10, 18)
+
+    def bench_rows(self, run_dir):
+        return [BenchRow("EDM (Heun)", 2 * n - 1, run_dir, {"steps": n, "sampler": "heun"})
+                for n in self.bench_steps]
+
