@@ -129,8 +129,12 @@ class Method(abc.ABC):
         return run_dir
 
     def build_net(self, config: TrainConfig, data_shape, num_classes: int = 0):
-        """The raw network F chosen by ``config.network`` through the registry."""
-        return build_network(config.network, tuple(data_shape), num_classes, **config.network_kwargs)
+        """The raw network F chosen by ``config.network`` through the registry, initialised from
+        ``config.seed`` (whatever the global RNG state)."""
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(config.seed)
+            return build_network(config.network, tuple(data_shape), num_classes,
+                                 **config.network_kwargs)
 
     def load(self, run_dir, *, device="cpu", ema: bool = True) -> Run:
         """Load a trained run (its EMA weights by default) without running code from the file."""

@@ -148,6 +148,12 @@ def _load() -> None:
         _state.info[ep.name] = PluginInfo(ep.name, dist, version)
 
 
+def reset() -> None:
+    """Forget loaded plugins; the next look-up discovers entry points again (tests, notebooks)."""
+    global _state
+    _state = _State()
+
+
 def plugin_manager() -> pluggy.PluginManager:
     _load()
     return _state.pm
@@ -179,7 +185,7 @@ def _build_registries() -> dict[str, Registry]:
         caller = getattr(pm.hook, f"register_{kind}")
         # Call implementations one by one (in registration order) so a failure or a clash is
         # attributed to its plugin, and the other plugins still register.
-        for impl in reversed(caller.get_hookimpls()):
+        for impl in caller.get_hookimpls():
             plugin_name = pm.get_name(impl.plugin)
             info = _state.info.get(plugin_name)
             source = f"{plugin_name} ({info.distribution})" if info else plugin_name

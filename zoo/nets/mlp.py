@@ -50,7 +50,9 @@ class MLPDenoiserNet(nn.Module):
         elif embedding_type == "fourier":
             self.map_noise = FourierEmbedding(noise_channels, scale=fourier_scale)
         else:
-            raise ValueError(f"unknown embedding_type {embedding_type!r}; valid: positional, fourier")
+            raise ValueError(
+                f"unknown embedding_type {embedding_type!r}; valid: positional, fourier"
+            )
         self.dim, self.label_dim, self.label_dropout = dim, label_dim, label_dropout
         self.map_label = nn.Linear(label_dim, noise_channels) if label_dim else None
         self.map_layer0 = nn.Linear(noise_channels, hidden)

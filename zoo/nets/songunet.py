@@ -125,7 +125,9 @@ class Conv2d(nn.Module):
         else:
             c = self.in_channels
             if self.up:
-                x = F.conv_transpose2d(x, (4 * f).tile(c, 1, 1, 1), groups=c, stride=2, padding=f_pad)
+                x = F.conv_transpose2d(
+                    x, (4 * f).tile(c, 1, 1, 1), groups=c, stride=2, padding=f_pad
+                )
             if self.down:
                 x = F.conv2d(x, f.tile(c, 1, 1, 1), groups=c, stride=2, padding=f_pad)
             if w is not None:
@@ -267,7 +269,11 @@ class SongUNet(nn.Module):
                     self.enc[f"{res}x{res}_aux_skip"] = Conv2d(caux, cout, 1)
                 if encoder_type == "residual":
                     self.enc[f"{res}x{res}_aux_residual"] = Conv2d(
-                        caux, cout, 3, down=True, resample_filter=resample_filter,
+                        caux,
+                        cout,
+                        3,
+                        down=True,
+                        resample_filter=resample_filter,
                         fused_resample=True,
                     )
                     caux = cout

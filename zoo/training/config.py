@@ -34,7 +34,7 @@ class TrainConfig:
     lr_warmup: int = setting(0, "Iterations of linear learning-rate warm-up.")
     lr_decay: str = setting("constant", "constant, or linear (to 0 at the last iteration).")
     grad_clip: float = setting(0.0, "Max gradient norm; 0 = off.")
-    ema_rate: float = setting(0.0, "Evaluation EMA rate per step; 0 = use --ema-halflife-kimg.")
+    ema_rate: float = setting(0.0, "Evaluation EMA rate per step; when > 0 it overrides --ema-halflife-kimg.")
     ema_halflife_kimg: float = setting(0.0, "Evaluation EMA half-life in thousands of samples.")
     hflip: bool = setting(False, "Horizontal-flip augmentation (images).")
     seed: int = setting(0, "Seed of data order, noise and initialisation.")
@@ -53,8 +53,6 @@ class TrainConfig:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         if not 0 <= self.ema_rate < 1:
             raise ValueError(f"ema_rate must be in [0, 1), got {self.ema_rate}")
-        if self.ema_rate and self.ema_halflife_kimg:
-            raise ValueError("give ema_rate or ema_halflife_kimg, not both")
 
 
 def config_to_dict(config) -> dict:

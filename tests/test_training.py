@@ -1,0 +1,143 @@
+"""The shared trainer: exact resume, atomic checkpoints, non-finite losses, recorded configs."""
+
+import json
+
+import pytest
+import torch
+
+import zoo.plugins
+from zoo.data import load_dataset
+from zoo.training import CheckpointError, NonFiniteLossError, Trainer, load_checkpoint
+from zoo.training.checkpoint import save_checkpoint
+from zoo.training.trainer import BatchNoise
+
+TINY = dict(network_kwargs={"hidden": 32, "num_layers": 2}, batch_size=64, lr=1e-3,
+            lr_warmup=3, lr_decay="linear", ema_rate=0.9, checkpoint_every=4, log_every=2,
+            dataset_options={"n": 2000})
+
+
+def edm():
+    return zoo.plugins.get("methods", "edm")
+
+
+def tiny_config(**overrides):
+    return edm().configure("toy", **{**TINY, **overrides})
+
+
+def trainer_for(config, run_dir):
+    dataset = load_dataset(config.dataset, **config.dataset_options)
+    config.method = "edm"
+    return Trainer(edm().make_task(config, dataset), config, dataset, run_dir, progress=False)
+
+
+def weights(run_dir):
+    state = load_checkpoint(run_dir)
+    return state["net"], state["ema"], state["step"]
+
+
+def test_resume_after_interruption_gives_the_same_weights(tmp_path):
+    torch.manual_seed(0)
+    trainer_for(tiny_config(iterations=12), tmp_path / "straight").fit()
+
+    class Killed(Exception):
+        pass
+
+    def kill_at_10(step, loss):
+        if step == 10:
+            raise Killed
+
+    torch.manual_seed(123)  # a different global RNG state must not matter
+    with pytest.raises(Killed):
+        trainer_for(tiny_config(iterations=12), tmp_path / "resumed").fit(on_step=kill_at_10)
+    assert load_checkpoint(tmp_path / "resumed")["step"] == 8  # last checkpoint before the kill
+    trainer_for(tiny_config(iterations=12), tmp_path / "resumed").fit(resume=True)
+
+    net_a, ema_a, step_a = weights(tmp_path / "straight")
+    net_b, ema_b, step_b = weights(tmp_path / "resumed")
+    assert step_a == step_b == 12
+    for key in net_a:
+        torch.testing.assert_close(net_a[key], net_b[key], rtol=0, atol=0)
+        torch.testing.assert_close(ema_a[key], ema_b[key], rtol=0, atol=0)
+
+
+def test_run_dir_records_config_and_log(tmp_path):
+    trainer_for(tiny_config(iterations=4), tmp_path).fit()
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["method"] == "edm" and config["iterations"] == 4 and config["p_mean"] == -1.2
+    rows = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [2, 4] and all(r["samples_per_s"] > 0 for r in rows)
+    state = load_checkpoint(tmp_path)
+    assert state["dataset"]["checksum"] == load_dataset("toy", n=2000).checksum
+
+
+def test_existing_checkpoint_is_never_overwritten_without_resume(tmp_path):
+    trainer_for(tiny_config(iterations=4), tmp_path).fit()
+    with pytest.raises(CheckpointError, match="already holds a checkpoint"):
+        trainer_for(tiny_config(iterations=8), tmp_path).fit()
+
+
+def test_resume_refuses_other_data(tmp_path):
+    trainer_for(tiny_config(iterations=4), tmp_path).fit()
+    other = tiny_config(iterations=8, dataset_options={"n": 2000, "seed": 1})
+    with pytest.raises(CheckpointError, match="trained on different data"):
+        trainer_for(other, tmp_path).fit(resume=True)
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
+    trainer = trainer_for(tiny_config(iterations=20), tmp_path)
+
+    def poison(step, loss):
+        if step == 5:
+            with torch.no_grad():
+                next(trainer.net.parameters()).fill_(float("nan"))
+
+    with pytest.raises(NonFiniteLossError, match="iteration 5.*last good checkpoint"):
+        trainer.fit(on_step=poison)
+    state = load_checkpoint(tmp_path)
+    assert state["step"] == 4
+    assert all(torch.isfinite(v).all() for v in state["net"].values())
+
+
+def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
+    path = save_checkpoint({"step": 1}, tmp_path / "checkpoint.pt")
+
+    def crash(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", crash)
+    with pytest.raises(OSError, match="disk full"):
+        save_checkpoint({"step": 2}, path)
+    assert load_checkpoint(path)["step"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]  # no temp file left
+
+
+def test_loading_refuses_code_and_foreign_files(tmp_path):
+    class Evil:
+        def __reduce__(self):
+            return (exec, ("import os; os.environ['ZOO_PWNED'] = '1'",))
+
+    torch.save({"format": "zoo-checkpoint", "format_version": 1, "x": Evil()}, tmp_path / "evil.pt")
+    with pytest.raises(CheckpointError, match="cannot read checkpoint"):
+        load_checkpoint(tmp_path / "evil.pt")
+    import os
+
+    assert "ZOO_PWNED" not in os.environ
+    torch.save({"weights": torch.zeros(2)}, tmp_path / "other.pt")
+    with pytest.raises(CheckpointError, match="not a zoo checkpoint"):
+        load_checkpoint(tmp_path / "other.pt")
+    with pytest.raises(CheckpointError, match="no checkpoint at"):
+        load_checkpoint(tmp_path / "missing")
+
+
+def test_batch_noise_is_independent_of_world_size():
+    whole = BatchNoise(0, 7, 8).randn(3)
+    halves = [BatchNoise(0, 7, 8, rank=r, world_size=2).randn(3) for r in range(2)]
+    assert torch.equal(torch.cat(halves), whole)
+    assert not torch.equal(BatchNoise(0, 8, 8).randn(3), whole)
+
+
+def test_bad_settings_are_named():
+    with pytest.raises(ValueError, match="optimizer='sgd' is not one of adam, radam"):
+        tiny_config(optimizer="sgd")
+    with pytest.raises(ValueError, match="unknown edm settings: bogus"):
+        edm().configure("toy", bogus=1)
