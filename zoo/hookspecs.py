@@ -25,7 +25,8 @@ def register_methods(register):
 def register_networks(register):
     """Register network factories: ``register(name, factory)``.
 
-    ``factory(**kwargs)`` returns an ``nn.Module`` with ``forward(x, noise_labels, class_labels=None)``.
+    ``factory(data_shape, label_dim=0, **kwargs)`` returns an ``nn.Module`` with
+    ``forward(x, noise_labels, class_labels=None)``; data_shape is (C, H, W) or (D,).
     """
 
 
