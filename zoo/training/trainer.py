@@ -230,7 +230,7 @@ class Trainer:
         try:
             while self.step < c.iterations:
                 step = self.step
-                x, labels = self.loader.batch_at(step)
+                x, labels = next(self.loader)
                 noise = BatchNoise(c.seed, step, c.batch_size, self.rank, self.world_size, self.device)
                 torch.manual_seed(_mix(c.seed, step, self.rank, 1))  # dropout and the like
                 for group in self.optimizer.param_groups:
