@@ -69,7 +69,7 @@ def register_metrics(register):
 
 
 def default_metrics(dataset) -> list[str]:
-    """The metrics a bench reports for ``dataset``: W2 for points, FD-digits for digits, else FID."""
+    """The metrics a bench reports for ``dataset``: W2 (points), FD-digits (digits), else FID."""
     if dataset.kind == "points":
         return ["w2"]
     return ["fd-digits"] if dataset.name == "digits" else ["fid"]

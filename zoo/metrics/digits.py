@@ -5,8 +5,9 @@ A small CNN trained on ``load_dataset("digits", split="train")`` by
 this file. Importing this module registers it with torch-fidelity as the feature extractor
 ``zoo-digits`` with two features:
 
-- ``features``: the 64-d penultimate activations (after ReLU), used for FD, KID and
-  precision/recall, as Inception's 2048-d pool features are for FID;
+- ``features``: the 64-d penultimate activations (after ReLU), scaled to unit root-mean-square
+  over the training split, used for FD, KID and precision/recall, as Inception's 2048-d pool
+  features are for FID (the scale keeps KID's polynomial kernel in its intended range);
 - ``logits_unbiased``: the 10 class logits, used for the Inception Score (IS-digits: the
   exponentiated mean KL divergence of p(y|x) from p(y), at most 10 here).
 """
@@ -44,10 +45,11 @@ class DigitsClassifier(nn.Module):
         )
         self.features = nn.Sequential(nn.Linear(64 * 2 * 2, 64), nn.ReLU())
         self.head = nn.Linear(64, 10)
+        self.register_buffer("feature_scale", torch.ones(()))
 
     def features_and_logits(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        features = self.features(self.conv(x))
-        return features, self.head(features)
+        hidden = self.features(self.conv(x))
+        return hidden * self.feature_scale, self.head(hidden)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.features_and_logits(x)[1]
@@ -65,7 +67,8 @@ def shift(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
 
 def train_classifier(dataset, *, epochs: int = 40, batch_size: int = 64, lr: float = 2e-3,
                      seed: int = 0) -> DigitsClassifier:
-    """Train on ``dataset`` (digits images, labels) with cross-entropy, Adam and ±1-pixel shifts.
+    """Train on ``dataset`` (digits images, labels) with cross-entropy, Adam and ±1-pixel shifts,
+    then set ``feature_scale`` so the features have unit root-mean-square on ``dataset``.
 
     Deterministic for a given ``seed`` (initialisation, order and shifts all come from it).
     """
@@ -85,7 +88,9 @@ def train_classifier(dataset, *, epochs: int = 40, batch_size: int = 64, lr: flo
             loss.backward()
             optimizer.step()
             schedule.step()
-    return model.eval().requires_grad_(False)
+    model.eval().requires_grad_(False)
+    model.feature_scale.fill_(model.features_and_logits(dataset.x)[0].pow(2).mean().rsqrt())
+    return model
 
 
 @torch.no_grad()
@@ -94,9 +99,11 @@ def accuracy(model: DigitsClassifier, dataset) -> float:
     return (model(dataset.x).argmax(1) == dataset.labels).float().mean().item()
 
 
-def load_classifier(path: Path = WEIGHTS) -> DigitsClassifier:
-    """The shipped classifier in eval mode (``torch.load(weights_only=True)``)."""
-    if not Path(path).is_file():
+def load_classifier(path: Path | None = None) -> DigitsClassifier:
+    """The classifier at ``path`` (default: the shipped one) in eval mode, read with
+    ``torch.load(weights_only=True)``."""
+    path = Path(path or WEIGHTS)
+    if not path.is_file():
         raise FileNotFoundError(
             f"digits classifier weights not found at {path}; train them with "
             f"`python {TRAIN_SCRIPT}` (writes {WEIGHTS.name} into zoo/metrics/)"
@@ -106,10 +113,10 @@ def load_classifier(path: Path = WEIGHTS) -> DigitsClassifier:
     return model.eval().requires_grad_(False)
 
 
-def weights_fingerprint(path: Path = WEIGHTS) -> str:
-    """Short sha256 of the weights file: part of the reference-statistics cache key."""
-    load_classifier(path)  # the clear error when missing
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:12]
+def weights_fingerprint() -> str:
+    """Short sha256 of the shipped weights: part of the reference-statistics cache key."""
+    load_classifier()  # the clear error when missing
+    return hashlib.sha256(WEIGHTS.read_bytes()).hexdigest()[:12]
 
 
 class DigitsFeatureExtractor(FeatureExtractorBase):

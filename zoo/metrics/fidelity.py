@@ -38,7 +38,7 @@ MIN_SAMPLES = 10  # IS uses 10 splits; KID and precision/recall need a few sampl
 
 
 class InceptionWeightsError(FileNotFoundError):
-    """torch-fidelity's Inception weights are not on this machine; the message says where to put them."""
+    """torch-fidelity's Inception weights are not here; the message says where to put them."""
 
 
 def cache_dir() -> Path:
@@ -109,7 +109,7 @@ class FidelityMetric:
         self.lower_is_better = {ours: key in lower for key, ours in self.keys.items()}
 
     def check(self, samples: torch.Tensor, dataset) -> None:
-        """Raise ``ValueError`` if this feature space cannot measure ``samples`` against ``dataset``."""
+        """Raise ``ValueError`` unless this feature space can measure ``samples`` on ``dataset``."""
         if self.shape is not None and dataset.shape != self.shape:
             raise ValueError(f"metric {self.name!r} measures images of shape {self.shape}; "
                              f"dataset {dataset.name!r} holds {dataset.shape}")
