@@ -5,10 +5,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import sys
+import tempfile
 from pathlib import Path
 
 import click
 
+from zoo import distributed
 from zoo import plugins as zoo_plugins
 
 
@@ -67,7 +69,10 @@ def main():
       zoo train edm --dataset toy
       zoo sample edm --dataset toy --steps 18 --n 2000 --out edm.png
       zoo bench --models cm,edm,pd --dataset toy --train-missing
+
+    Under torchrun, train and bench run on every process (docs/distributed.md).
     """
+    distributed.init_distributed()  # a no-op unless torchrun's environment variables are set
     _report_plugin_failures()
 
 
@@ -213,6 +218,134 @@ def _make_sample_command(name, method):
 @main.group(cls=MethodGroup, make_command=_make_sample_command)
 def sample():
     """Sample from a trained run: `zoo sample METHOD [--run DIR] --n N --out x.png`."""
+
+
+# ---------------------------------------------------------------- bench
+
+@main.command("bench")
+@click.option("--models", required=True, help="Comma-separated methods, e.g. cm,edm,pd.")
+@click.option("--dataset", default="toy", show_default=True, help="Registered dataset name.")
+@click.option("--runs-root", type=click.Path(file_okay=False), default="runs", show_default=True,
+              help="Where trained runs are found (RUNS_ROOT/DATASET/RUN_NAME).")
+@click.option("--train-missing", is_flag=True,
+              help="Train absent or unfinished runs with the dataset's preset, requirements first.")
+@click.option("--n", type=click.IntRange(min=2), default=2000, show_default=True,
+              help="Samples per row.")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Every row draws sample i from seed SEED+i.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=500, show_default=True)
+@click.option("--out", type=click.Path(file_okay=False), default=None,
+              help="Output folder [default: bench/DATASET].")
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--inception-weights", type=click.Path(dir_okay=False), default=None,
+              help="torch-fidelity's Inception weights file (FID/IS on CIFAR-10 and folders).")
+@click.option("--progress/--no-progress", default=True, help="Show progress bars.")
+def bench_command(models, dataset, runs_root, train_missing, n, seed, batch_size, out, device,
+                  inception_weights, progress):
+    """The NFE-versus-metric table: every method's rows from the same seeds through the same
+    evaluator. Writes table.md/.csv/.json, metric_vs_nfe.png and samples/ into OUT."""
+    from zoo.bench import format_table, run_bench
+
+    out = Path(out) if out else Path("bench") / dataset
+    # Under torchrun every rank samples its share of each row; rank 0 alone writes and reports.
+    scratch = None if distributed.is_main() else tempfile.TemporaryDirectory()
+    try:
+        report = run_bench([m.strip() for m in models.split(",") if m.strip()], dataset,
+                           runs_root=runs_root, train_missing=train_missing, n=n, seed=seed,
+                           batch_size=batch_size, out=Path(scratch.name) if scratch else out,
+                           device=device, inception_weights=inception_weights,
+                           progress=progress and not scratch,
+                           echo=(lambda msg: None) if scratch
+                           else (lambda msg: click.echo(msg, err=True)))
+    except USER_ERRORS as exc:
+        raise UserError(str(exc)) from None
+    finally:
+        if scratch:
+            scratch.cleanup()
+    if scratch:
+        return
+    click.echo(f"{dataset}: n={n} samples per row, seeds {seed}..{seed + n - 1}\n")
+    click.echo(format_table(report))
+    click.echo(f"\n{out}: table.md table.csv table.json metric_vs_nfe.png samples/")
+
+
+# ---------------------------------------------------------------- edit
+
+@main.command("edit")
+@click.argument("run", type=click.Path(file_okay=False, exists=True))
+@click.option("--task", required=True, type=click.Choice(
+    ["inpaint", "colorize", "superres", "stroke", "denoise", "interpolate"]))
+@click.option("--input", "inputs", type=click.Path(exists=True), default=None,
+              help="An image (PNG/JPEG) or a folder of them; superres: the low-resolution image.")
+@click.option("--mask", type=click.Path(dir_okay=False, exists=True), default=None,
+              help="inpaint: mask image of the image's size, white = pixels to fill.")
+@click.option("--scale", type=int, default=None, help="superres: upscaling factor K.")
+@click.option("--sigma", type=float, default=None,
+              help="stroke: noise level to start from; denoise: the input's noise level.")
+@click.option("--sigmas", default=None,
+              help="Decreasing σ sequence, e.g. 80,20,5,1 [default: per preset, docs/editing.md].")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Input i uses seed SEED+i; interpolate: the first latent.")
+@click.option("--seed2", type=int, default=None, help="interpolate: the second latent [SEED+1].")
+@click.option("--frames", type=click.IntRange(min=2), default=8, show_default=True,
+              help="interpolate: number of frames.")
+@click.option("--resize", is_flag=True, help="Resize inputs of another size (else an error).")
+@click.option("--out", type=click.Path(), required=True,
+              help="Output PNG (input | [mask |] result); a folder for a folder of inputs.")
+@click.option("--device", default="cpu", show_default=True)
+def edit_command(run, task, inputs, mask, scale, sigma, sigmas, seed, seed2, frames, resize, out,
+                 device):
+    """Zero-shot editing with a consistency model (Algorithm 4 of Song et al. 2023):
+    `zoo edit RUN --task inpaint --input img.png --mask mask.png --out out.png`."""
+    from zoo.editing import default_sigmas, edit_files, save_row
+    from zoo.methods import preset_scale
+    from zoo.training import load_checkpoint
+
+    try:
+        method = load_checkpoint(run)["method"]
+        loaded = _method(method).load(run, device=device)
+        f = loaded.denoiser
+        consistency = getattr(f, "parameterization", None) == "consistency"
+        if not consistency or loaded.dataset["kind"] != "image":
+            raise UserError(f"{run} is a {method!r} run without a consistency function of images: "
+                            "zoo edit needs a run whose denoiser is a consistency function "
+                            "f(x, σ) of images, e.g. a cm run on digits")
+        if sigmas:
+            sigmas = [float(s) for s in sigmas.split(",")]
+        else:
+            sigmas = default_sigmas(preset_scale(loaded.config.dataset), f.sigma_min, f.sigma_max)
+        names, rows = edit_files(
+            lambda x, s: f(x.to(device), s).cpu(), task, inputs, shape=loaded.dataset["shape"],
+            sigmas=sigmas, sigma_min=f.sigma_min, sigma_max=f.sigma_max, seed=seed, mask=mask,
+            scale=scale, sigma=sigma, seed2=seed2, frames=frames, resize=resize)
+    except USER_ERRORS as exc:
+        raise UserError(str(exc)) from None
+    out = Path(out)
+    batch = inputs is not None and Path(inputs).is_dir() and task != "interpolate"
+    paths = [save_row(row, out / f"{name}.png" if batch else out)
+             for name, row in zip(names, rows, strict=True)]
+    click.echo(f"{task}: {len(paths)} image(s), sigmas {[round(s, 4) for s in sigmas]} -> "
+               f"{out if batch else paths[0]}")
+
+
+# ---------------------------------------------------------------- import-edm
+
+@main.command("import-edm")
+@click.argument("pickle_file", type=click.Path(dir_okay=False, exists=True))
+@click.option("--out", required=True, type=click.Path(file_okay=False),
+              help="Run directory to create, e.g. runs/cifar10/edm (then the default teacher).")
+@click.option("--dataset", default="cifar10", show_default=True,
+              help="The data the network was trained on (its checksum goes into the run).")
+def import_edm_command(pickle_file, out, dataset):
+    """Import EDM's released network pickle (edm-cifar10-32x32-uncond-vp.pkl, network-snapshot-
+    *.pkl) as an `edm` run, through a restricted unpickler: nothing in the file is executed."""
+    from zoo.checkpoint_import import UnsafePickleError, import_edm_run
+
+    try:
+        run_dir = import_edm_run(pickle_file, out, dataset=dataset)
+    except (*USER_ERRORS, OSError, UnsafePickleError) as exc:
+        raise UserError(str(exc)) from None
+    click.echo(f"imported {pickle_file} -> {run_dir / 'checkpoint.pt'}")
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ PRESETS = {
                    lr_warmup=500, lr_decay="linear", ema_halflife_kimg=50.0,
                    checkpoint_every=2000),
     # 8×8 digits: the small SongUNet.
-    "digits": dict(network="ddpmpp-small", batch_size=128, iterations=10_000, lr=1e-3,
+    "digits": dict(network="ddpmpp-small", batch_size=128, iterations=6_000, lr=1e-3,
                    lr_warmup=1000, ema_halflife_kimg=50.0, checkpoint_every=2000),
     # EDM's CIFAR-10 DDPM++ settings (Table 7): 200 Mimg at batch 512, lr 1e-3, 10 Mimg warm-up,
     # EMA half-life 500 kimg, dropout 0.13.

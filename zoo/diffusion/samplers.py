@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 
 from zoo.diffusion.random import StackedGenerator
 from zoo.diffusion.precond import SIGMA_MIN, expand_sigma, ode_derivative
+from zoo.distributed import all_max, gather_samples, shard
 from zoo.hookspecs import hookimpl
 
 
@@ -182,18 +183,28 @@ def generate(
     batch_size: int = 256,
     device="cpu",
     progress: bool = False,
+    distributed: bool = True,
     **opts,
 ):
     """Draw one sample per seed: x_T = σ_0·z with z from the sample's own seed, then the sampler.
 
-    Returns ``(x0, nfe)``, NFE per sample. Samples do not depend on ``batch_size``.
+    Returns ``(x0, nfe)``, NFE per sample. Samples do not depend on ``batch_size``. Under
+    torch.distributed (and ``distributed=True``; every rank must then call it) each rank samples
+    its contiguous share of the seeds and all get every sample, in seed order: the same samples
+    as one process.
     """
     seeds = list(seeds)
+    total = len(seeds)
+    if distributed:
+        seeds = shard(seeds)
     sigma_0 = float(sigmas[0])
-    outs, nfe = [], 0
+    outs, nfe = [torch.empty(0, *shape)], 0
     for start in tqdm(range(0, len(seeds), batch_size), disable=not progress, desc="sampling"):
         gen = StackedGenerator(seeds[start : start + batch_size], device)
         x = gen.randn(shape).to(device) * sigma_0
         out, nfe = run_sampler(sampler, denoiser, x, sigmas, generator=gen, **opts)
         outs.append(out.cpu())
-    return torch.cat(outs), nfe
+    x0 = torch.cat(outs)
+    if distributed:
+        x0, nfe = gather_samples(x0, total), all_max(nfe)
+    return x0, nfe

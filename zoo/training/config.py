@@ -41,9 +41,14 @@ class TrainConfig:
     checkpoint_every: int = setting(1000, "Write the checkpoint every this many iterations.")
     log_every: int = setting(100, "Log loss and throughput every this many iterations.")
     device: str = setting("cpu", "cpu, cuda or cuda:N.")
+    precision: str = setting("fp32", "fp32, or bf16 (autocast of the loss's forward passes).")
+    channels_last: bool = setting(False, "Channels-last memory format for 4D weights and inputs.")
+    compile: bool = setting(False, "torch.compile the trained network (its online passes).")
+    tf32: bool = setting(False, "Allow TF32 matmuls and convolutions on CUDA during training.")
 
     def validate(self) -> None:
-        choices = {"optimizer": ("adam", "radam"), "lr_decay": ("constant", "linear")}
+        choices = {"optimizer": ("adam", "radam"), "lr_decay": ("constant", "linear"),
+                   "precision": ("fp32", "bf16")}
         for name, valid in choices.items():
             if getattr(self, name) not in valid:
                 raise ValueError(f"{name}={getattr(self, name)!r} is not one of {', '.join(valid)}")

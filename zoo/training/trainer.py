@@ -2,7 +2,8 @@
 
 A method hands the trainer a :class:`TrainingTask` (the module to optimise and its loss); the
 trainer owns everything else: the one data loader, optimiser and learning-rate schedule, the
-evaluation EMA, gradient clipping, progress, atomic checkpoints, resume and DDP.
+evaluation EMA, gradient clipping, progress, atomic checkpoints, resume, DDP (started by
+:func:`zoo.distributed.init_distributed`), bf16 autocast, channels-last, torch.compile and TF32.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 import zoo
+from zoo import distributed
 from zoo.data import BatchLoader
 from zoo.training.checkpoint import CHECKPOINT_NAME, CheckpointError, load_checkpoint, save_checkpoint
 from zoo.training.config import TrainConfig, config_to_dict, save_config
@@ -100,12 +102,6 @@ class TrainingTask(abc.ABC):
         pass
 
 
-def _distributed() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
 class Trainer:
     """Runs a :class:`TrainingTask` for ``config.iterations`` steps, writing ``run_dir``:
     ``config.json`` (resolved settings), ``checkpoint.pt`` (atomic) and ``log.jsonl``.
@@ -115,10 +111,12 @@ class Trainer:
         config.validate()
         self.task, self.config, self.dataset = task, config, dataset
         self.run_dir = Path(run_dir)
-        self.rank, self.world_size = _distributed()
-        self.device = torch.device(config.device)
+        self.rank, self.world_size = distributed.rank(), distributed.world_size()
+        self.device = distributed.local_device(config.device)
         self.progress = progress and self.rank == 0
         self.net = task.net.to(self.device)
+        if config.channels_last:
+            self.net.to(memory_format=torch.channels_last)
         self.loader = BatchLoader(
             dataset,
             config.batch_size,
@@ -217,7 +215,15 @@ class Trainer:
             net = nn.parallel.DistributedDataParallel(
                 self.net, device_ids=[self.device.index] if self.device.type == "cuda" else None
             )
+        if c.compile:
+            net = torch.compile(net)
         net.train()
+        autocast = torch.autocast(self.device.type, torch.bfloat16, enabled=c.precision == "bf16")
+        fp32_precision = (torch.backends.cuda.matmul.fp32_precision,
+                          torch.backends.cudnn.conv.fp32_precision)
+        if c.tf32:
+            torch.backends.cuda.matmul.fp32_precision = "tf32"
+            torch.backends.cudnn.conv.fp32_precision = "tf32"
         log = open(self.run_dir / "log.jsonl", "a") if self.rank == 0 else None
         bar = tqdm(
             total=c.iterations,
@@ -231,11 +237,14 @@ class Trainer:
             while self.step < c.iterations:
                 step = self.step
                 x, labels = next(self.loader)
+                if c.channels_last and x.ndim == 4:
+                    x = x.contiguous(memory_format=torch.channels_last)
                 noise = BatchNoise(c.seed, step, c.batch_size, self.rank, self.world_size, self.device)
                 torch.manual_seed(_mix(c.seed, step, self.rank, 1))  # dropout and the like
                 for group in self.optimizer.param_groups:
                     group["lr"] = self.lr_at(step)
-                loss = self.task.loss(net, x, labels, noise).mean()
+                with autocast:
+                    loss = self.task.loss(net, x, labels, noise).mean()
                 if not torch.isfinite(loss):
                     where = (
                         f"the last good checkpoint is kept at {self.checkpoint_path}"
@@ -260,6 +269,10 @@ class Trainer:
                 bar.update(1)
                 if self.step % c.log_every == 0 or self.step == c.iterations:
                     rate = window_n * c.batch_size / (time.perf_counter() - t0)
+                    if self.world_size > 1:  # log the global batch's loss, not rank 0's share
+                        window = torch.tensor(window_loss / self.world_size, device=self.device)
+                        dist.all_reduce(window)
+                        window_loss = window.item()
                     bar.set_postfix(loss=f"{window_loss / window_n:.4g}", samples_s=f"{rate:.0f}")
                     if log is not None:
                         row = {"step": self.step, "loss": window_loss / window_n,
@@ -272,7 +285,10 @@ class Trainer:
                 if on_step is not None:
                     on_step(self.step, last_loss)
         finally:
+            torch.backends.cuda.matmul.fp32_precision = fp32_precision[0]
+            torch.backends.cudnn.conv.fp32_precision = fp32_precision[1]
             bar.close()
             if log is not None:
                 log.close()
+        distributed.barrier()  # rank 0's last checkpoint is on disk when fit returns anywhere
         return {"step": self.step, "loss": last_loss if math.isfinite(last_loss) else None}
