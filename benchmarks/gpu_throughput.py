@@ -1,0 +1,152 @@
+"""GPU throughput of CIFAR-10 DDPM++ (EDM's configuration, Karras et al. 2022): one-step
+sampling (a consistency model's f(σ_max·z, σ_max), Song et al. 2023) and EDM training steps of
+the shared trainer, in fp32, TF32, bf16 autocast and bf16 + torch.compile, with the achieved
+fraction of the GPU's peak FLOP rate.
+
+FLOPs are counted, not assumed: ``torch.utils.flop_counter`` on one 32×32 forward (≈21 GMACs
+for DDPM++); a training step costs ≈3× the forward (forward + backward). Peaks are the dense
+spec-sheet numbers of the detected GPU (H100 SXM/PCIe/NVL, H200), or ``--peak-tflops``.
+Training data are random images of CIFAR-10's shape (no download on the GPU machine).
+Meant to finish in < 5 minutes on an H100 (compile ~1-2 min of it; ``--no-compile`` skips it):
+
+    python benchmarks/gpu_throughput.py                       # on the GPU machine
+    python benchmarks/gpu_throughput.py --device cpu --network ddpmpp-small --batch 4 \\
+        --train-batch 4 --steps 2 --no-compile              # smoke test of the script
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+import zoo.plugins
+from zoo.data.datasets import Dataset
+from zoo.diffusion import Denoiser
+from zoo.nets import build_network
+from zoo.training import Trainer
+
+#: Dense peak TFLOP/s from NVIDIA's data sheets: (fp32, tf32, bf16).
+PEAKS = {
+    "H100 SXM": (66.9, 494.7, 989.4),
+    "H100 PCIe": (51.2, 378.0, 756.0),
+    "H100 NVL": (60.0, 417.5, 835.5),
+    "H200": (66.9, 494.7, 989.4),
+}
+MODES = {  # name: (precision, tf32, compile)
+    "fp32": ("fp32", False, False),
+    "tf32": ("fp32", True, False),
+    "bf16": ("bf16", False, False),
+    "bf16+compile": ("bf16", False, True),
+}
+
+
+def detect_peaks(device) -> tuple[str, tuple[float, float, float] | None]:
+    if torch.device(device).type != "cuda":
+        return "cpu", None
+    name = torch.cuda.get_device_name(device)
+    for key in ("H200", "H100 PCIe", "H100 NVL"):
+        if all(part in name for part in key.split()):
+            return name, PEAKS[key]
+    return name, PEAKS["H100 SXM"] if "H100" in name else None
+
+
+def forward_macs(net, shape, device) -> float:
+    x, noise = torch.randn(1, *shape, device=device), torch.zeros(1, device=device)
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        net(x, noise)
+    return counter.get_total_flops() / 2
+
+
+def sync(device):
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def set_tf32(on: bool):
+    value = "tf32" if on else "ieee"
+    torch.backends.cuda.matmul.fp32_precision = value
+    torch.backends.cudnn.conv.fp32_precision = value
+
+
+def sampling_rate(denoiser, shape, batch, device, precision, compiled, steps) -> float:
+    """Images/s of one-step consistency sampling f(σ_max·z, σ_max)."""
+    f = torch.compile(denoiser) if compiled else denoiser
+    z = torch.randn(batch, *shape, device=device) * 80.0
+    autocast = torch.autocast(torch.device(device).type, torch.bfloat16,
+                              enabled=precision == "bf16")
+    with torch.no_grad(), autocast:
+        for _ in range(3):  # warm-up (and compilation)
+            f(z, 80.0)
+        sync(device)
+        times = []
+        for _ in range(steps):
+            start = time.perf_counter()
+            f(z, 80.0)
+            sync(device)
+            times.append(time.perf_counter() - start)
+    return batch / statistics.median(times)
+
+
+def training_rate(network, shape, batch, device, precision, tf32, compiled, steps, root) -> float:
+    """Images/s of EDM training steps of the shared trainer (median step, the checkpoint-writing
+    last step excluded)."""
+    edm = zoo.plugins.get("methods", "edm")
+    data = Dataset("random-cifar10-shape", torch.rand(4 * batch, *shape) * 2 - 1, None,
+                   "random", "image")
+    config = edm.configure("cifar10", network=network, batch_size=batch, device=device,
+                           iterations=steps + 4, checkpoint_every=10**9, log_every=10**9,
+                           precision=precision, tf32=tf32, compile=compiled)
+    config.method = "edm"
+    stamps = []
+    trainer = Trainer(edm.make_task(config, data), config, data,
+                      Path(root) / f"{precision}-{tf32}-{compiled}",
+                      progress=False)
+    trainer.fit(on_step=lambda step, loss: stamps.append(time.perf_counter()))  # syncs: .item()
+    return batch / statistics.median(b - a for a, b in zip(stamps[2:-2], stamps[3:-1], strict=True))
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--network", default="ddpmpp")
+    parser.add_argument("--batch", type=int, default=1024, help="Sampling batch.")
+    parser.add_argument("--train-batch", type=int, default=256, help="Training global batch.")
+    parser.add_argument("--steps", type=int, default=10, help="Timed steps per measurement.")
+    parser.add_argument("--no-compile", action="store_true", help="Skip the compiled rows.")
+    parser.add_argument("--peak-tflops", type=float, nargs=3, metavar=("FP32", "TF32", "BF16"),
+                        help="Dense peak TFLOP/s (default: from the detected GPU).")
+    args = parser.parse_args()
+    shape = (3, 32, 32)
+    gpu, peaks = detect_peaks(args.device)
+    peaks = tuple(args.peak_tflops) if args.peak_tflops else peaks
+    torch.manual_seed(0)
+    net = build_network(args.network, shape).to(args.device).eval()
+    macs = forward_macs(net, shape, args.device)
+    denoiser = Denoiser(net, "consistency").eval()
+    print(f"{gpu}; {args.network} 32×32: {macs / 1e9:.2f} GMACs per forward (counted); peaks "
+          f"fp32/tf32/bf16 = {peaks or 'unknown'} TFLOP/s; torch {torch.__version__}")
+    print(f"{'mode':14s} {'sample img/s':>13s} {'peak %':>7s} {'train img/s':>12s} {'peak %':>7s}")
+    root = tempfile.mkdtemp(prefix="zoo-gpu-throughput-")
+    for mode, (precision, tf32, compiled) in MODES.items():
+        if compiled and args.no_compile:
+            continue
+        set_tf32(tf32)
+        sample = sampling_rate(denoiser, shape, args.batch, args.device, precision, compiled,
+                               args.steps)
+        train = training_rate(args.network, shape, args.train_batch, args.device, precision,
+                              tf32, compiled, args.steps, root)
+        set_tf32(False)
+        peak = peaks[2 if precision == "bf16" else 1 if tf32 else 0] * 1e12 if peaks else None
+        pct = [f"{100 * rate * 2 * macs * passes / peak:6.1f}%" if peak else "      -"
+               for rate, passes in ((sample, 1), (train, 3))]
+        print(f"{mode:14s} {sample:13.0f} {pct[0]} {train:12.0f} {pct[1]}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

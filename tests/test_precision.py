@@ -1,0 +1,74 @@
+"""Speed settings of the trainer (bf16 autocast, channels-last, torch.compile, TF32): each one
+changes a training step's loss and the weights only within a tolerance."""
+
+import pytest
+import torch
+
+import zoo.plugins
+from zoo.data import load_dataset
+from zoo.training import Trainer
+
+TOY = dict(network_kwargs={"hidden": 32, "num_layers": 2}, batch_size=64, lr=1e-3,
+           iterations=3, checkpoint_every=100, log_every=100, dataset_options={"n": 1000})
+DIGITS = dict(network_kwargs={"model_channels": 16, "num_blocks": 1}, batch_size=8, lr=1e-3,
+              iterations=2, checkpoint_every=100, log_every=100)
+
+
+def run(tmp_path, dataset="toy", **settings):
+    """Train a few steps; returns the losses, the final weights and the trainer."""
+    method = zoo.plugins.get("methods", "edm")
+    config = method.configure(dataset, **(TOY if dataset == "toy" else DIGITS), **settings)
+    config.method = "edm"
+    data = load_dataset(config.dataset, **config.dataset_options)
+    trainer = Trainer(method.make_task(config, data), config, data,
+                      tmp_path / "-".join(f"{k}={v}" for k, v in settings.items()) or "base",
+                      progress=False)
+    losses = []
+    trainer.fit(on_step=lambda step, loss: losses.append(loss))
+    return torch.tensor(losses), trainer.net.state_dict(), trainer
+
+
+def assert_close_runs(a, b, loss_rtol, weight_atol):
+    torch.testing.assert_close(a[0], b[0], rtol=loss_rtol, atol=0)
+    for key in a[1]:
+        torch.testing.assert_close(a[1][key].float(), b[1][key].float(), rtol=0, atol=weight_atol)
+
+
+def test_bf16_autocast_stays_within_tolerance(tmp_path):
+    fp32, bf16 = run(tmp_path), run(tmp_path, precision="bf16")
+    assert not torch.equal(fp32[0], bf16[0])  # bf16 did run
+    assert_close_runs(fp32, bf16, loss_rtol=3e-2, weight_atol=1e-4)
+    assert all(p.dtype == torch.float32 for p in bf16[2].net.parameters())  # fp32 master weights
+
+
+def test_channels_last_stays_within_tolerance(tmp_path):
+    base, cl = run(tmp_path, "digits"), run(tmp_path, "digits", channels_last=True)
+    conv = cl[2].net.net.enc["8x8_conv"].weight
+    assert conv.is_contiguous(memory_format=torch.channels_last)
+    assert_close_runs(base, cl, loss_rtol=1e-4, weight_atol=1e-5)
+
+
+def test_tf32_is_applied_during_training_and_restored(tmp_path):
+    before = torch.backends.cuda.matmul.fp32_precision
+    seen = []
+    method = zoo.plugins.get("methods", "edm")
+    config = method.configure("toy", **TOY, tf32=True)
+    config.method = "edm"
+    data = load_dataset("toy", n=1000)
+    Trainer(method.make_task(config, data), config, data, tmp_path / "tf32", progress=False).fit(
+        on_step=lambda *_: seen.append(torch.backends.cuda.matmul.fp32_precision))
+    assert set(seen) == {"tf32"} and torch.backends.cuda.matmul.fp32_precision == before
+    # On a CPU TF32 does nothing: the results are those of fp32.
+    assert_close_runs(run(tmp_path), run(tmp_path, tf32=True), loss_rtol=0, weight_atol=0)
+
+
+def test_unknown_precision_is_refused():
+    with pytest.raises(ValueError, match="precision='fp16' is not one of fp32, bf16"):
+        zoo.plugins.get("methods", "edm").configure("toy", precision="fp16")
+
+
+@pytest.mark.slow
+def test_torch_compile_stays_within_tolerance(tmp_path):
+    pytest.importorskip("torch._inductor")
+    base, compiled = run(tmp_path), run(tmp_path, compile=True)
+    assert_close_runs(base, compiled, loss_rtol=1e-4, weight_atol=1e-5)
