@@ -7,6 +7,7 @@ from zoo.diffusion.precond import (
     Denoiser,
     consistency_scalings,
     edm_scalings,
+    expand_sigma,
 )
 from zoo.diffusion.random import StackedGenerator
 from zoo.diffusion.schedules import append_zero, karras_sigmas, lognormal_sigmas
@@ -20,6 +21,7 @@ __all__ = [
     "append_zero",
     "consistency_scalings",
     "edm_scalings",
+    "expand_sigma",
     "karras_sigmas",
     "lognormal_sigmas",
 ]

@@ -1,7 +1,7 @@
 """The one training loop every method uses: optimiser, EMA, checkpoints, resume, progress."""
 
 from zoo.training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from zoo.training.config import TrainConfig, config_from_dict, config_to_dict
+from zoo.training.config import TrainConfig, config_from_dict, config_to_dict, setting
 from zoo.training.ema import EMA
 from zoo.training.trainer import BatchNoise, NonFiniteLossError, Trainer, TrainingTask
 
@@ -17,4 +17,5 @@ __all__ = [
     "config_to_dict",
     "load_checkpoint",
     "save_checkpoint",
+    "setting",
 ]

@@ -1,0 +1,20 @@
+"""zoo-ict: Improved Consistency Training (Song & Dhariwal 2023) as a third-party zoo plugin.
+
+An example of a plugin in its own distribution: its ``pyproject.toml`` declares the entry point
+``[project.entry-points.zoo] ict = "zoo_ict"``, and this module implements the hooks with zoo's
+public API only (docs/plugins.md).
+"""
+
+from zoo.hookspecs import hookimpl
+
+from zoo_ict.method import ICTConfig, ImprovedConsistencyTrainingMethod
+
+#: The zoo plugin API this plugin was written against (``zoo.API_VERSION``).
+ZOO_API_VERSION = 1
+
+__all__ = ["ICTConfig", "ImprovedConsistencyTrainingMethod"]
+
+
+@hookimpl
+def register_methods(register):
+    register("ict", ImprovedConsistencyTrainingMethod())
