@@ -42,7 +42,9 @@ def test_edm_scalings_match_table_1():
 
 
 def test_consistency_scalings_boundary_condition():
-    c_skip, c_out, c_in, c_noise = consistency_scalings(torch.tensor(SIGMA_MIN, dtype=torch.float64))
+    c_skip, c_out, c_in, c_noise = consistency_scalings(
+        torch.tensor(SIGMA_MIN, dtype=torch.float64)
+    )
     assert c_skip.item() == 1.0 and c_out.item() == 0.0
     c_skip, c_out, _, _ = consistency_scalings(torch.tensor(80.0, dtype=torch.float64))
     assert c_skip.item() == pytest.approx(0.25 / ((80 - 0.002) ** 2 + 0.25))
@@ -151,8 +153,9 @@ def test_stochastic_churn_changes_samples_and_respects_tmin_tmax():
     churn = sample_edm_stochastic(D, x, sigmas, generator=StackedGenerator(range(8)), S_churn=40)
     assert not torch.allclose(heun, churn)
     # A window that contains no grid point means γ = 0 everywhere: back to Heun.
-    off = sample_edm_stochastic(D, x, sigmas, generator=StackedGenerator(range(8)), S_churn=40,
-                                S_tmin=1000, S_tmax=2000)
+    off = sample_edm_stochastic(
+        D, x, sigmas, generator=StackedGenerator(range(8)), S_churn=40, S_tmin=1000, S_tmax=2000
+    )
     assert torch.equal(off, heun)
 
 
@@ -166,8 +169,9 @@ def small_denoiser():
     return Denoiser(F, "edm")
 
 
-@pytest.mark.parametrize("sampler,opts", [("heun", {}), ("edm-stochastic", {"S_churn": 20}),
-                                          ("euler", {})])
+@pytest.mark.parametrize(
+    "sampler,opts", [("heun", {}), ("edm-stochastic", {"S_churn": 20}), ("euler", {})]
+)
 def test_sample_does_not_depend_on_batch(sampler, opts):
     D = small_denoiser()
     sigmas = append_zero(karras_sigmas(6))
@@ -183,7 +187,9 @@ def test_consistency_sampling_one_sigma_is_one_step_and_clips():
     x = torch.randn(5, 2) * 80
     one = sample_consistency(f, x, [80.0])
     assert torch.equal(one, f(x, 80.0))
-    clipped = sample_consistency(f, x, [80.0, 1.0], generator=StackedGenerator(range(5)), clip=(-1, 1))
+    clipped = sample_consistency(
+        f, x, [80.0, 1.0], generator=StackedGenerator(range(5)), clip=(-1, 1)
+    )
     assert clipped.abs().max() <= 1
 
 

@@ -72,8 +72,13 @@ def test_broken_plugin_is_reported_and_others_load(site):
 def test_broken_plugin_does_not_take_the_cli_down(site):
     make_distribution(site, "zoo-broken", "zoo_broken_plugin", "raise RuntimeError('boom')")
     env = {**os.environ, "PYTHONPATH": f"{site}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    out = subprocess.run([sys.executable, "-m", "zoo.cli", "plugins"], env=env,
-                         capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-m", "zoo.cli", "plugins"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr
     assert "edm" in out.stdout
     assert "zoo_broken_plugin" in out.stderr and "boom" in out.stderr
@@ -103,8 +108,9 @@ def test_plugins_can_be_blocked_by_name(site, monkeypatch):
 
 
 def test_incompatible_api_version_is_refused(site):
-    make_distribution(site, "zoo-future", "zoo_future_plugin",
-                      GOOD + f"\nZOO_API_VERSION = {API_VERSION + 1}\n")
+    make_distribution(
+        site, "zoo-future", "zoo_future_plugin", GOOD + f"\nZOO_API_VERSION = {API_VERSION + 1}\n"
+    )
     zoo.plugins.reset()
     assert "double" not in zoo.plugins.registry("samplers")
     (failure,) = [f for f in zoo.plugins.failures() if f.name == "zoo_future_plugin"]

@@ -11,9 +11,17 @@ from zoo.training import CheckpointError, NonFiniteLossError, Trainer, load_chec
 from zoo.training.checkpoint import save_checkpoint
 from zoo.training.trainer import BatchNoise
 
-TINY = dict(network_kwargs={"hidden": 32, "num_layers": 2}, batch_size=64, lr=1e-3,
-            lr_warmup=3, lr_decay="linear", ema_rate=0.9, checkpoint_every=4, log_every=2,
-            dataset_options={"n": 2000})
+TINY = dict(
+    network_kwargs={"hidden": 32, "num_layers": 2},
+    batch_size=64,
+    lr=1e-3,
+    lr_warmup=3,
+    lr_decay="linear",
+    ema_rate=0.9,
+    checkpoint_every=4,
+    log_every=2,
+    dataset_options={"n": 2000},
+)
 
 
 def edm():

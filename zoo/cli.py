@@ -147,11 +147,13 @@ def _make_train_command(name, method):
         try:
             config = method.configure(dataset, **_overrides(method.config_class, params))
             run_dir = Path(run_dir) if run_dir else method.default_run_dir(config, runs_root)
-            click.echo(f"training {name} on {dataset} -> {run_dir}", err=True)
+            if distributed.is_main():
+                click.echo(f"training {name} on {dataset} -> {run_dir}", err=True)
             method.train(config, run_dir, resume=resume, progress=progress)
         except USER_ERRORS as exc:
             raise UserError(str(exc)) from None
-        click.echo(f"checkpoint: {run_dir / 'checkpoint.pt'}")
+        if distributed.is_main():
+            click.echo(f"trained run: {run_dir}")
 
     params = [
         click.Option(["--dataset"], default="toy", show_default=True, help="Registered dataset name."),

@@ -37,7 +37,7 @@ def register_datasets(register):
 
 @hookspec
 def register_samplers(register):
-    """Register samplers: ``register(name, fn)``, ``fn(denoiser, x, sigmas, *, generator, **opts)``."""
+    """Register samplers: ``register(name, fn)``, ``fn(denoiser, x, sigmas, *, generator, **o)``."""
 
 
 @hookspec

@@ -32,7 +32,9 @@ def preset_scale(dataset: str) -> str:
 
     scale = getattr(get("datasets", dataset), "scale", "digits")
     if scale not in SCALES:
-        raise ValueError(f"dataset {dataset!r} declares scale {scale!r}; valid: {', '.join(SCALES)}")
+        raise ValueError(
+            f"dataset {dataset!r} declares scale {scale!r}; valid: {', '.join(SCALES)}"
+        )
     return scale
 
 
@@ -88,7 +90,9 @@ class Method(abc.ABC):
         """The module to train and its loss."""
 
     @abc.abstractmethod
-    def sample(self, run: Run, n: int, *, seed: int = 0, batch_size: int = 256, **options) -> Samples:
+    def sample(
+        self, run: Run, n: int, *, seed: int = 0, batch_size: int = 256, **options
+    ) -> Samples:
         """``n`` samples from a loaded run, sample i drawn from seed ``seed + i``."""
 
     def configure(self, dataset: str, **overrides) -> TrainConfig:
@@ -119,13 +123,17 @@ class Method(abc.ABC):
         """The table rows of one trained run: one per sampling setting (e.g. per NFE)."""
         return []
 
-    def train(self, config: TrainConfig, run_dir=None, *, resume=False, progress=True, on_step=None):
+    def train(
+        self, config: TrainConfig, run_dir=None, *, resume=False, progress=True, on_step=None
+    ):
         """Train ``config`` into ``run_dir`` with the shared trainer; returns the run directory."""
         config.method = self.name
         dataset = load_dataset(config.dataset, **config.dataset_options)
         run_dir = Path(run_dir) if run_dir else self.default_run_dir(config)
         task = self.make_task(config, dataset)
-        Trainer(task, config, dataset, run_dir, progress=progress).fit(resume=resume, on_step=on_step)
+        Trainer(task, config, dataset, run_dir, progress=progress).fit(
+            resume=resume, on_step=on_step
+        )
         return run_dir
 
     def build_net(self, config: TrainConfig, data_shape, num_classes: int = 0):
@@ -133,8 +141,9 @@ class Method(abc.ABC):
         ``config.seed`` (whatever the global RNG state)."""
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.seed)
-            return build_network(config.network, tuple(data_shape), num_classes,
-                                 **config.network_kwargs)
+            return build_network(
+                config.network, tuple(data_shape), num_classes, **config.network_kwargs
+            )
 
     def load(self, run_dir, *, device="cpu", ema: bool = True) -> Run:
         """Load a trained run (its EMA weights by default) without running code from the file."""

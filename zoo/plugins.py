@@ -61,7 +61,9 @@ class Registry:
 
     def add(self, name: str, obj, source: str) -> None:
         if not isinstance(name, str) or not name:
-            raise ValueError(f"{source}: a {self.kind[:-1]} name must be a non-empty string, got {name!r}")
+            raise ValueError(
+                f"{source}: a {self.kind[:-1]} name must be a non-empty string, got {name!r}"
+            )
         if name in self._items:
             raise DuplicateNameError(
                 f"{self.kind[:-1]} {name!r} is registered twice: by {self._sources[name]} "
@@ -206,7 +208,7 @@ def _build_registries() -> dict[str, Registry]:
 
 
 def registry(kind: str) -> Registry:
-    """The registry of one kind: ``methods``, ``networks``, ``datasets``, ``samplers``, ``metrics``."""
+    """The registry of one kind: methods, networks, datasets, samplers or metrics."""
     if kind not in KINDS:
         raise UnknownNameError(f"unknown registry {kind!r}; valid: {', '.join(KINDS)}")
     if _state.registries is None:

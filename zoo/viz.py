@@ -26,7 +26,9 @@ def save_image_grid(x: torch.Tensor, path, nrow: int | None = None) -> Path:
     return path
 
 
-def save_scatter(x: torch.Tensor, path, title: str = "", reference: torch.Tensor | None = None) -> Path:
+def save_scatter(
+    x: torch.Tensor, path, title: str = "", reference: torch.Tensor | None = None
+) -> Path:
     """Scatter plot of 2D points (and optionally true samples beside them) as a PNG."""
     import matplotlib
 

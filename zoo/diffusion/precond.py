@@ -1,6 +1,6 @@
 """Preconditioning of a raw network F into a denoiser D(x, σ) (EDM, Table 1; CM, Appendix C).
 
-    D(x, σ) = c_skip(σ)·x + c_out(σ)·F(c_in(σ)·x, c_noise(σ))
+D(x, σ) = c_skip(σ)·x + c_out(σ)·F(c_in(σ)·x, c_noise(σ))
 """
 
 from __future__ import annotations
@@ -46,17 +46,19 @@ SCALINGS = {"edm": edm_scalings, "consistency": consistency_scalings}
 
 
 def expand_sigma(sigma, x: torch.Tensor) -> torch.Tensor:
-    """σ as a tensor broadcastable against x: a scalar or one value per sample, shape [B, 1, ...]."""
+    """σ broadcastable against x: a scalar or one value per sample, as shape [B, 1, ...]."""
     sigma = torch.as_tensor(sigma, dtype=x.dtype, device=x.device)
     if sigma.ndim == 0:
         sigma = sigma.expand(x.shape[0])
     if sigma.shape != (x.shape[0],):
-        raise ValueError(f"sigma must be a scalar or have shape [{x.shape[0]}], got {tuple(sigma.shape)}")
+        raise ValueError(
+            f"sigma must be a scalar or have shape [{x.shape[0]}], got {tuple(sigma.shape)}"
+        )
     return sigma.reshape(-1, *([1] * (x.ndim - 1)))
 
 
 class Denoiser(nn.Module):
-    """A raw network F wrapped with its preconditioning: ``D(x, σ) = c_skip·x + c_out·F(c_in·x, c_noise)``.
+    """A raw network F with its preconditioning: D(x, σ) = c_skip·x + c_out·F(c_in·x, c_noise).
 
     ``parameterization`` is ``"edm"`` (a diffusion denoiser) or ``"consistency"`` (a consistency
     function f(x, σ) with f(x, σ_min) = x).

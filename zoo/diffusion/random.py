@@ -22,7 +22,10 @@ class StackedGenerator:
 
     def randn(self, size, dtype=torch.float32) -> torch.Tensor:
         return torch.stack(
-            [torch.randn(tuple(size), generator=g, device=self.device, dtype=dtype) for g in self.generators]
+            [
+                torch.randn(tuple(size), generator=g, device=self.device, dtype=dtype)
+                for g in self.generators
+            ]
         )
 
     def randn_like(self, x: torch.Tensor) -> torch.Tensor:

@@ -14,8 +14,8 @@ import math
 import torch
 from tqdm.auto import tqdm
 
-from zoo.diffusion.random import StackedGenerator
 from zoo.diffusion.precond import SIGMA_MIN, expand_sigma, ode_derivative
+from zoo.diffusion.random import StackedGenerator
 from zoo.distributed import all_max, gather_samples, shard
 from zoo.hookspecs import hookimpl
 

@@ -1,4 +1,4 @@
-"""Run configuration: a dataclass per method (subclassing :class:`TrainConfig`), presets per dataset."""
+"""Run configuration: a dataclass per method (a TrainConfig subclass) with presets per dataset."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ class TrainConfig:
 
     method: str = setting("", "Method name (set by the method).")
     dataset: str = setting("toy", "Registered dataset name.")
-    dataset_options: dict = setting({}, "Dataset options as JSON, e.g. '{\"path\": \"imgs/\"}'.")
+    dataset_options: dict = setting({}, 'Dataset options as JSON, e.g. \'{"path": "imgs/"}\'.')
     network: str = setting("mlp", "Registered network name.")
     network_kwargs: dict = setting({}, "Network constructor overrides as JSON.")
     batch_size: int = setting(512, "Global batch size (split across processes).")
@@ -34,7 +34,9 @@ class TrainConfig:
     lr_warmup: int = setting(0, "Iterations of linear learning-rate warm-up.")
     lr_decay: str = setting("constant", "constant, or linear (to 0 at the last iteration).")
     grad_clip: float = setting(0.0, "Max gradient norm; 0 = off.")
-    ema_rate: float = setting(0.0, "Evaluation EMA rate per step; when > 0 it overrides --ema-halflife-kimg.")
+    ema_rate: float = setting(
+        0.0, "Evaluation EMA rate per step; when > 0 it overrides --ema-halflife-kimg."
+    )
     ema_halflife_kimg: float = setting(0.0, "Evaluation EMA half-life in thousands of samples.")
     hflip: bool = setting(False, "Horizontal-flip augmentation (images).")
     seed: int = setting(0, "Seed of data order, noise and initialisation.")
@@ -47,8 +49,11 @@ class TrainConfig:
     tf32: bool = setting(False, "Allow TF32 matmuls and convolutions on CUDA during training.")
 
     def validate(self) -> None:
-        choices = {"optimizer": ("adam", "radam"), "lr_decay": ("constant", "linear"),
-                   "precision": ("fp32", "bf16")}
+        choices = {
+            "optimizer": ("adam", "radam"),
+            "lr_decay": ("constant", "linear"),
+            "precision": ("fp32", "bf16"),
+        }
         for name, valid in choices.items():
             if getattr(self, name) not in valid:
                 raise ValueError(f"{name}={getattr(self, name)!r} is not one of {', '.join(valid)}")
@@ -65,7 +70,7 @@ def config_to_dict(config) -> dict:
 
 
 def config_from_dict(cls, data: dict):
-    """Rebuild a config, refusing keys the class does not know (a clear error, not a silent drop)."""
+    """Rebuild a config, refusing keys the class does not know (an error, not a silent drop)."""
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - names)
     if unknown:

@@ -22,7 +22,12 @@ from tqdm.auto import tqdm
 import zoo
 from zoo import distributed
 from zoo.data import BatchLoader
-from zoo.training.checkpoint import CHECKPOINT_NAME, CheckpointError, load_checkpoint, save_checkpoint
+from zoo.training.checkpoint import (
+    CHECKPOINT_NAME,
+    CheckpointError,
+    load_checkpoint,
+    save_checkpoint,
+)
 from zoo.training.config import TrainConfig, config_to_dict, save_config
 from zoo.training.ema import EMA, ema_beta
 
@@ -134,7 +139,9 @@ class Trainer:
             betas=(config.adam_beta1, config.adam_beta2),
             weight_decay=config.weight_decay,
         )
-        self.ema = EMA(self.net, ema_beta(config.ema_rate, config.ema_halflife_kimg, config.batch_size))
+        self.ema = EMA(
+            self.net, ema_beta(config.ema_rate, config.ema_halflife_kimg, config.batch_size)
+        )
         self.step = 0
 
     @property
@@ -182,7 +189,8 @@ class Trainer:
             )
         if state["dataset"]["checksum"] != self.dataset.checksum:
             raise CheckpointError(
-                f"{self.checkpoint_path} was trained on different data ({state['dataset']['name']}, "
+                f"{self.checkpoint_path} was trained on different data "
+                f"({state['dataset']['name']}, "
                 f"checksum {state['dataset']['checksum'][:12]}) than {self.dataset.name} "
                 f"(checksum {self.dataset.checksum[:12]})"
             )
@@ -219,8 +227,10 @@ class Trainer:
             net = torch.compile(net)
         net.train()
         autocast = torch.autocast(self.device.type, torch.bfloat16, enabled=c.precision == "bf16")
-        fp32_precision = (torch.backends.cuda.matmul.fp32_precision,
-                          torch.backends.cudnn.conv.fp32_precision)
+        fp32_precision = (
+            torch.backends.cuda.matmul.fp32_precision,
+            torch.backends.cudnn.conv.fp32_precision,
+        )
         if c.tf32:
             torch.backends.cuda.matmul.fp32_precision = "tf32"
             torch.backends.cudnn.conv.fp32_precision = "tf32"
@@ -239,7 +249,9 @@ class Trainer:
                 x, labels = next(self.loader)
                 if c.channels_last and x.ndim == 4:
                     x = x.contiguous(memory_format=torch.channels_last)
-                noise = BatchNoise(c.seed, step, c.batch_size, self.rank, self.world_size, self.device)
+                noise = BatchNoise(
+                    c.seed, step, c.batch_size, self.rank, self.world_size, self.device
+                )
                 torch.manual_seed(_mix(c.seed, step, self.rank, 1))  # dropout and the like
                 for group in self.optimizer.param_groups:
                     group["lr"] = self.lr_at(step)
@@ -275,8 +287,12 @@ class Trainer:
                         window_loss = window.item()
                     bar.set_postfix(loss=f"{window_loss / window_n:.4g}", samples_s=f"{rate:.0f}")
                     if log is not None:
-                        row = {"step": self.step, "loss": window_loss / window_n,
-                               "samples_per_s": rate, "lr": self.lr_at(step)}
+                        row = {
+                            "step": self.step,
+                            "loss": window_loss / window_n,
+                            "samples_per_s": rate,
+                            "lr": self.lr_at(step),
+                        }
                         log.write(json.dumps(row) + "\n")
                         log.flush()
                     window_loss, window_n, t0 = 0.0, 0, time.perf_counter()

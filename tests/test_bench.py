@@ -1,0 +1,145 @@
+"""``zoo bench``: runs found or trained, the same seeds and evaluator per row, outputs, refusals."""
+
+import csv
+import json
+import shutil
+
+import pytest
+import zoo_edm.method
+import zoo_pd.method
+from click.testing import CliRunner
+
+import zoo.plugins
+from zoo.bench import BenchError, format_table, run_bench, training_order
+from zoo.cli import main
+from zoo.training import load_checkpoint, save_checkpoint
+
+TINY = {"batch_size": 64, "lr_warmup": 0, "network_kwargs": {"hidden": 16, "num_layers": 1},
+        "checkpoint_every": 20, "log_every": 10}
+
+
+def use_tiny_presets(mp):
+    """Toy presets at test size: a 20-iteration EDM, PD from 8 steps with 6 iterations a stage."""
+    mp.setitem(zoo_edm.method.PRESETS, "toy",
+               {**zoo_edm.method.PRESETS["toy"], **TINY, "iterations": 20})
+    mp.setitem(zoo_pd.method.PRESETS, "toy",
+               {**zoo_pd.method.PRESETS["toy"], **TINY, "iterations": 6, "teacher_steps": 8,
+                "checkpoint_every": 6})
+
+
+@pytest.fixture(autouse=True)
+def tiny_presets(monkeypatch):
+    use_tiny_presets(monkeypatch)
+
+
+@pytest.fixture(scope="module")
+def benched(tmp_path_factory):
+    """``zoo bench --models edm,pd --dataset toy --train-missing`` from nothing, at test size."""
+    root = tmp_path_factory.mktemp("bench")
+    with pytest.MonkeyPatch.context() as mp:
+        use_tiny_presets(mp)
+        zoo.plugins.reset()
+        report = run_bench(["edm", "pd"], "toy", runs_root=root / "runs", train_missing=True,
+                           n=64, batch_size=32, out=root / "out", progress=False,
+                           echo=lambda msg: None)
+    return root, report
+
+
+def test_train_missing_goes_from_nothing_to_all_outputs(benched):
+    root, report = benched
+    rows = [(r.method, r.row.label, r.row.nfe) for r in report.results]
+    assert rows == [("edm", "EDM (Heun)", n) for n in (1, 3, 5, 9, 19, 35)] + [
+        ("pd", "PD", n) for n in (1, 2, 4)]
+    assert all(set(r.metrics) == {"W2", "W2 floor"} and r.samples_per_s > 0 for r in report.results)
+    # even a briefly trained teacher is far better at 35 NFE than at 1 (which collapses to a mean)
+    edm = {r.row.nfe: r.metrics["W2"] for r in report.results if r.method == "edm"}
+    assert edm[35] < 0.6 * edm[1]
+    # every row measured against the same reference and seeds: the floor is one number
+    assert len({r.metrics["W2 floor"] for r in report.results}) == 1
+    out = root / "out"
+    for name in ("table.md", "table.csv", "table.json", "metric_vs_nfe.png"):
+        assert (out / name).stat().st_size > 0
+    pictures = [f"edm-heun-nfe{n}.png" for n in (1, 3, 5, 9, 19, 35)]
+    pictures += [f"pd-nfe{n}.png" for n in (1, 2, 4)]
+    assert sorted(p.name for p in (out / "samples").iterdir()) == sorted(pictures)
+    record = json.loads((out / "table.json").read_text())
+    assert record["n"] == 64 and record["seeds"] == [0, 63] and record["zoo_version"]
+    assert {r["run_checksum"] for r in record["rows"]} == {record["dataset_checksum"]}
+    assert record["rows"][0]["run_dir"].endswith("edm")
+    assert record["metrics"]["W2"]["lower_is_better"] is True
+    with open(out / "table.csv") as f:
+        table = list(csv.DictReader(f))
+    assert [int(r["nfe"]) for r in table] == [1, 3, 5, 9, 19, 35, 1, 2, 4]
+    markdown = (out / "table.md").read_text().splitlines()
+    assert markdown[0].startswith("| METHOD | NFE | W2↓ |") and "samples/s" in markdown[0]
+    assert len(markdown) == 2 + 9
+    text = format_table(report)
+    assert text.splitlines()[0].split()[:3] == ["METHOD", "NFE", "W2↓"]
+
+
+def test_existing_runs_are_reused_and_same_seeds_give_same_numbers(benched, tmp_path):
+    root, report = benched
+    again = run_bench(["pd"], "toy", runs_root=root / "runs", n=64, batch_size=64,
+                      out=tmp_path, progress=False)
+    # the batch size does not change a sample, so neither does it change the metric
+    assert [r.metrics for r in again.results] == [r.metrics for r in report.results[-3:]]
+
+
+def test_missing_run_is_an_error_naming_the_run_and_the_command(tmp_path):
+    with pytest.raises(BenchError, match=r"edm run .*toy/edm is missing \(required by pd\)\. "
+                                         r"Create it with `zoo train edm --dataset toy --run-dir"):
+        run_bench(["pd"], "toy", runs_root=tmp_path, progress=False)
+    with pytest.raises(BenchError, match="edm run .* is missing. .* or pass --train-missing"):
+        run_bench(["edm"], "toy", runs_root=tmp_path, progress=False)
+
+
+def test_unfinished_run_is_an_error(benched, tmp_path):
+    runs = tmp_path / "runs"
+    shutil.copytree(benched[0] / "runs", runs)
+    stage = runs / "toy" / "pd" / "stage-1-nfe-2"
+    state = load_checkpoint(stage)
+    save_checkpoint({**state, "step": 3}, stage / "checkpoint.pt")
+    with pytest.raises(BenchError, match="stopped at step 3 of 6"):
+        run_bench(["pd"], "toy", runs_root=runs, progress=False)
+
+
+def test_runs_trained_on_other_data_are_refused(benched, tmp_path):
+    runs = tmp_path / "runs"
+    shutil.copytree(benched[0] / "runs", runs)
+    state = load_checkpoint(runs / "toy" / "edm")
+    state["dataset"]["checksum"] = "0" * 64
+    save_checkpoint(state, runs / "toy" / "edm" / "checkpoint.pt")
+    with pytest.raises(BenchError, match=r"run .*toy/edm was trained on checkerboard with "
+                                         r"checksum 0{64}, but dataset toy \(checkerboard\) has "
+                                         r"checksum [0-9a-f]{64}: refusing to compare"):
+        run_bench(["edm", "pd"], "toy", runs_root=runs, n=16, progress=False)
+    # also when only a requirement (the teacher) is on other data, before anything is trained
+    shutil.rmtree(runs / "toy" / "pd")
+    with pytest.raises(BenchError, match=r"toy/edm was trained on checkerboard with checksum 0"):
+        run_bench(["pd"], "toy", runs_root=runs, train_missing=True, progress=False)
+    assert not (runs / "toy" / "pd").exists()
+
+
+def test_unknown_model_lists_the_valid_ones():
+    with pytest.raises(BenchError, match="unknown model.* 'nope'; valid: .*edm.*pd"):
+        run_bench(["edm", "nope"], "toy", progress=False)
+
+
+def test_requirements_come_first():
+    methods = {name: zoo.plugins.get("methods", name) for name in ("pd", "edm")}
+    assert training_order(methods) == ["edm", "pd"]
+    assert training_order({"pd": methods["pd"]}) == ["edm", "pd"]
+
+
+def test_cli_prints_the_table_and_reports_errors(benched, tmp_path):
+    runner = CliRunner()
+    runs = str(benched[0] / "runs")
+    result = runner.invoke(main, ["bench", "--models", "edm", "--runs-root", runs, "--n", "16",
+                                  "--out", str(tmp_path), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert "METHOD" in result.output and "W2↓" in result.output and "samples/s" in result.output
+    assert (tmp_path / "table.md").exists()
+    result = runner.invoke(main, ["bench", "--models", "cm,nope", "--runs-root", str(tmp_path)])
+    assert result.exit_code == 1 and "unknown model(s) 'nope'" in result.output
+    result = runner.invoke(main, ["bench", "--models", "edm", "--runs-root", str(tmp_path / "x")])
+    assert result.exit_code == 1 and "--train-missing" in result.output

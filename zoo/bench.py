@@ -1,0 +1,369 @@
+"""``zoo bench``: the NFE-versus-metric table of several methods under identical conditions.
+
+Every row draws the same ``n`` samples from the same seeds ``[seed, seed + n)`` and goes through
+the same evaluator (:func:`zoo.metrics.evaluate`, the dataset's default metrics); runs trained
+on other data than the dataset as it is now (checksums differ) are refused. Methods come from the
+registry; each names the runs it needs (:meth:`~zoo.methods.Method.bench_configs`) and the rows
+a run gives (:meth:`~zoo.methods.Method.bench_rows`). Outputs: the table (terminal, Markdown,
+CSV, JSON), the primary metric against NFE as a PNG, and one sample picture per row.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import os
+import re
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+import zoo
+from zoo import metrics as zoo_metrics
+from zoo import plugins
+from zoo.data import Dataset, load_dataset
+from zoo.methods import BenchRow, Method
+from zoo.training import CheckpointError, load_checkpoint
+from zoo.training.checkpoint import CHECKPOINT_NAME
+
+
+class BenchError(ValueError):
+    """A bench that cannot run as asked: unknown or missing runs, or runs on other data."""
+
+
+@dataclass
+class RowResult:
+    """One measured row: the method, its row, the metrics and the sampling throughput."""
+
+    method: str
+    row: BenchRow
+    metrics: dict[str, float]
+    samples_per_s: float
+    checksum: str
+    step: int
+    samples_picture: str = ""
+
+
+@dataclass
+class BenchReport:
+    dataset: str
+    checksum: str
+    n: int
+    seed: int
+    batch_size: int
+    device: str
+    results: list[RowResult] = field(default_factory=list)
+
+    @property
+    def metric_names(self) -> list[str]:
+        names: list[str] = []
+        for r in self.results:
+            names += [k for k in r.metrics if k not in names]
+        return names
+
+
+def resolve_methods(models: list[str]) -> dict[str, Method]:
+    """The registered methods named in ``models``; an unknown name lists the valid ones."""
+    registry = plugins.registry("methods")
+    unknown = [m for m in models if m not in registry]
+    if unknown or not models:
+        raise BenchError(f"unknown model(s) {', '.join(map(repr, unknown)) or '(none given)'}; "
+                         f"valid: {', '.join(registry.names())}")
+    return {m: registry.get(m) for m in models}
+
+
+def training_order(methods: dict[str, Method]) -> list[str]:
+    """The methods and everything they require (``Method.requires``), requirements first."""
+    order: list[str] = []
+
+    def visit(name: str, path: tuple[str, ...]) -> None:
+        if name in path:
+            cycle = " -> ".join(path + (name,))
+            raise BenchError(f"methods require each other in a cycle: {cycle}")
+        if name in order:
+            return
+        if name not in methods and name not in plugins.registry("methods"):
+            raise BenchError(f"{path[-1]} requires method {name!r}, which no plugin registers; "
+                             f"registered: {', '.join(plugins.registry('methods').names())}")
+        method = methods.get(name) or plugins.get("methods", name)
+        for required in method.requires:
+            visit(required, path + (name,))
+        order.append(name)
+
+    for name in methods:
+        visit(name, ())
+    return order
+
+
+def _record(run_dir: Path) -> dict:
+    state = load_checkpoint(run_dir)
+    return {"step": state["step"], "iterations": state["config"]["iterations"],
+            "checksum": state["dataset"]["checksum"], "data": state["dataset"]["name"]}
+
+
+def run_problem(method: Method, run_dir: Path) -> str | None:
+    """Why ``run_dir`` cannot be benched yet (missing, or a checkpoint short of its iterations);
+    None when every checkpoint its rows load is complete."""
+    if not run_dir.exists():
+        return "is missing"
+    try:
+        rows = method.bench_rows(run_dir)
+    except (OSError, ValueError, KeyError, CheckpointError) as exc:
+        return f"cannot be read ({type(exc).__name__}: {exc})"
+    if not rows:
+        return "has no trained model"
+    for row_dir in dict.fromkeys(Path(r.run_dir) for r in rows):
+        if not (row_dir / CHECKPOINT_NAME).exists():
+            return f"lacks {row_dir / CHECKPOINT_NAME}"
+        try:
+            record = _record(row_dir)
+        except CheckpointError as exc:
+            return f"has an unreadable checkpoint ({exc})"
+        if record["step"] < record["iterations"]:
+            return f"stopped at step {record['step']} of {record['iterations']} ({row_dir})"
+    return None
+
+
+def train_command(name: str, method: Method, config, dataset: str, run_dir: Path) -> str:
+    """The ``zoo train`` command line that creates ``run_dir`` with ``config``."""
+    preset = method.preset(dataset)
+    flags = []
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if f.name in ("method", "dataset", "device") or value == getattr(preset, f.name):
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        if isinstance(value, bool):
+            flags.append(flag if value else f"--no-{flag[2:]}")
+        else:
+            flags.append(f"{flag} '{json.dumps(value)}'" if isinstance(value, dict)
+                         else f"{flag} {value}")
+    return " ".join([f"zoo train {name} --dataset {dataset} --run-dir {run_dir}", *flags])
+
+
+def prepare_runs(methods: dict[str, Method], dataset: str, data: Dataset, runs_root: Path, *,
+                 train_missing: bool, device: str, progress: bool, echo=print):
+    """Train (with ``train_missing``) or refuse absent runs, requirements first, and refuse runs
+    on other data before anything is trained from them. Returns the benched methods' rows as
+    ``[(method name, BenchRow)]`` and each row's run record (step, checksum)."""
+    rows, records = [], {}
+    for name in training_order(methods):
+        method = methods.get(name) or plugins.get("methods", name)
+        for run_name, config in method.bench_configs(dataset, runs_root).items():
+            run_dir = Path(runs_root) / dataset / run_name
+            problem = run_problem(method, run_dir)
+            if problem:
+                command = train_command(name, method, config, dataset, run_dir)
+                if not train_missing:
+                    needed = "" if name in methods else f" (required by {', '.join(methods)})"
+                    raise BenchError(f"{name} run {run_dir} {problem}{needed}. Create it with "
+                                     f"`{command}`, or pass --train-missing")
+                echo(f"{name}: {run_dir} {problem}; training it: {command}")
+                config.device = device
+                method.train(config, run_dir, resume=True, progress=progress)
+                problem = run_problem(method, run_dir)
+                if problem:
+                    raise BenchError(f"{name} run {run_dir} {problem} after training")
+            run_rows = method.bench_rows(run_dir)
+            records.update(check_same_data(run_rows, dataset, data))
+            if name in methods:
+                rows += [(name, row) for row in run_rows]
+    return rows, records
+
+
+def check_same_data(rows: list[BenchRow], dataset: str, data: Dataset) -> dict[Path, dict]:
+    """Refuse any row whose run was trained on data with another checksum than ``data``'s."""
+    records = {}
+    for row in rows:
+        run_dir = Path(row.run_dir)
+        if run_dir not in records:
+            records[run_dir] = record = _record(run_dir)
+            if record["checksum"] != data.checksum:
+                raise BenchError(
+                    f"run {run_dir} was trained on {record['data']} with checksum "
+                    f"{record['checksum']}, but dataset {dataset} ({data.name}) has checksum "
+                    f"{data.checksum}: "
+                    "refusing to compare runs trained on different data. Retrain that run (move "
+                    "it away and pass --train-missing).")
+    return records
+
+
+def sort_rows(rows, methods: list[str]):
+    """Rows grouped by method (in ``methods`` order), then by label, NFE ascending."""
+    labels = list(dict.fromkeys(row.label for _, row in rows))
+    return sorted(rows, key=lambda mr: (methods.index(mr[0]), labels.index(mr[1].label), mr[1].nfe))
+
+
+def run_bench(models: list[str], dataset: str, *, runs_root="runs", train_missing=False,
+              n=2000, seed=0, batch_size=500, out=None, device="cpu", inception_weights=None,
+              progress=True, echo=print) -> BenchReport:
+    """Prepare the runs, sample and evaluate every row, and write the outputs into ``out``
+    (default ``bench/<dataset>``). Returns the report."""
+    if n < 2:
+        raise BenchError(f"--n must be >= 2, got {n}")
+    if inception_weights:
+        from zoo.metrics import fidelity
+
+        os.environ[fidelity.INCEPTION_ENV] = str(fidelity.inception_weights(inception_weights))
+    methods = resolve_methods(models)
+    data = load_dataset(dataset)
+    rows, records = prepare_runs(methods, dataset, data, Path(runs_root),
+                                 train_missing=train_missing, device=device, progress=progress,
+                                 echo=echo)
+    report = BenchReport(dataset, data.checksum, n, seed, batch_size, device)
+    out = Path(out) if out else Path("bench") / dataset
+    for name, row in tqdm(sort_rows(rows, list(methods)), desc=f"bench {dataset}",
+                          disable=not progress, dynamic_ncols=True):
+        method = methods[name]
+        run = method.load(row.run_dir, device=device)
+        method.sample(run, 1, seed=seed, batch_size=1, device=device, **row.options)  # warm-up
+        start = time.perf_counter()
+        samples = method.sample(run, n, seed=seed, batch_size=batch_size, device=device,
+                                **row.options)
+        rate = n / (time.perf_counter() - start)
+        if samples.nfe != row.nfe:
+            raise BenchError(f"{name} row {row.label!r} promises NFE {row.nfe} but its sampler "
+                             f"used {samples.nfe}")
+        values = zoo_metrics.evaluate(samples.x, data, seed=seed)
+        record = records[Path(row.run_dir)]
+        result = RowResult(name, row, values, rate, record["checksum"], record["step"])
+        result.samples_picture = str(save_row_samples(result, samples.x, data, out))
+        report.results.append(result)
+    write_outputs(report, out)
+    return report
+
+
+# ---------------------------------------------------------------- outputs
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+
+
+def save_row_samples(result: RowResult, x, data: Dataset, out: Path) -> Path:
+    from zoo.viz import save_image_grid, save_scatter
+
+    path = out / "samples" / f"{_slug(result.row.label)}-nfe{result.row.nfe}.png"
+    if data.kind == "image":
+        return save_image_grid(x[:64], path)
+    title = f"{result.row.label}  NFE={result.row.nfe}"
+    return save_scatter(x, path, title, reference=data.x[: len(x)])
+
+
+def _arrow(name: str) -> str:
+    return {True: "↓", False: "↑", None: ""}[zoo_metrics.lower_is_better(name)]
+
+
+def _fmt(value: float) -> str:
+    return f"{value:.4g}"
+
+
+def table_rows(report: BenchReport) -> tuple[list[str], list[list[str]]]:
+    """Header and cells in the paper's layout: METHOD | NFE | metrics | samples/s."""
+    names = report.metric_names
+    header = ["METHOD", "NFE", *[f"{k}{_arrow(k)}" for k in names], "samples/s"]
+    cells = [[r.row.label, str(r.row.nfe),
+              *[_fmt(r.metrics[k]) if k in r.metrics else "" for k in names],
+              f"{r.samples_per_s:.0f}"] for r in report.results]
+    return header, cells
+
+
+def format_table(report: BenchReport) -> str:
+    """The table as aligned text, a rule between methods' groups of rows."""
+    header, cells = table_rows(report)
+    widths = [max(len(c[i]) for c in [header, *cells]) for i in range(len(header))]
+
+    def line(row):
+        padded = [c.rjust(w) if i else c.ljust(w)
+                  for i, (c, w) in enumerate(zip(row, widths, strict=True))]
+        return "  ".join(padded)
+
+    rule = "-" * len(line(header))
+    lines = [line(header), rule]
+    for i, (result, row) in enumerate(zip(report.results, cells, strict=True)):
+        if i and result.row.label != report.results[i - 1].row.label:
+            lines.append(rule)
+        lines.append(line(row))
+    return "\n".join(lines)
+
+
+def format_markdown(report: BenchReport) -> str:
+    header, cells = table_rows(report)
+    align = ["---", *["---:"] * (len(header) - 1)]
+    return "\n".join("| " + " | ".join(r) + " |" for r in [header, align, *cells]) + "\n"
+
+
+def git_commit() -> str | None:
+    """HEAD of the git checkout zoo runs from (``+dirty`` with uncommitted changes), if any."""
+    here = Path(zoo.__file__).parent
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                              check=True, cwd=here).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, check=True, cwd=here).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return head + ("+dirty" if dirty else "")
+
+
+def plot_metric_vs_nfe(report: BenchReport, path: Path) -> Path:
+    """The primary metric (the evaluator's first result) against NFE, log-x, one line per label;
+    its floor (e.g. "W2 floor") dashed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    primary = report.metric_names[0]
+    fig, ax = plt.subplots(figsize=(5.5, 4), dpi=120)
+    for label in dict.fromkeys(r.row.label for r in report.results):
+        points = [(r.row.nfe, r.metrics[primary]) for r in report.results if r.row.label == label]
+        ax.plot(*zip(*points, strict=True), marker="o", label=label)
+    floor = [r.metrics[f"{primary} floor"] for r in report.results
+             if f"{primary} floor" in r.metrics]
+    if floor:
+        ax.axhline(sum(floor) / len(floor), color="0.4", linestyle="--", label=f"{primary} floor")
+    ax.set_xscale("log")
+    ax.set_xlabel("NFE")
+    ax.set_ylabel(f"{primary} {_arrow(primary)}")
+    ax.set_title(f"{report.dataset}: {primary} vs NFE (n={report.n}, seed={report.seed})",
+                 fontsize=9)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def write_outputs(report: BenchReport, out: Path) -> dict[str, Path]:
+    """``table.md``, ``table.csv``, ``table.json`` and ``metric_vs_nfe.png`` in ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {name: out / name for name in
+             ("table.md", "table.csv", "table.json", "metric_vs_nfe.png")}
+    paths["table.md"].write_text(format_markdown(report))
+    names = report.metric_names
+    with open(paths["table.csv"], "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["method", "label", "nfe", *names, "samples_per_s", "run_dir"])
+        for r in report.results:
+            writer.writerow([r.method, r.row.label, r.row.nfe,
+                             *[r.metrics.get(k, "") for k in names], r.samples_per_s,
+                             str(r.row.run_dir)])
+    record = {
+        "dataset": report.dataset, "dataset_checksum": report.checksum, "n": report.n,
+        "seeds": [report.seed, report.seed + report.n - 1], "batch_size": report.batch_size,
+        "device": report.device, "zoo_version": zoo.__version__, "git_commit": git_commit(),
+        "metrics": {k: {"lower_is_better": zoo_metrics.lower_is_better(k)} for k in names},
+        "rows": [{"method": r.method, "label": r.row.label, "nfe": r.row.nfe,
+                  "metrics": r.metrics, "samples_per_s": r.samples_per_s,
+                  "run_dir": str(r.row.run_dir), "run_checksum": r.checksum, "run_step": r.step,
+                  "options": r.row.options, "samples_picture": r.samples_picture}
+                 for r in report.results],
+    }
+    paths["table.json"].write_text(json.dumps(record, indent=2) + "\n")
+    plot_metric_vs_nfe(report, paths["metric_vs_nfe.png"])
+    return paths
