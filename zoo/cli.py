@@ -1,4 +1,4 @@
-"""The ``zoo`` command line: plugins, train, sample (and, from plugins' methods, everything else)."""
+"""The ``zoo`` command line: plugins, train, sample, bench, edit and import-edm."""
 
 from __future__ import annotations
 
@@ -24,8 +24,11 @@ USER_ERRORS = (ValueError, KeyError, FileNotFoundError, RuntimeError, TypeError)
 
 def _report_plugin_failures() -> None:
     for f in zoo_plugins.failures():
-        click.secho(f"warning: plugin {f.name!r} ({f.distribution}) not loaded: {f.error}",
-                    fg="yellow", err=True)
+        click.secho(
+            f"warning: plugin {f.name!r} ({f.distribution}) not loaded: {f.error}",
+            fg="yellow",
+            err=True,
+        )
 
 
 def _method(name: str):
@@ -81,18 +84,27 @@ def main():
 def plugins_command(as_json):
     """List loaded plugins (distribution, version, hooks), what they register, and failures."""
     infos = zoo_plugins.plugins()
-    regs = {k: {n: zoo_plugins.registry(k).source(n) for n in zoo_plugins.registry(k).names()}
-            for k in zoo_plugins.KINDS}
+    regs = {
+        k: {n: zoo_plugins.registry(k).source(n) for n in zoo_plugins.registry(k).names()}
+        for k in zoo_plugins.KINDS
+    }
     fails = zoo_plugins.failures()
     if as_json:
-        click.echo(json.dumps({
-            "plugins": [dataclasses.asdict(i) for i in infos],
-            "registered": regs,
-            "failures": [dataclasses.asdict(f) for f in fails],
-        }, indent=2))
+        click.echo(
+            json.dumps(
+                {
+                    "plugins": [dataclasses.asdict(i) for i in infos],
+                    "registered": regs,
+                    "failures": [dataclasses.asdict(f) for f in fails],
+                },
+                indent=2,
+            )
+        )
         return
     for info in infos:
-        click.echo(f"{info.name}  ({info.distribution} {info.version})  hooks: {', '.join(info.hooks)}")
+        click.echo(
+            f"{info.name}  ({info.distribution} {info.version})  hooks: {', '.join(info.hooks)}"
+        )
     click.echo()
     for kind, names in regs.items():
         click.echo(f"{kind}: {', '.join(names) or '-'}")
@@ -102,13 +114,14 @@ def plugins_command(as_json):
 
 # ---------------------------------------------------------------- train
 
+
 def _click_type(annotation: str):
     base = annotation.replace(" | None", "")
     return {"int": int, "float": float, "str": str, "bool": bool, "dict": "json"}.get(base, str)
 
 
 def config_options(config_class) -> list[click.Option]:
-    """One ``--option`` per config field; defaults come from the dataset's preset, so unset = None."""
+    """One ``--option`` per config field; unset (None) options keep the dataset preset's value."""
     options = []
     for f in dataclasses.fields(config_class):
         if f.name in ("method", "dataset"):
@@ -117,9 +130,13 @@ def config_options(config_class) -> list[click.Option]:
         kind = _click_type(f.type if isinstance(f.type, str) else f.type.__name__)
         help_text = f.metadata.get("help", "") + " [default: from the dataset preset]"
         if kind is bool:
-            options.append(click.Option([f"{flag}/--no-{flag[2:]}", f.name], default=None, help=help_text))
+            options.append(
+                click.Option([f"{flag}/--no-{flag[2:]}", f.name], default=None, help=help_text)
+            )
         elif kind == "json":
-            options.append(click.Option([flag, f.name], default=None, metavar="JSON", help=help_text))
+            options.append(
+                click.Option([flag, f.name], default=None, metavar="JSON", help=help_text)
+            )
         else:
             options.append(click.Option([flag, f.name], type=kind, default=None, help=help_text))
     return options
@@ -156,17 +173,29 @@ def _make_train_command(name, method):
             click.echo(f"trained run: {run_dir}")
 
     params = [
-        click.Option(["--dataset"], default="toy", show_default=True, help="Registered dataset name."),
-        click.Option(["--run-dir"], type=click.Path(file_okay=False), default=None,
-                     help="Where to write the run [default: RUNS_ROOT/DATASET/RUN_NAME]."),
-        click.Option(["--runs-root"], type=click.Path(file_okay=False), default="runs", show_default=True),
+        click.Option(
+            ["--dataset"], default="toy", show_default=True, help="Registered dataset name."
+        ),
+        click.Option(
+            ["--run-dir"],
+            type=click.Path(file_okay=False),
+            default=None,
+            help="Where to write the run [default: RUNS_ROOT/DATASET/RUN_NAME].",
+        ),
+        click.Option(
+            ["--runs-root"], type=click.Path(file_okay=False), default="runs", show_default=True
+        ),
         click.Option(["--resume"], is_flag=True, help="Continue from the run's last checkpoint."),
         click.Option(["--progress/--no-progress"], default=True, help="Show a progress bar."),
         *config_options(method.config_class),
     ]
-    return click.Command(name, callback=callback, params=params,
-                         help=f"Train {name}: {method.description}",
-                         short_help=method.description)
+    return click.Command(
+        name,
+        callback=callback,
+        params=params,
+        help=f"Train {name}: {method.description}",
+        short_help=method.description,
+    )
 
 
 @main.group(cls=MethodGroup, make_command=_make_train_command)
@@ -176,6 +205,7 @@ def train():
 
 # ---------------------------------------------------------------- sample
 
+
 def _make_sample_command(name, method):
     def callback(run, dataset, runs_root, n, seed, batch_size, out, samples_out, device, **opts):
         from zoo.viz import save_samples_file, save_samples_picture
@@ -184,37 +214,77 @@ def _make_sample_command(name, method):
             if run is None:
                 run = method.default_run_dir(method.configure(dataset), runs_root)
             loaded = method.load(run, device=device)
-            samples = method.sample(loaded, n, seed=seed, batch_size=batch_size, device=device,
-                                    progress=True, **opts)
+            samples = method.sample(
+                loaded, n, seed=seed, batch_size=batch_size, device=device, progress=True, **opts
+            )
         except USER_ERRORS as exc:
             raise UserError(str(exc)) from None
-        info = {**samples.info, "run": str(run), "dataset": loaded.dataset["name"],
-                "seeds": [seed, seed + n - 1], "n": n}
+        info = {
+            **samples.info,
+            "run": str(run),
+            "dataset": loaded.dataset["name"],
+            "seeds": [seed, seed + n - 1],
+            "n": n,
+        }
         title = f"{name}  NFE={samples.nfe}"
         pic = save_samples_picture(samples.x, loaded.dataset["kind"], out, title)
         npz = save_samples_file(samples.x, info, samples_out or Path(out).with_suffix(".npz"))
         click.echo(f"{n} samples, NFE {samples.nfe}: {pic} {npz}")
 
     params = [
-        click.Option(["--run"], type=click.Path(file_okay=False), default=None,
-                     help="Trained run directory [default: RUNS_ROOT/DATASET/RUN_NAME]."),
-        click.Option(["--dataset"], default="toy", show_default=True,
-                     help="Dataset of the default run directory."),
-        click.Option(["--runs-root"], type=click.Path(file_okay=False), default="runs", show_default=True),
-        click.Option(["--n"], type=click.IntRange(min=1), default=64, show_default=True,
-                     help="Number of samples."),
-        click.Option(["--seed"], type=int, default=0, show_default=True,
-                     help="Sample i uses seed SEED+i (independent of the batch size)."),
+        click.Option(
+            ["--run"],
+            type=click.Path(file_okay=False),
+            default=None,
+            help="Trained run directory [default: RUNS_ROOT/DATASET/RUN_NAME].",
+        ),
+        click.Option(
+            ["--dataset"],
+            default="toy",
+            show_default=True,
+            help="Dataset of the default run directory.",
+        ),
+        click.Option(
+            ["--runs-root"], type=click.Path(file_okay=False), default="runs", show_default=True
+        ),
+        click.Option(
+            ["--n"],
+            type=click.IntRange(min=1),
+            default=64,
+            show_default=True,
+            help="Number of samples.",
+        ),
+        click.Option(
+            ["--seed"],
+            type=int,
+            default=0,
+            show_default=True,
+            help="Sample i uses seed SEED+i (independent of the batch size).",
+        ),
         click.Option(["--batch-size"], type=click.IntRange(min=1), default=256, show_default=True),
-        click.Option(["--out"], type=click.Path(dir_okay=False), default="samples.png", show_default=True,
-                     help="PNG: an image grid, or a scatter plot for 2D data."),
-        click.Option(["--samples-out"], type=click.Path(dir_okay=False), default=None,
-                     help="Samples file (.npz with the model, sampler and NFE) [default: OUT.npz]."),
+        click.Option(
+            ["--out"],
+            type=click.Path(dir_okay=False),
+            default="samples.png",
+            show_default=True,
+            help="PNG: an image grid, or a scatter plot for 2D data.",
+        ),
+        click.Option(
+            ["--samples-out"],
+            type=click.Path(dir_okay=False),
+            default=None,
+            help="Samples file (.npz with the model, sampler and NFE) [default: OUT.npz].",
+        ),
         click.Option(["--device"], default="cpu", show_default=True),
         *method.sample_options,
     ]
-    return click.Command(name, callback=callback, params=params,
-                         help=f"Sample from a trained {name} run.", short_help=method.description)
+    return click.Command(
+        name,
+        callback=callback,
+        params=params,
+        help=f"Sample from a trained {name} run.",
+        short_help=method.description,
+    )
 
 
 @main.group(cls=MethodGroup, make_command=_make_sample_command)
@@ -224,26 +294,60 @@ def sample():
 
 # ---------------------------------------------------------------- bench
 
+
 @main.command("bench")
 @click.option("--models", required=True, help="Comma-separated methods, e.g. cm,edm,pd.")
 @click.option("--dataset", default="toy", show_default=True, help="Registered dataset name.")
-@click.option("--runs-root", type=click.Path(file_okay=False), default="runs", show_default=True,
-              help="Where trained runs are found (RUNS_ROOT/DATASET/RUN_NAME).")
-@click.option("--train-missing", is_flag=True,
-              help="Train absent or unfinished runs with the dataset's preset, requirements first.")
-@click.option("--n", type=click.IntRange(min=2), default=2000, show_default=True,
-              help="Samples per row.")
-@click.option("--seed", type=int, default=0, show_default=True,
-              help="Every row draws sample i from seed SEED+i.")
+@click.option(
+    "--runs-root",
+    type=click.Path(file_okay=False),
+    default="runs",
+    show_default=True,
+    help="Where trained runs are found (RUNS_ROOT/DATASET/RUN_NAME).",
+)
+@click.option(
+    "--train-missing",
+    is_flag=True,
+    help="Train absent or unfinished runs with the dataset's preset, requirements first.",
+)
+@click.option(
+    "--n", type=click.IntRange(min=2), default=2000, show_default=True, help="Samples per row."
+)
+@click.option(
+    "--seed",
+    type=int,
+    default=0,
+    show_default=True,
+    help="Every row draws sample i from seed SEED+i.",
+)
 @click.option("--batch-size", type=click.IntRange(min=1), default=500, show_default=True)
-@click.option("--out", type=click.Path(file_okay=False), default=None,
-              help="Output folder [default: bench/DATASET].")
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Output folder [default: bench/DATASET].",
+)
 @click.option("--device", default="cpu", show_default=True)
-@click.option("--inception-weights", type=click.Path(dir_okay=False), default=None,
-              help="torch-fidelity's Inception weights file (FID/IS on CIFAR-10 and folders).")
+@click.option(
+    "--inception-weights",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="torch-fidelity's Inception weights file (FID/IS on CIFAR-10 and folders).",
+)
 @click.option("--progress/--no-progress", default=True, help="Show progress bars.")
-def bench_command(models, dataset, runs_root, train_missing, n, seed, batch_size, out, device,
-                  inception_weights, progress):
+def bench_command(
+    models,
+    dataset,
+    runs_root,
+    train_missing,
+    n,
+    seed,
+    batch_size,
+    out,
+    device,
+    inception_weights,
+    progress,
+):
     """The NFE-versus-metric table: every method's rows from the same seeds through the same
     evaluator. Writes table.md/.csv/.json, metric_vs_nfe.png and samples/ into OUT."""
     from zoo.bench import format_table, run_bench
@@ -252,13 +356,20 @@ def bench_command(models, dataset, runs_root, train_missing, n, seed, batch_size
     # Under torchrun every rank samples its share of each row; rank 0 alone writes and reports.
     scratch = None if distributed.is_main() else tempfile.TemporaryDirectory()
     try:
-        report = run_bench([m.strip() for m in models.split(",") if m.strip()], dataset,
-                           runs_root=runs_root, train_missing=train_missing, n=n, seed=seed,
-                           batch_size=batch_size, out=Path(scratch.name) if scratch else out,
-                           device=device, inception_weights=inception_weights,
-                           progress=progress and not scratch,
-                           echo=(lambda msg: None) if scratch
-                           else (lambda msg: click.echo(msg, err=True)))
+        report = run_bench(
+            [m.strip() for m in models.split(",") if m.strip()],
+            dataset,
+            runs_root=runs_root,
+            train_missing=train_missing,
+            n=n,
+            seed=seed,
+            batch_size=batch_size,
+            out=Path(scratch.name) if scratch else out,
+            device=device,
+            inception_weights=inception_weights,
+            progress=progress and not scratch,
+            echo=(lambda msg: None) if scratch else (lambda msg: click.echo(msg, err=True)),
+        )
     except USER_ERRORS as exc:
         raise UserError(str(exc)) from None
     finally:
@@ -273,30 +384,65 @@ def bench_command(models, dataset, runs_root, train_missing, n, seed, batch_size
 
 # ---------------------------------------------------------------- edit
 
+
 @main.command("edit")
 @click.argument("run", type=click.Path(file_okay=False, exists=True))
-@click.option("--task", required=True, type=click.Choice(
-    ["inpaint", "colorize", "superres", "stroke", "denoise", "interpolate"]))
-@click.option("--input", "inputs", type=click.Path(exists=True), default=None,
-              help="An image (PNG/JPEG) or a folder of them; superres: the low-resolution image.")
-@click.option("--mask", type=click.Path(dir_okay=False, exists=True), default=None,
-              help="inpaint: mask image of the image's size, white = pixels to fill.")
+@click.option(
+    "--task",
+    required=True,
+    type=click.Choice(["inpaint", "colorize", "superres", "stroke", "denoise", "interpolate"]),
+)
+@click.option(
+    "--input",
+    "inputs",
+    type=click.Path(exists=True),
+    default=None,
+    help="An image (PNG/JPEG) or a folder of them; superres: the low-resolution image.",
+)
+@click.option(
+    "--mask",
+    type=click.Path(dir_okay=False, exists=True),
+    default=None,
+    help="inpaint: mask image of the image's size, white = pixels to fill.",
+)
 @click.option("--scale", type=int, default=None, help="superres: upscaling factor K.")
-@click.option("--sigma", type=float, default=None,
-              help="stroke: noise level to start from; denoise: the input's noise level.")
-@click.option("--sigmas", default=None,
-              help="Decreasing σ sequence, e.g. 80,20,5,1 [default: per preset, docs/editing.md].")
-@click.option("--seed", type=int, default=0, show_default=True,
-              help="Input i uses seed SEED+i; interpolate: the first latent.")
+@click.option(
+    "--sigma",
+    type=float,
+    default=None,
+    help="stroke: noise level to start from; denoise: the input's noise level.",
+)
+@click.option(
+    "--sigmas",
+    default=None,
+    help="Decreasing σ sequence, e.g. 80,20,5,1 [default: per preset, docs/editing.md].",
+)
+@click.option(
+    "--seed",
+    type=int,
+    default=0,
+    show_default=True,
+    help="Input i uses seed SEED+i; interpolate: the first latent.",
+)
 @click.option("--seed2", type=int, default=None, help="interpolate: the second latent [SEED+1].")
-@click.option("--frames", type=click.IntRange(min=2), default=8, show_default=True,
-              help="interpolate: number of frames.")
+@click.option(
+    "--frames",
+    type=click.IntRange(min=2),
+    default=8,
+    show_default=True,
+    help="interpolate: number of frames.",
+)
 @click.option("--resize", is_flag=True, help="Resize inputs of another size (else an error).")
-@click.option("--out", type=click.Path(), required=True,
-              help="Output PNG (input | [mask |] result); a folder for a folder of inputs.")
+@click.option(
+    "--out",
+    type=click.Path(),
+    required=True,
+    help="Output PNG (input | [mask |] result); a folder for a folder of inputs.",
+)
 @click.option("--device", default="cpu", show_default=True)
-def edit_command(run, task, inputs, mask, scale, sigma, sigmas, seed, seed2, frames, resize, out,
-                 device):
+def edit_command(
+    run, task, inputs, mask, scale, sigma, sigmas, seed, seed2, frames, resize, out, device
+):
     """Zero-shot editing with a consistency model (Algorithm 4 of Song et al. 2023):
     `zoo edit RUN --task inpaint --input img.png --mask mask.png --out out.png`."""
     from zoo.editing import default_sigmas, edit_files, save_row
@@ -309,35 +455,62 @@ def edit_command(run, task, inputs, mask, scale, sigma, sigmas, seed, seed2, fra
         f = loaded.denoiser
         consistency = getattr(f, "parameterization", None) == "consistency"
         if not consistency or loaded.dataset["kind"] != "image":
-            raise UserError(f"{run} is a {method!r} run without a consistency function of images: "
-                            "zoo edit needs a run whose denoiser is a consistency function "
-                            "f(x, σ) of images, e.g. a cm run on digits")
+            raise UserError(
+                f"{run} is a {method!r} run without a consistency function of images: "
+                "zoo edit needs a run whose denoiser is a consistency function "
+                "f(x, σ) of images, e.g. a cm run on digits"
+            )
         if sigmas:
             sigmas = [float(s) for s in sigmas.split(",")]
         else:
             sigmas = default_sigmas(preset_scale(loaded.config.dataset), f.sigma_min, f.sigma_max)
         names, rows = edit_files(
-            lambda x, s: f(x.to(device), s).cpu(), task, inputs, shape=loaded.dataset["shape"],
-            sigmas=sigmas, sigma_min=f.sigma_min, sigma_max=f.sigma_max, seed=seed, mask=mask,
-            scale=scale, sigma=sigma, seed2=seed2, frames=frames, resize=resize)
+            lambda x, s: f(x.to(device), s).cpu(),
+            task,
+            inputs,
+            shape=loaded.dataset["shape"],
+            sigmas=sigmas,
+            sigma_min=f.sigma_min,
+            sigma_max=f.sigma_max,
+            seed=seed,
+            mask=mask,
+            scale=scale,
+            sigma=sigma,
+            seed2=seed2,
+            frames=frames,
+            resize=resize,
+        )
     except USER_ERRORS as exc:
         raise UserError(str(exc)) from None
     out = Path(out)
     batch = inputs is not None and Path(inputs).is_dir() and task != "interpolate"
-    paths = [save_row(row, out / f"{name}.png" if batch else out)
-             for name, row in zip(names, rows, strict=True)]
-    click.echo(f"{task}: {len(paths)} image(s), sigmas {[round(s, 4) for s in sigmas]} -> "
-               f"{out if batch else paths[0]}")
+    paths = [
+        save_row(row, out / f"{name}.png" if batch else out)
+        for name, row in zip(names, rows, strict=True)
+    ]
+    click.echo(
+        f"{task}: {len(paths)} image(s), sigmas {[round(s, 4) for s in sigmas]} -> "
+        f"{out if batch else paths[0]}"
+    )
 
 
 # ---------------------------------------------------------------- import-edm
 
+
 @main.command("import-edm")
 @click.argument("pickle_file", type=click.Path(dir_okay=False, exists=True))
-@click.option("--out", required=True, type=click.Path(file_okay=False),
-              help="Run directory to create, e.g. runs/cifar10/edm (then the default teacher).")
-@click.option("--dataset", default="cifar10", show_default=True,
-              help="The data the network was trained on (its checksum goes into the run).")
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="Run directory to create, e.g. runs/cifar10/edm (then the default teacher).",
+)
+@click.option(
+    "--dataset",
+    default="cifar10",
+    show_default=True,
+    help="The data the network was trained on (its checksum goes into the run).",
+)
 def import_edm_command(pickle_file, out, dataset):
     """Import EDM's released network pickle (edm-cifar10-32x32-uncond-vp.pkl, network-snapshot-
     *.pkl) as an `edm` run, through a restricted unpickler: nothing in the file is executed."""
