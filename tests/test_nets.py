@@ -1,7 +1,6 @@
 """Score networks: EDM's SongUNet layout and sizes, presets, the registry, and the MLP."""
 
 import math
-import time
 
 import pytest
 import torch
@@ -228,23 +227,3 @@ def test_forward_mode_jvp_through_the_unet():
     eps = 1e-3
     fd = (net(x + eps * tx, n + eps * tn) - net(x - eps * tx, n - eps * tn)) / (2 * eps)
     torch.testing.assert_close(dy, fd, rtol=1e-2, atol=1e-4)
-
-
-def test_small_preset_training_speed():
-    torch.manual_seed(0)
-    net = build_network("ddpmpp-small", (1, 8, 8))
-    opt = torch.optim.Adam(net.parameters(), lr=1e-4)
-    x, n = torch.randn(128, 1, 8, 8), torch.randn(128)
-
-    def step():
-        loss = (net(x, n) - x).square().mean()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-
-    step()
-    start, steps = time.perf_counter(), 10
-    for _ in range(steps):
-        step()
-    rate = steps / (time.perf_counter() - start)
-    print(f"ddpmpp-small ({count_parameters(net):,} params), batch 128 of 1x8x8: {rate:.1f} it/s")
