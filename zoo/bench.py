@@ -310,8 +310,9 @@ def git_commit() -> str | None:
 
 
 def plot_metric_vs_nfe(report: BenchReport, path: Path) -> Path:
-    """The primary metric (the evaluator's first result) against NFE, log-x, one line per label;
-    its floor (e.g. "W2 floor") dashed."""
+    """The primary metric (the evaluator's first result) against NFE, log-log, one line per
+    label; its floor (e.g. "W2 floor") dashed. The y axis is linear when a value is not positive
+    (e.g. a KID near 0)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -327,6 +328,9 @@ def plot_metric_vs_nfe(report: BenchReport, path: Path) -> Path:
     if floor:
         ax.axhline(sum(floor) / len(floor), color="0.4", linestyle="--", label=f"{primary} floor")
     ax.set_xscale("log")
+    values = [r.metrics[primary] for r in report.results] + floor
+    if all(v > 0 for v in values):
+        ax.set_yscale("log")
     ax.set_xlabel("NFE")
     ax.set_ylabel(f"{primary} {_arrow(primary)}")
     ax.set_title(f"{report.dataset}: {primary} vs NFE (n={report.n}, seed={report.seed})",
