@@ -1,0 +1,231 @@
+"""The ``cm`` method: settings, presets per dataset and mode, the teacher, sampling, bench rows."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import click
+
+from zoo.diffusion import SIGMA_DATA, SIGMA_MAX, SIGMA_MIN, Denoiser
+from zoo.diffusion.samplers import generate, sample_consistency
+from zoo.methods import DEFAULT_RUNS_ROOT, BenchRow, Method, Samples, preset_scale
+from zoo.plugins import get
+from zoo.training.config import TrainConfig, config_from_dict, config_to_dict, setting
+from zoo_cm.loss import (
+    DISTANCES,
+    SOLVERS,
+    WEIGHTINGS,
+    ConsistencyDistillation,
+    ConsistencyTraining,
+    ContinuousConsistency,
+    make_distance,
+)
+
+MODES = ("cd", "ct", "cd-cont", "ct-cont")
+TASKS = {"cd": ConsistencyDistillation, "ct": ConsistencyTraining,
+         "cd-cont": ContinuousConsistency, "ct-cont": ContinuousConsistency}
+MODE_LABELS = {"cd": "CD", "ct": "CT", "cd-cont": "CD∞", "ct-cont": "CT∞"}
+
+
+@dataclass
+class CMConfig(TrainConfig):
+    mode: str = setting("cd", "cd (distillation), ct (training), cd-cont or ct-cont (N → ∞).")
+    teacher: str = setting("", "EDM run directory of the teacher (CD; init=teacher) "
+                               "[preset: runs/DATASET/edm].")
+    init: str = setting("teacher", "Student initialisation: teacher (its EMA weights) or random.")
+    num_scales: int = setting(18, "N: points of the Karras grid (CD).")
+    solver: str = setting("heun", "Teacher's ODE step in CD: heun or euler.")
+    distance: str = setting("l2", "d: l2 (squared, mean over dimensions), l1 or lpips.")
+    weighting: str = setting("uniform", "λ(t_n): uniform, snrp1 or truncated-snr.")
+    target_ema: float = setting(0.0, "μ of the target network θ⁻ (CD); 0: θ⁻ = stopgrad(θ).")
+    s0: int = setting(2, "CT: N(0), initial number of grid points.")
+    s1: int = setting(150, "CT: N(K) − 1, final number of grid intervals.")
+    mu0: float = setting(0.9, "CT: μ(0), the target EMA at the start.")
+    sigma_data: float = setting(SIGMA_DATA, "σ_data of the parameterisation.")
+    sigma_min: float = setting(SIGMA_MIN, "ε: where the boundary condition f(x, ε) = x holds.")
+    sigma_max: float = setting(SIGMA_MAX, "T: the largest noise level.")
+    rho: float = setting(7.0, "ρ of the Karras grid.")
+    sample_sigmas: str = setting("80,0.8", "Default σ of multistep sampling, comma-separated: "
+                                           "--nfe k uses the first k (greedy search).")
+
+    def validate(self) -> None:
+        super().validate()
+        choices = {"mode": MODES, "init": ("teacher", "random"), "solver": tuple(SOLVERS),
+                   "distance": DISTANCES, "weighting": WEIGHTINGS}
+        for name, valid in choices.items():
+            if getattr(self, name) not in valid:
+                raise ValueError(f"{name}={getattr(self, name)!r} is not one of {', '.join(valid)}")
+        if self.num_scales < 2:
+            raise ValueError(f"num_scales must be >= 2, got {self.num_scales}")
+        if not 2 <= self.s0 <= self.s1:
+            raise ValueError(f"need 2 <= s0 <= s1, got s0={self.s0}, s1={self.s1}")
+        if not 0 <= self.target_ema < 1 or not 0 < self.mu0 < 1:
+            raise ValueError(f"need 0 <= target_ema < 1 and 0 < mu0 < 1, got {self.target_ema}, "
+                             f"{self.mu0}")
+        if self.mode.endswith("-cont") and (self.target_ema or self.distance == "l1"):
+            raise ValueError("the continuous-time objectives hold for θ⁻ = stopgrad(θ) and a "
+                             "twice differentiable distance: use --target-ema 0 and --distance "
+                             "l2 or lpips")
+        if (self.mode.startswith("cd") or self.init == "teacher") and not self.teacher:
+            raise ValueError(f"mode {self.mode} with init={self.init} needs --teacher (an edm run)")
+        sigmas = parse_sigmas(self.sample_sigmas)
+        if sigmas[0] != self.sigma_max:
+            raise ValueError(f"sample_sigmas must start at sigma_max={self.sigma_max}: {sigmas}")
+
+
+def parse_sigmas(text) -> list[float]:
+    """"80,0.8" (or a list) as decreasing floats."""
+    values = text.split(",") if isinstance(text, str) else text
+    try:
+        sigmas = [float(s) for s in values]
+    except ValueError:
+        raise ValueError(f"sigmas must be numbers like 80,0.8, got {text!r}") from None
+    if not sigmas or any(b >= a for a, b in zip(sigmas, sigmas[1:])):
+        raise ValueError(f"sigmas must be a non-empty strictly decreasing list, got {text!r}")
+    return sigmas
+
+
+# Presets per scale; then per mode. The 2-step σ come from benchmarks/cm_sigma_search.py.
+PRESETS = {
+    # 2D toy data: the teacher's MLP; CD trains in minutes on two CPU cores.
+    "toy": {
+        "common": dict(batch_size=512, lr=1e-3, ema_halflife_kimg=50.0, checkpoint_every=1000),
+        "cd": dict(iterations=2000, num_scales=18, distance="l2", target_ema=0.0,
+                   sample_sigmas="80,0.8"),
+        "ct": dict(iterations=6000, init="random", s0=2, s1=150, mu0=0.9, sample_sigmas="80,0.8"),
+        "cd-cont": dict(iterations=2000),
+        "ct-cont": dict(iterations=2000),
+    },
+    # 8×8 digits: the teacher's small SongUNet (CT: the same architecture, random init).
+    "digits": {
+        "common": dict(network="ddpmpp-small", batch_size=128, lr=2e-4, ema_halflife_kimg=10.0,
+                       checkpoint_every=500),
+        "cd": dict(iterations=2000, num_scales=18, target_ema=0.0, sample_sigmas="80,0.8"),
+        "ct": dict(iterations=3000, init="random", lr=4e-4, s0=2, s1=60, mu0=0.9,
+                   sample_sigmas="80,0.8"),
+        "cd-cont": dict(iterations=2000),
+        "ct-cont": dict(iterations=2000),
+    },
+    # The paper's CIFAR-10 settings (Section 6 and Appendix C, Table 3): LPIPS, RAdam, lr 4e-4,
+    # batch 512, 800k iterations, evaluation EMA 0.9999; CD: N = 18, μ = 0, Heun; CT: s0 = 2,
+    # s1 = 150, μ0 = 0.9. The 2-step σ is an unsearched default (no GPU search run yet).
+    "cifar10": {
+        "common": dict(network="ddpmpp", batch_size=512, iterations=800_000, optimizer="radam",
+                       lr=4e-4, distance="lpips", ema_rate=0.9999, device="cuda",
+                       checkpoint_every=5000, sample_sigmas="80,0.8"),
+        "cd": dict(num_scales=18, solver="heun", target_ema=0.0),
+        "ct": dict(init="random", s0=2, s1=150, mu0=0.9),
+        "cd-cont": dict(distance="l2"),
+        "ct-cont": dict(distance="l2"),
+    },
+}
+
+
+class ConsistencyModels(Method):
+    name = "cm"
+    description = ("Consistency models (Song et al. 2023): distillation (CD) from an edm teacher, "
+                   "training (CT), continuous-time CD∞/CT∞; 1- and few-step sampling")
+    config_class = CMConfig
+    requires = ("edm",)
+    sample_options = (
+        click.Option(["--nfe"], type=click.IntRange(min=1), default=1, show_default=True,
+                     help="Steps (= NFE): the first NFE of the run's default sample σ."),
+        click.Option(["--sigmas"], default=None,
+                     help="Explicit σ list, e.g. 80,0.8 (overrides --nfe)."),
+    )
+
+    def preset(self, dataset: str, mode: str = "cd") -> CMConfig:
+        if mode not in MODES:
+            raise ValueError(f"mode={mode!r} is not one of {', '.join(MODES)}")
+        presets = PRESETS[preset_scale(dataset)]
+        teacher = str(DEFAULT_RUNS_ROOT / dataset / "edm")
+        config = CMConfig(method=self.name, dataset=dataset, mode=mode, teacher=teacher,
+                          **presets["common"])
+        return config_from_dict(CMConfig, {**config_to_dict(config), **presets[mode]})
+
+    def configure(self, dataset: str, **overrides) -> CMConfig:
+        """The preset of ``dataset`` for ``overrides["mode"]`` (default cd), then the overrides."""
+        preset = config_to_dict(self.preset(dataset, overrides.get("mode", "cd")))
+        config = config_from_dict(CMConfig, {**preset, **overrides})
+        config.validate()
+        return config
+
+    def run_name(self, config: CMConfig) -> str:
+        return f"cm-{config.mode}"
+
+    def build_denoiser(self, config: CMConfig, data_shape) -> Denoiser:
+        return Denoiser(self.build_net(config, data_shape), "consistency",
+                        sigma_data=config.sigma_data, sigma_min=config.sigma_min,
+                        sigma_max=config.sigma_max)
+
+    def load_teacher(self, config: CMConfig, dataset):
+        """The teacher's EMA denoiser, refusing one trained on other data than ``dataset``."""
+        path = Path(config.teacher)
+        if not (path / "checkpoint.pt").exists():
+            raise FileNotFoundError(
+                f"no teacher checkpoint in {path}: train one first with "
+                f"`zoo train edm --dataset {config.dataset}`, or pass --teacher RUN_DIR"
+            )
+        teacher = get("methods", "edm").load(path, device=config.device)
+        if teacher.dataset["checksum"] != dataset.checksum:
+            raise ValueError(
+                f"teacher {path} was trained on other data ({teacher.dataset['name']}, checksum "
+                f"{teacher.dataset['checksum'][:12]}) than {dataset.name} (checksum "
+                f"{dataset.checksum[:12]})"
+            )
+        return teacher
+
+    def make_task(self, config: CMConfig, dataset):
+        distance = make_distance(config.distance, dataset.kind)
+        teacher = record = None
+        if config.mode.startswith("cd") or config.init == "teacher":
+            teacher = self.load_teacher(config, dataset)
+            record = {"path": str(teacher.path), "step": teacher.step,
+                      "checksum": teacher.dataset["checksum"]}
+            # The student is the teacher's network (architecture and EMA weights) under the
+            # consistency parameterisation; the run's config records that architecture.
+            config.network = teacher.config.network
+            config.network_kwargs = dict(teacher.config.network_kwargs)
+        else:
+            config.teacher = ""  # the run's config says what was used: no teacher
+        student = self.build_denoiser(config, dataset.shape)
+        if config.init == "teacher":
+            student.net.load_state_dict(teacher.denoiser.net.state_dict())
+        distiller = teacher.denoiser if config.mode.startswith("cd") else None
+        return TASKS[config.mode](student, config, distance, distiller, record).to(config.device)
+
+    def default_sigmas(self, config: CMConfig, nfe: int) -> list[float]:
+        sigmas = parse_sigmas(config.sample_sigmas)
+        if nfe > len(sigmas):
+            raise ValueError(f"this run has default σ for up to {len(sigmas)} steps "
+                             f"({config.sample_sigmas}); pass --sigmas for NFE={nfe}")
+        return sigmas[:nfe]
+
+    def sample(self, run, n, *, seed=0, batch_size=256, nfe=1, sigmas=None, device="cpu",
+               progress=False):
+        """Algorithm 1: f(σ_0·z, σ_0), then re-noise to each further σ with √(σ² − ε²) and apply
+        f again, clipping images to [−1, 1] after every step."""
+        c = run.config
+        sigmas = parse_sigmas(sigmas) if sigmas else self.default_sigmas(c, nfe)
+        if sigmas[0] > c.sigma_max:
+            raise ValueError(f"sigmas must be <= sigma_max={c.sigma_max}, got {sigmas}")
+        clip = (-1.0, 1.0) if run.dataset["kind"] == "image" else None
+        x, nfe = generate(run.denoiser, sample_consistency, sigmas, run.dataset["shape"],
+                          range(seed, seed + n), batch_size=batch_size, device=device,
+                          progress=progress, sigma_min=c.sigma_min, clip=clip)
+        info = {"method": self.name, "mode": c.mode, "sampler": "consistency", "nfe": nfe,
+                "sigmas": sigmas}
+        return Samples(x, nfe, info)
+
+    def bench_configs(self, dataset: str, runs_root=DEFAULT_RUNS_ROOT) -> dict[str, CMConfig]:
+        teacher = str(Path(runs_root) / dataset / "edm")
+        configs = [self.configure(dataset, mode=m, teacher=teacher) for m in ("cd", "ct")]
+        return {self.run_name(c): c for c in configs}
+
+    def bench_rows(self, run_dir) -> list[BenchRow]:
+        """"CD (L2)" / "CT (LPIPS)" / … at NFE 1 and 2 (the run's default σ)."""
+        config = json.loads((Path(run_dir) / "config.json").read_text())
+        label = f"{MODE_LABELS[config['mode']]} ({config['distance'].upper()})"
+        return [BenchRow(label, k, Path(run_dir), {"nfe": k}) for k in (1, 2)]
