@@ -243,6 +243,8 @@ class Trainer:
             dynamic_ncols=True,
         )
         last_loss, window_loss, window_n, t0 = float("nan"), 0.0, 0, time.perf_counter()
+        if self.step >= c.iterations:
+            self.save()  # nothing to train: record the (possibly shortened) settings
         try:
             while self.step < c.iterations:
                 step = self.step
