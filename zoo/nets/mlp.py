@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from zoo.nets.songunet import FourierEmbedding, PositionalEmbedding, label_input
+from zoo.nets.songunet import FourierEmbedding, PositionalEmbedding, label_embedding
 
 
 class MLPBlock(nn.Module):
@@ -69,11 +67,7 @@ class MLPDenoiserNet(nn.Module):
             raise ValueError(f"x must have shape [B, {self.dim}], got {tuple(x.shape)}")
         emb = self.map_noise(noise_labels.to(x.dtype).reshape(-1))
         if self.map_label is not None:
-            labels = label_input(class_labels, self.label_dim, x.shape[0], x)
-            if self.training and self.label_dropout:
-                keep = torch.rand(x.shape[0], 1, device=x.device) >= self.label_dropout
-                labels = labels * keep.to(labels.dtype)
-            emb = emb + self.map_label(labels * math.sqrt(self.label_dim))
+            emb = emb + label_embedding(self, class_labels, x)
         emb = F.silu(self.map_layer1(F.silu(self.map_layer0(emb))))
         h = self.inp(x)
         for block in self.blocks:

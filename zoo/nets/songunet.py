@@ -52,6 +52,16 @@ def label_input(class_labels, label_dim: int, batch: int, like: torch.Tensor) ->
     return class_labels.to(like.dtype)
 
 
+def label_embedding(net, class_labels, x):
+    """``net.map_label`` of the one-hot labels scaled by √label_dim (EDM), with label dropout
+    (rate ``net.label_dropout``) while training."""
+    labels = label_input(class_labels, net.label_dim, x.shape[0], x)
+    if net.training and net.label_dropout:
+        keep = torch.rand(x.shape[0], 1, device=x.device) >= net.label_dropout
+        labels = labels * keep.to(labels.dtype)
+    return net.map_label(labels * math.sqrt(net.label_dim))
+
+
 class PositionalEmbedding(nn.Module):
     """Sinusoidal embedding of a scalar (Vaswani et al. 2017; DDPM++):
     [sin(x·ω_i), cos(x·ω_i)] with ω_i = (1/max_positions)^(i/(n−1)) (``endpoint``) or i/n."""
@@ -311,11 +321,7 @@ class SongUNet(nn.Module):
         # Mapping.
         emb = self.map_noise(noise_labels.to(x.dtype).reshape(-1))
         if self.map_label is not None:
-            labels = label_input(class_labels, self.label_dim, x.shape[0], x)
-            if self.training and self.label_dropout:
-                keep = torch.rand(x.shape[0], 1, device=x.device) >= self.label_dropout
-                labels = labels * keep.to(labels.dtype)
-            emb = emb + self.map_label(labels * math.sqrt(self.label_dim))
+            emb = emb + label_embedding(self, class_labels, x)
         if self.map_augment is not None and augment_labels is not None:
             emb = emb + self.map_augment(augment_labels)
         emb = F.silu(self.map_layer1(F.silu(self.map_layer0(emb))))
