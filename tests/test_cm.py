@@ -184,11 +184,15 @@ def test_continuous_gradient_is_the_limit_of_the_discrete_one():
 
 def test_distances_of_an_image_with_itself_are_zero():
     x = torch.rand(1, 1, 8, 8) * 2 - 1
-    for d in (l2_distance, l1_distance, LPIPSDistance(pnet_rand=True)):
+    lpips = LPIPSDistance(pnet_rand=True)
+    for d in (l2_distance, l1_distance, lpips):
         assert torch.equal(d(x, x), torch.zeros(1))
         assert (d(x, -x) > 0).all()
     v = torch.randn(2, 2)
     assert torch.allclose(metric_hvp(l2_distance, torch.randn(2, 2), v), v)  # G = 2I/D, D = 2
+    v = torch.randn_like(x)  # LPIPS's Hessian at x = y: positive semi-definite, and linear in v
+    gv, g2v = metric_hvp(lpips, x, v), metric_hvp(lpips, x, 2 * v)
+    assert (gv * v).sum() >= 0 and torch.allclose(g2v, 2 * gv, rtol=1e-3, atol=1e-7)
 
 
 def test_lpips_errors_are_clear(tmp_path, monkeypatch):

@@ -129,8 +129,8 @@ def make_distance(name: str, kind: str):
 
 
 def metric_hvp(distance, y: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """G(y)·v with G(y) = ∂²d(x, y)/∂x² at x = y (the metric's Hessian, Theorem 3 of the paper),
-    by forward-over-reverse differentiation."""
+    """G(y)·v with G(y) = ∂²d(x, y)/∂x² at x = y (the metric's Hessian in the paper's
+    continuous-time analysis), by forward-over-reverse differentiation."""
     return jvp(grad(lambda x: distance(x, y).sum()), (y,), (v,))[1]
 
 
@@ -251,7 +251,7 @@ class ConsistencyTraining(ConsistencyLoss):
 
 
 class ContinuousConsistency(CMTask):
-    """CD∞ and CT∞ (Appendix B.2, Theorems 5 and 6): the N → ∞ limit with θ⁻ = stopgrad(θ).
+    """CD∞ and CT∞ (the paper's Appendix B): the N → ∞ limit with θ⁻ = stopgrad(θ).
 
     With t = τ(u), u ~ U[0, 1] and x_t = x + t·z, the per-sample objective is
     λ(t)·τ'(u)·f_θ(x_t, t)ᵀ·sg(G(f_θ⁻)·df_θ⁻/dt), where G is the Hessian of d at x = y
@@ -264,7 +264,7 @@ class ContinuousConsistency(CMTask):
     unwrapped module along (dx/dt, 1), without a graph; the online branch goes through the
     ``net`` the trainer passes (under DDP the wrapper, which synchronises the gradients).
     The returned value has that gradient and the value ½·λ(t)·τ'(u)²·(df/dt)ᵀ·G·(df/dt), the
-    continuous-time loss of Theorem 3 (the limit of (N−1)²·L^N): what the log shows.
+    continuous-time loss without stop-gradient (the limit of (N−1)²·L^N): what the log shows.
     """
 
     def velocity(self, x, z, x_t, t) -> torch.Tensor:
