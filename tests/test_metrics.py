@@ -156,10 +156,27 @@ def test_w2_exact_on_known_cases():
 def test_w2_through_the_evaluator_has_a_positive_floor():
     toy = load_dataset("checkerboard", n=1000)
     result = evaluate(toy.sample_true(300, 5), toy)
-    assert set(result) == {"W2", "W2 floor"} and result["W2 floor"] > 0
+    assert set(result) == {"W2", "W2 ±", "W2 floor"} and result["W2 floor"] > 0
+    assert result["W2 ±"] == 0.0  # fewer than two sets of W2Metric.SET_SIZE: one set
     assert result["W2"] < 3 * result["W2 floor"]
     far = evaluate(toy.sample_true(300, 5) + 1.0, toy)
     assert far["W2"] > 0.9 and far["W2 floor"] == result["W2 floor"]
+
+
+def test_w2_is_the_mean_over_disjoint_sets_each_against_its_own_true_set(monkeypatch):
+    from zoo.metrics.w2 import W2Metric
+
+    monkeypatch.setattr(W2Metric, "SET_SIZE", 100)
+    toy = load_dataset("checkerboard", n=1000)
+    samples = toy.sample_true(350, 7) * 1.1  # 3 sets: 116, 117, 117 points
+    result = W2Metric().compute(samples, toy, seed=4)
+    parts = torch.tensor_split(samples, 3)
+    references = [toy.sample_true(len(p), 10_004 + 1_000_000 * k) for k, p in enumerate(parts)]
+    each = [wasserstein2(p, r) for p, r in zip(parts, references)]
+    assert len({len(r) for r in references}) == 2 and each[0] != each[1]  # fresh set per part
+    assert result["W2"] == pytest.approx(np.mean(each), rel=1e-12)
+    assert result["W2 ±"] == pytest.approx(np.std(each, ddof=1) / math.sqrt(3), rel=1e-9)
+    assert lower_is_better("W2 ±") is None
 
 
 # --- registry, defaults, directions ---------------------------------------------------------

@@ -30,6 +30,9 @@ from zoo.methods import BenchRow, Method
 from zoo.training import CheckpointError, load_checkpoint
 from zoo.training.checkpoint import CHECKPOINT_NAME
 
+# Samples per row unless asked: points, five W2 sets of 2000 (zoo.metrics.W2Metric); images 2000.
+DEFAULT_N = {"points": 10_000, "image": 2_000}
+
 
 class BenchError(ValueError):
     """A bench that cannot run as asked: unknown or missing runs, or runs on other data."""
@@ -199,18 +202,20 @@ def sort_rows(rows, methods: list[str]):
 
 
 def run_bench(models: list[str], dataset: str, *, runs_root="runs", train_missing=False,
-              n=2000, seed=0, batch_size=500, out=None, device="cpu", inception_weights=None,
+              n=None, seed=0, batch_size=500, out=None, device="cpu", inception_weights=None,
               progress=True, echo=print) -> BenchReport:
     """Prepare the runs, sample and evaluate every row, and write the outputs into ``out``
-    (default ``bench/<dataset>``). Returns the report."""
+    (default ``bench/<dataset>``); ``n`` defaults by data kind (:data:`DEFAULT_N`). Returns the
+    report."""
+    methods = resolve_methods(models)
+    data = load_dataset(dataset)
+    n = DEFAULT_N[data.kind] if n is None else n
     if n < 2:
         raise BenchError(f"--n must be >= 2, got {n}")
     if inception_weights:
         from zoo.metrics import fidelity
 
         os.environ[fidelity.INCEPTION_ENV] = str(fidelity.inception_weights(inception_weights))
-    methods = resolve_methods(models)
-    data = load_dataset(dataset)
     rows, records = prepare_runs(methods, dataset, data, Path(runs_root),
                                  train_missing=train_missing, device=device, progress=progress,
                                  echo=echo)

@@ -311,7 +311,10 @@ def sample():
     help="Train absent or unfinished runs with the dataset's preset, requirements first.",
 )
 @click.option(
-    "--n", type=click.IntRange(min=2), default=2000, show_default=True, help="Samples per row."
+    "--n",
+    type=click.IntRange(min=2),
+    default=None,
+    help="Samples per row [default: 10000 for points (five W2 sets), 2000 for images].",
 )
 @click.option(
     "--seed",
@@ -377,7 +380,7 @@ def bench_command(
             scratch.cleanup()
     if scratch:
         return
-    click.echo(f"{dataset}: n={n} samples per row, seeds {seed}..{seed + n - 1}\n")
+    click.echo(f"{dataset}: n={report.n} samples per row, seeds {seed}..{seed + report.n - 1}\n")
     click.echo(format_table(report))
     click.echo(f"\n{out}: table.md table.csv table.json metric_vs_nfe.png samples/")
 
