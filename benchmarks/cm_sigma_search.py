@@ -7,7 +7,7 @@ with the best validation metric, then the same for step 3 given step 2, and so o
 here means sample seeds and reference sets disjoint from the ones `benchmarks/cm_toy.py` and
 `zoo bench` report: repeat r draws samples from seeds 1_000_000·(r+1) + i; points: W2 against true
 samples drawn with seed r + 1; images: FD-digits against the held-out digits test split. The
-metric is averaged over REPEATS (W2 of 2000 points varies by about ±0.01 from set to set). The
+metric is averaged over REPEATS (W2 of 2000 points varies by about ±0.015 from set to set). The
 result is what the presets' ``sample_sigmas`` record (plugins/zoo_cm/method.py).
 """
 

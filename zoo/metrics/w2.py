@@ -29,7 +29,7 @@ def wasserstein2(a, b) -> float:
 class W2Metric:
     """W2 against fresh true samples, with the sampling floor (W2 between two true sets).
 
-    W2 of an empirical set of ``SET_SIZE`` = 2000 points swings by about ±0.01 from one set to
+    W2 of an empirical set of ``SET_SIZE`` = 2000 points swings by about ±0.015 from one set to
     the next on the toy data, as much as the gaps between good models. So ``n`` samples are
     split into ``n // SET_SIZE`` disjoint sets (one set when fewer), each compared with its own
     fresh true set of equal size; "W2" and "W2 floor" are the means over the sets and "W2 ±"
