@@ -1,6 +1,6 @@
 """Consistency models against their EDM teacher on the toy checkerboard: W2 by NFE.
 
-    python benchmarks/cm_toy.py [--runs-root runs] [--dataset toy] [--n 2000] [--seed 0]
+    python benchmarks/cm_toy.py [--runs-root runs] [--dataset toy] [--n 10000] [--seed 0]
 
 Loads RUNS_ROOT/DATASET/{edm,cm-cd,cm-ct} (train them with `zoo train edm --dataset toy`,
 `zoo train cm --mode cd --dataset toy`, `zoo train cm --mode ct --dataset toy`), draws N samples
@@ -35,7 +35,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs-root", type=Path, default=Path("runs"))
     parser.add_argument("--dataset", default="toy")
-    parser.add_argument("--n", type=int, default=2000)
+    parser.add_argument("--n", type=int, default=10_000, help="Five W2 sets of 2000.")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
