@@ -109,10 +109,11 @@ PRESETS = {
         "ct-cont": dict(iterations=2000),
     },
     # 8×8 digits: the teacher's small SongUNet (CT: the same architecture, random init); about
-    # ten (CD) to thirty (CT) minutes on one CPU core. CD: the paper's μ = 0 with a small constant lr (μ = 0.95
-    # with lr 5e-4 decayed over 1000 steps, as on toy, gave FD-digits 0.171 / 0.110 at 1 / 2 steps
-    # in the digits table against 0.109 / 0.082 here); CT with a short schedule (s1 = 30) and a
-    # decayed lr, half an hour (2500 steps at a constant lr: validation FD-digits 2.89 / 1.41).
+    # ten (CD) to thirty (CT) minutes on one CPU core. CD: the paper's μ = 0 with a small
+    # constant lr (μ = 0.95 with lr 5e-4 decayed over 1000 steps, as on toy, gave FD-digits
+    # 0.171 / 0.110 at 1 / 2 steps in the digits table against 0.109 / 0.082 here); CT with a
+    # short schedule (s1 = 30) and a decayed lr, half an hour (2500 steps at a constant lr:
+    # validation FD-digits 2.89 / 1.41).
     # sample_sigmas: the validation search on FD-digits against the held-out test split
     # (--repeats 2), CT: 1.86 (1 step), 0.95 (σ 0.8), 1.02 (σ 1.2).
     "digits": {
