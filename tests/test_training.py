@@ -73,7 +73,9 @@ def test_run_dir_records_config_and_log(tmp_path):
     config = json.loads((tmp_path / "config.json").read_text())
     assert config["method"] == "edm" and config["iterations"] == 4 and config["p_mean"] == -1.2
     rows = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in rows] == [2, 4] and all(r["samples_per_s"] > 0 for r in rows)
+    start, *losses = rows
+    assert start["event"] == "start" and start["step"] == 0 and start["threads"] >= 1
+    assert [r["step"] for r in losses] == [2, 4] and all(r["samples_per_s"] > 0 for r in losses)
     state = load_checkpoint(tmp_path)
     assert state["dataset"]["checksum"] == load_dataset("toy", n=2000).checksum
 
@@ -109,7 +111,8 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
 def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
     path = save_checkpoint({"step": 1}, tmp_path / "checkpoint.pt")
 
-    def crash(*args, **kwargs):
+    def crash(obj, f, *args, **kwargs):
+        f.write(b"half a checkpoint")  # the write dies part-way, as on a full disk
         raise OSError("disk full")
 
     monkeypatch.setattr(torch, "save", crash)

@@ -17,8 +17,9 @@ import torch
 from zoo.data import Dataset, load_dataset
 from zoo.diffusion import Denoiser
 from zoo.nets import build_network
-from zoo.training import Trainer, TrainingTask, load_checkpoint
-from zoo.training.config import TrainConfig, config_from_dict
+from zoo.training import CheckpointError, Trainer, TrainingTask, load_checkpoint
+from zoo.training.checkpoint import load_latest_checkpoint
+from zoo.training.config import TrainConfig, config_from_dict, resume_config
 
 DEFAULT_RUNS_ROOT = Path("runs")
 SCALES = ("toy", "digits", "cifar10")
@@ -49,13 +50,15 @@ class Samples:
 
 @dataclass
 class Run:
-    """A trained run loaded for sampling: its config, the EMA denoiser and the dataset record."""
+    """A trained run loaded for sampling: its config, the denoiser with its EMA (``ema``) or raw
+    weights, and the dataset record."""
 
     path: Path
     config: TrainConfig
     denoiser: torch.nn.Module
     dataset: dict
     step: int
+    ema: bool = True
 
 
 @dataclass
@@ -136,6 +139,28 @@ class Method(abc.ABC):
         )
         return run_dir
 
+    def saved_config(self, run_dir) -> dict:
+        """The settings a run was last checkpointed with (the truth when it is resumed)."""
+        run_dir = Path(run_dir)
+        if not run_dir.is_dir():
+            raise CheckpointError(f"--resume: there is no run at {run_dir} (no such directory)")
+        try:
+            state, _, _ = load_latest_checkpoint(run_dir)
+        except CheckpointError as exc:
+            raise CheckpointError(f"--resume: no run to continue in {run_dir}: {exc}") from None
+        return state["config"]
+
+    def resume(self, run_dir, overrides: dict | None = None, *, progress=True, on_step=None,
+               echo=print):
+        """Continue the run in ``run_dir`` with its own settings; ``overrides`` (the settings the
+        user passed) replace them, each reported through ``echo``; changing one that defines the
+        run (data, network, batch size, seed, method-specific ones) is an error."""
+        config, changes = resume_config(self.config_class, self.saved_config(run_dir),
+                                        overrides or {})
+        for name, old, new in changes:
+            echo(f"warning: resuming with {name}={new!r} instead of the run's {old!r}")
+        return self.train(config, run_dir, resume=True, progress=progress, on_step=on_step)
+
     def build_net(self, config: TrainConfig, data_shape, num_classes: int = 0):
         """The raw network F chosen by ``config.network`` through the registry, initialised from
         ``config.seed`` (whatever the global RNG state)."""
@@ -146,7 +171,8 @@ class Method(abc.ABC):
             )
 
     def load(self, run_dir, *, device="cpu", ema: bool = True) -> Run:
-        """Load a trained run (its EMA weights by default) without running code from the file."""
+        """Load a trained run, its EMA weights (``ema``) or the raw trained ones, without running
+        code from the file."""
         state = load_checkpoint(run_dir, map_location=device)
         if state["method"] != self.name:
             raise ValueError(f"{run_dir} is a {state['method']!r} run, not {self.name!r}")
@@ -154,7 +180,7 @@ class Method(abc.ABC):
         denoiser = self.build_denoiser(config, state["dataset"]["shape"])
         denoiser.load_state_dict(state["ema" if ema else "net"])
         denoiser.to(device).eval().requires_grad_(False)
-        return Run(Path(run_dir), config, denoiser, state["dataset"], state["step"])
+        return Run(Path(run_dir), config, denoiser, state["dataset"], state["step"], ema)
 
     def build_denoiser(self, config: TrainConfig, data_shape) -> Denoiser:
         """The network wrapped in this method's preconditioning (EDM's by default)."""

@@ -3,7 +3,13 @@
 from zoo.training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from zoo.training.config import TrainConfig, config_from_dict, config_to_dict, setting
 from zoo.training.ema import EMA
-from zoo.training.trainer import BatchNoise, NonFiniteLossError, Trainer, TrainingTask
+from zoo.training.trainer import (
+    BatchNoise,
+    NonFiniteLossError,
+    Trainer,
+    TrainingInterrupted,
+    TrainingTask,
+)
 
 __all__ = [
     "EMA",
@@ -12,6 +18,7 @@ __all__ = [
     "NonFiniteLossError",
     "TrainConfig",
     "Trainer",
+    "TrainingInterrupted",
     "TrainingTask",
     "config_from_dict",
     "config_to_dict",

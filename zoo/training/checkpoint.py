@@ -12,16 +12,31 @@ import torch
 FORMAT = "zoo-checkpoint"
 FORMAT_VERSION = 1
 CHECKPOINT_NAME = "checkpoint.pt"
+#: The checkpoint before the latest, kept as a fallback for a damaged latest one.
+PREVIOUS_NAME = "checkpoint-prev.pt"
 
 
 class CheckpointError(RuntimeError):
     """A checkpoint that is missing, unreadable or not a zoo checkpoint."""
 
 
-def save_checkpoint(state: dict, path) -> Path:
+def _fsync_dir(folder: Path) -> None:
+    """Make renames in ``folder`` durable (a no-op where directories cannot be opened)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def save_checkpoint(state: dict, path, *, previous=None) -> Path:
     """Write ``state`` to ``path`` atomically: a temporary file in the same folder, fsync, rename.
 
-    A run killed mid-write leaves the previous checkpoint intact.
+    A run killed mid-write leaves the previous checkpoint intact. With ``previous`` (a path), the
+    file being replaced is kept there first; a kill between the two renames leaves it readable.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -32,10 +47,13 @@ def save_checkpoint(state: dict, path) -> Path:
             torch.save(state, f)
             f.flush()
             os.fsync(f.fileno())
+        if previous is not None and path.exists():
+            os.replace(path, previous)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    _fsync_dir(path.parent)
     return path
 
 
@@ -58,3 +76,18 @@ def load_checkpoint(path, map_location="cpu") -> dict:
             f"this zoo reads version {FORMAT_VERSION}"
         )
     return state
+
+
+def load_latest_checkpoint(run_dir, map_location="cpu") -> tuple[dict, Path, str | None]:
+    """The run's latest readable checkpoint: ``checkpoint.pt``, else the previous one kept beside
+    it. Returns ``(state, path, note)``; ``note`` says why the fallback was used (else None)."""
+    run_dir = Path(run_dir)
+    latest, previous = run_dir / CHECKPOINT_NAME, run_dir / PREVIOUS_NAME
+    try:
+        return load_checkpoint(latest, map_location), latest, None
+    except CheckpointError as exc:
+        if not previous.exists():
+            raise
+        problem = exc
+    state = load_checkpoint(previous, map_location)
+    return state, previous, f"{problem}; using the previous checkpoint {previous} instead"

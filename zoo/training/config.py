@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 
 def setting(default, help: str):
@@ -38,15 +40,36 @@ class TrainConfig:
         0.0, "Evaluation EMA rate per step; when > 0 it overrides --ema-halflife-kimg."
     )
     ema_halflife_kimg: float = setting(0.0, "Evaluation EMA half-life in thousands of samples.")
+    ema_rampup: float = setting(
+        0.05,
+        "EMA ramp-up ratio (EDM's ema_rampup_ratio): the half-life is at most this fraction of "
+        "the samples seen so far, so short runs have a usable EMA; 0 = off. Half-life form only.",
+    )
+    snapshot_every_kimg: float = setting(
+        0.0, "Keep the EMA weights in snapshots/ every this many thousand samples; 0 = off."
+    )
+    snapshot_keep: int = setting(0, "Snapshots to keep (the newest); 0 = all.")
     hflip: bool = setting(False, "Horizontal-flip augmentation (images).")
     seed: int = setting(0, "Seed of data order, noise and initialisation.")
     checkpoint_every: int = setting(1000, "Write the checkpoint every this many iterations.")
     log_every: int = setting(100, "Log loss and throughput every this many iterations.")
     device: str = setting("cpu", "cpu, cuda or cuda:N.")
+    threads: int = setting(
+        0,
+        "torch intra-op CPU threads; 0 = automatic (1 for networks under 5M parameters, which "
+        "collapse under CPU contention with more; else torch's default). ZOO_THREADS overrides 0.",
+    )
     precision: str = setting("fp32", "fp32, or bf16 (autocast of the loss's forward passes).")
     channels_last: bool = setting(False, "Channels-last memory format for 4D weights and inputs.")
     compile: bool = setting(False, "torch.compile the trained network (its online passes).")
     tf32: bool = setting(False, "Allow TF32 matmuls and convolutions on CUDA during training.")
+
+    #: Settings that define a run: a resumed run refuses to change them (its checkpoint, data
+    #: order and noise were made with them). Methods extend this with their own.
+    RESUME_FIXED: ClassVar[tuple[str, ...]] = (
+        "method", "dataset", "dataset_options", "network", "network_kwargs", "batch_size",
+        "seed", "optimizer",
+    )
 
     def validate(self) -> None:
         choices = {
@@ -61,8 +84,17 @@ class TrainConfig:
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        non_negative = (
+            "lr_warmup", "ema_halflife_kimg", "ema_rampup", "snapshot_every_kimg",
+            "snapshot_keep", "threads", "grad_clip",
+        )
+        for name in non_negative:
+            if not getattr(self, name) >= 0:  # also refuses NaN
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if not 0 <= self.ema_rate < 1:
             raise ValueError(f"ema_rate must be in [0, 1), got {self.ema_rate}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be positive, got {self.lr}")
 
 
 def config_to_dict(config) -> dict:
@@ -78,8 +110,34 @@ def config_from_dict(cls, data: dict):
     return cls(**data)
 
 
+def resume_config(cls, saved: dict, overrides: dict):
+    """The config of a resumed run: its ``saved`` settings, with ``overrides`` (the settings the
+    user passed) applied. Returns ``(config, changes)``, ``changes`` a list of
+    ``(name, saved value, new value)``; changing a setting in ``cls.RESUME_FIXED`` is an error."""
+    config = config_from_dict(cls, saved)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(overrides) - names)
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} settings: {', '.join(unknown)}")
+    changes = [(k, saved.get(k), v) for k, v in overrides.items() if saved.get(k) != v]
+    fixed = [c for c in changes if c[0] in cls.RESUME_FIXED]
+    if fixed:
+        detail = "; ".join(f"{k}: run has {old!r}, asked {new!r}" for k, old, new in fixed)
+        raise ValueError(
+            f"cannot change what defines a run when resuming ({detail}). Resume without those "
+            "flags, or start a new run in another --run-dir"
+        )
+    config = dataclasses.replace(config, **{k: v for k, _, v in changes})
+    config.validate()
+    return config, changes
+
+
 def save_config(config, path: Path) -> None:
+    """Write ``config.json`` atomically (temporary file, fsync, rename)."""
     path = Path(path)
     tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(config_to_dict(config), indent=2, sort_keys=True) + "\n")
-    tmp.replace(path)
+    with open(tmp, "w") as f:
+        f.write(json.dumps(config_to_dict(config), indent=2, sort_keys=True) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)

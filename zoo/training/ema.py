@@ -8,26 +8,35 @@ import torch
 from torch import nn
 
 
-def ema_beta(rate: float, halflife_kimg: float, batch_size: int) -> float:
-    """β per step, from a rate or from a half-life in thousands of samples (EDM's convention)."""
+def ema_halflife_nimg(halflife_kimg: float, rampup: float, nimg: int) -> float:
+    """EDM's half-life in samples with ramp-up (Karras et al. 2022, training_loop.py):
+    min(half-life, rampup · samples seen so far); ``rampup`` = 0 keeps the plain half-life."""
+    halflife = halflife_kimg * 1000
+    return min(halflife, nimg * rampup) if rampup else halflife
+
+
+def ema_beta(rate: float, halflife_kimg: float, batch_size: int, rampup: float = 0.0,
+             nimg: int = 0) -> float:
+    """β of the update after ``nimg`` samples: a fixed per-step ``rate`` when given, else
+    0.5^(batch / half-life) from :func:`ema_halflife_nimg` (β = 0 while the half-life is 0)."""
     if rate:
         return rate
     if halflife_kimg:
-        return 0.5 ** (batch_size / (halflife_kimg * 1000))
+        halflife = ema_halflife_nimg(halflife_kimg, rampup, nimg)
+        return 0.5 ** (batch_size / halflife) if halflife > 0 else 0.0
     return 0.0
 
 
 class EMA:
     """θ_ema ← β·θ_ema + (1 − β)·θ after every step; β = 0 keeps a copy of the weights."""
 
-    def __init__(self, net: nn.Module, beta: float):
-        self.beta = beta
+    def __init__(self, net: nn.Module):
         self.module = copy.deepcopy(net).eval().requires_grad_(False)
 
     @torch.no_grad()
-    def update(self, net: nn.Module) -> None:
+    def update(self, net: nn.Module, beta: float) -> None:
         for p_ema, p in zip(self.module.parameters(), net.parameters()):
-            p_ema.lerp_(p.detach(), 1 - self.beta)
+            p_ema.lerp_(p.detach(), 1 - beta)
         for b_ema, b in zip(self.module.buffers(), net.buffers()):
             b_ema.copy_(b)
 

@@ -11,6 +11,9 @@ from __future__ import annotations
 import abc
 import json
 import math
+import signal
+import sys
+import threading
 import time
 from pathlib import Path
 
@@ -24,16 +27,60 @@ from zoo import distributed
 from zoo.data import BatchLoader
 from zoo.training.checkpoint import (
     CHECKPOINT_NAME,
+    PREVIOUS_NAME,
     CheckpointError,
-    load_checkpoint,
+    load_latest_checkpoint,
     save_checkpoint,
 )
 from zoo.training.config import TrainConfig, config_to_dict, save_config
-from zoo.training.ema import EMA, ema_beta
+from zoo.training.ema import EMA, ema_beta, ema_halflife_nimg
+from zoo.training.rundir import LOG_NAME, RunLock, RunLockedError, remove_stale_temporaries, trim_log
+from zoo.training.threads import choose_threads
 
 
 class NonFiniteLossError(RuntimeError):
     """The loss became NaN or infinite; the run stopped and its last good checkpoint is kept."""
+
+
+class TrainingInterrupted(RuntimeError):
+    """SIGINT or SIGTERM stopped training after a step; that step's checkpoint was written."""
+
+    def __init__(self, signum: int, step: int, checkpoint: Path):
+        name = signal.Signals(signum).name
+        super().__init__(f"{name} at step {step}: checkpoint written to {checkpoint}")
+        self.signum, self.step, self.checkpoint = signum, step, checkpoint
+        self.exit_code = 128 + signum
+
+
+class StopSignals:
+    """SIGINT/SIGTERM ask the loop to stop after the current step (cluster schedulers send
+    SIGTERM before they kill a job); a second signal exits at once. Installed only in the main
+    thread, and the previous handlers come back on exit."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self, echo):
+        self.signum: int | None = None
+        self.echo = echo
+        self.previous: dict = {}
+
+    def _handle(self, signum, frame):
+        if self.signum is not None:
+            if signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            raise SystemExit(128 + signum)
+        self.signum = signum
+        self.echo(f"\n{signal.Signals(signum).name}: finishing this step and writing a checkpoint "
+                  "(send it again to exit at once)")
+
+    def __enter__(self) -> StopSignals:
+        if threading.current_thread() is threading.main_thread():
+            self.previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)
 
 
 def _mix(*ints: int) -> int:
@@ -109,16 +156,20 @@ class TrainingTask(abc.ABC):
 
 class Trainer:
     """Runs a :class:`TrainingTask` for ``config.iterations`` steps, writing ``run_dir``:
-    ``config.json`` (resolved settings), ``checkpoint.pt`` (atomic) and ``log.jsonl``.
+    ``checkpoint.pt`` (atomic; the one before it kept as ``checkpoint-prev.pt``), ``config.json``
+    (the settings of that checkpoint, written after it), ``log.jsonl`` and, when asked,
+    ``snapshots/`` of the EMA weights. One process owns the directory at a time (:class:`RunLock`).
     """
 
-    def __init__(self, task: TrainingTask, config: TrainConfig, dataset, run_dir, *, progress=True):
+    def __init__(self, task: TrainingTask, config: TrainConfig, dataset, run_dir, *, progress=True,
+                 echo=None):
         config.validate()
         self.task, self.config, self.dataset = task, config, dataset
         self.run_dir = Path(run_dir)
         self.rank, self.world_size = distributed.rank(), distributed.world_size()
         self.device = distributed.local_device(config.device)
         self.progress = progress and self.rank == 0
+        self._echo = echo or (lambda msg: print(msg, file=sys.stderr, flush=True))
         self.net = task.net.to(self.device)
         if config.channels_last:
             self.net.to(memory_format=torch.channels_last)
@@ -139,25 +190,35 @@ class Trainer:
             betas=(config.adam_beta1, config.adam_beta2),
             weight_decay=config.weight_decay,
         )
-        self.ema = EMA(
-            self.net, ema_beta(config.ema_rate, config.ema_halflife_kimg, config.batch_size)
-        )
+        self.ema = EMA(self.net)
         self.step = 0
+
+    def echo(self, message: str) -> None:
+        if self.rank == 0:
+            self._echo(message)
 
     @property
     def checkpoint_path(self) -> Path:
         return self.run_dir / CHECKPOINT_NAME
 
     def lr_at(self, step: int) -> float:
+        """Linear warm-up to the peak ``lr`` over ``lr_warmup`` steps, then constant or a linear
+        decay from the peak to 0 at the last iteration."""
         c = self.config
         lr = c.lr
-        if c.lr_warmup:
-            lr *= min(1.0, (step + 1) / c.lr_warmup)
+        if c.lr_warmup and step < c.lr_warmup:
+            return lr * (step + 1) / c.lr_warmup
         if c.lr_decay == "linear":
-            lr *= 1 - step / c.iterations
+            lr *= (c.iterations - step) / max(c.iterations - c.lr_warmup, 1)
         return lr
 
-    def state_dict(self) -> dict:
+    def ema_beta_at(self, step: int) -> float:
+        """β of the evaluation EMA's update after ``step`` (ramp-up by the samples seen)."""
+        c = self.config
+        return ema_beta(c.ema_rate, c.ema_halflife_kimg, c.batch_size, c.ema_rampup,
+                        step * c.batch_size)
+
+    def _record(self) -> dict:
         return {
             "step": self.step,
             "method": self.config.method,
@@ -168,56 +229,164 @@ class Trainer:
                 "shape": list(self.dataset.shape),
                 "kind": self.dataset.kind,
             },
+            "zoo_version": zoo.__version__,
+        }
+
+    def state_dict(self) -> dict:
+        return {
+            **self._record(),
             "net": self.net.state_dict(),
             "ema": self.ema.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "loader": self.loader.state_dict(),
             "task": self.task.state_dict(),
-            "zoo_version": zoo.__version__,
         }
 
     def save(self) -> None:
+        """The checkpoint, then the config that belongs to it (rank 0)."""
         if self.rank == 0:
-            save_checkpoint(self.state_dict(), self.checkpoint_path)
+            save_checkpoint(self.state_dict(), self.checkpoint_path,
+                            previous=self.run_dir / PREVIOUS_NAME)
+            save_config(self.config, self.run_dir / "config.json")
 
-    def restore(self) -> None:
-        state = load_checkpoint(self.checkpoint_path, map_location=self.device)
+    def save_snapshot(self) -> Path | None:
+        """The EMA weights at this step in ``snapshots/snapshot-KIMG.pt`` (a checkpoint that
+        ``zoo sample --run`` loads), keeping the newest ``snapshot_keep``."""
+        if self.rank != 0:
+            return None
+        folder = self.run_dir / "snapshots"
+        kimg = self.step * self.config.batch_size // 1000
+        path = save_checkpoint({**self._record(), "ema": self.ema.state_dict()},
+                               folder / f"snapshot-{kimg:06d}.pt")
+        keep = self.config.snapshot_keep
+        if keep:
+            for old in sorted(folder.glob("snapshot-*.pt"))[:-keep]:
+                old.unlink()
+        return path
+
+    def _snapshot_due(self) -> bool:
+        every = self.config.snapshot_every_kimg * 1000
+        if not every:
+            return False
+        b = self.config.batch_size
+        return (self.step * b) // every > ((self.step - 1) * b) // every or (
+            self.step == self.config.iterations)
+
+    def restore(self) -> Path:
+        """Load the latest readable checkpoint (falling back to the previous one, saying so);
+        returns its path. Refuses checkpoints of another method, data or run settings."""
+        state, path, note = load_latest_checkpoint(self.run_dir, map_location=self.device)
+        if note:
+            self.echo(f"warning: {note}")
         if state["method"] != self.config.method:
             raise CheckpointError(
-                f"{self.checkpoint_path} belongs to method {state['method']!r}, "
-                f"not {self.config.method!r}"
+                f"{path} belongs to method {state['method']!r}, not {self.config.method!r}"
             )
         if state["dataset"]["checksum"] != self.dataset.checksum:
             raise CheckpointError(
-                f"{self.checkpoint_path} was trained on different data "
+                f"{path} was trained on different data "
                 f"({state['dataset']['name']}, "
                 f"checksum {state['dataset']['checksum'][:12]}) than {self.dataset.name} "
                 f"(checksum {self.dataset.checksum[:12]})"
             )
+        ours = json.loads(json.dumps(config_to_dict(self.config)))
+        theirs = json.loads(json.dumps(state["config"]))
+        differ = [k for k in type(self.config).RESUME_FIXED if k in theirs
+                  and theirs[k] != ours.get(k)]
+        if differ:
+            raise CheckpointError(
+                f"{path} was trained with other run-defining settings: "
+                + "; ".join(f"{k}={theirs[k]!r}, asked {ours.get(k)!r}" for k in differ)
+            )
+        if "optimizer" not in state:
+            raise CheckpointError(f"{path} holds weights only (a snapshot or an import), not a "
+                                  "resumable training state")
         self.net.load_state_dict(state["net"])
         self.ema.load_state_dict(state["ema"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.loader.load_state_dict(state["loader"])
         self.task.load_state_dict(state["task"])
         self.step = state["step"]
+        return path
 
     def fit(self, *, resume: bool = False, on_step=None) -> dict:
-        """Train to ``config.iterations``. ``resume`` continues from ``run_dir``'s checkpoint.
+        """Train to ``config.iterations``. ``resume`` continues from ``run_dir``'s checkpoint
+        (or starts, when it has none). The run directory is locked for the duration.
 
         ``on_step(step, loss)`` is called after every step (progress hooks, tests).
-        Returns ``{"step", "loss"}`` of the last step.
+        Returns ``{"step", "loss"}`` of the last step. SIGINT/SIGTERM checkpoint the current step
+        and raise :class:`TrainingInterrupted`.
         """
-        c = self.config
-        if self.checkpoint_path.exists():
-            if not resume:
-                raise CheckpointError(
-                    f"{self.run_dir} already holds a checkpoint; pass resume=True (--resume) to "
-                    "continue it, or choose another run directory"
-                )
-            self.restore()
+        lock = RunLock(self.run_dir) if self.rank == 0 else None
+        refused = None
+        if lock is not None:
+            try:
+                lock.acquire()
+            except RunLockedError as exc:
+                refused = exc
+        if distributed.all_max(int(refused is not None)):
+            raise refused or RunLockedError(f"{self.run_dir} is in use by another process")
+        try:
+            return self._fit(resume, on_step)
+        finally:
+            if lock is not None:
+                lock.release()
+
+    def _start(self, resume: bool) -> Path | None:
+        """Continue the checkpoint or start anew (writing step 0); the checkpoint resumed."""
+        if self.rank == 0:
+            for path in remove_stale_temporaries(self.run_dir):
+                self.echo(f"removed {path}, left by a write that was killed")
+        exists = any((self.run_dir / n).exists() for n in (CHECKPOINT_NAME, PREVIOUS_NAME))
+        if exists and not resume:
+            raise CheckpointError(
+                f"{self.run_dir} already holds a checkpoint; pass resume=True (--resume) to "
+                "continue it, or choose another run directory"
+            )
+        if exists:
+            path = self.restore()
+            self.echo(f"resuming {self.run_dir} from step {self.step} ({path.name})")
+            if self.rank == 0 and trim_log(self.run_dir, self.step):
+                self.echo(f"{LOG_NAME}: dropped the rows after step {self.step}")
+            return path
         if self.rank == 0:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            save_config(c, self.run_dir / "config.json")
+            (self.run_dir / LOG_NAME).unlink(missing_ok=True)  # it belonged to no checkpoint
+        self.save()  # step 0: the run is resumable (and its settings recorded) from the start
+        return None
+
+    def _warn_ema(self) -> None:
+        c = self.config
+        trained = c.iterations * c.batch_size
+        if c.ema_rate:
+            halflife = c.batch_size * math.log(0.5) / math.log(c.ema_rate)
+        elif c.ema_halflife_kimg:
+            halflife = ema_halflife_nimg(c.ema_halflife_kimg, c.ema_rampup, trained)
+        else:
+            return
+        if halflife > trained:
+            self.echo(
+                f"warning: the evaluation EMA's half-life ({halflife / 1000:.4g} kimg) exceeds "
+                f"the {trained / 1000:.4g} kimg this run trains: its EMA weights will still "
+                "resemble the initialisation. Sample with --weights raw, or set --ema-rampup "
+                "or a shorter --ema-halflife-kimg."
+            )
+
+    def _fit(self, resume: bool, on_step) -> dict:
+        c = self.config
+        resumed_from = self._start(resume)
+        if self.step >= c.iterations:
+            self.echo(
+                f"{self.run_dir} already finished at step {self.step} (iterations={c.iterations});"
+                f" pass --iterations larger than {self.step} to extend it"
+            )
+            distributed.barrier()
+            return {"step": self.step, "loss": None}
+        self._warn_ema()
+        threads_before = torch.get_num_threads()
+        threads, why = choose_threads(c.threads, sum(p.numel() for p in self.net.parameters()),
+                                      self.device)
+        torch.set_num_threads(threads)
         net = self.net
         if self.world_size > 1:
             net = nn.parallel.DistributedDataParallel(
@@ -234,7 +403,14 @@ class Trainer:
         if c.tf32:
             torch.backends.cuda.matmul.fp32_precision = "tf32"
             torch.backends.cudnn.conv.fp32_precision = "tf32"
-        log = open(self.run_dir / "log.jsonl", "a") if self.rank == 0 else None
+        log = open(self.run_dir / LOG_NAME, "a") if self.rank == 0 else None
+        if log is not None:
+            start = {"event": "start", "step": self.step, "threads": threads,
+                     "threads_reason": why, "world_size": self.world_size,
+                     "device": str(self.device), "resumed_from": resumed_from and resumed_from.name,
+                     "zoo_version": zoo.__version__}
+            log.write(json.dumps(start) + "\n")
+            log.flush()
         bar = tqdm(
             total=c.iterations,
             initial=self.step,
@@ -243,70 +419,79 @@ class Trainer:
             dynamic_ncols=True,
         )
         last_loss, window_loss, window_n, t0 = float("nan"), 0.0, 0, time.perf_counter()
-        if self.step >= c.iterations:
-            self.save()  # nothing to train: record the (possibly shortened) settings
         try:
-            while self.step < c.iterations:
-                step = self.step
-                x, labels = next(self.loader)
-                if c.channels_last and x.ndim == 4:
-                    x = x.contiguous(memory_format=torch.channels_last)
-                noise = BatchNoise(
-                    c.seed, step, c.batch_size, self.rank, self.world_size, self.device
-                )
-                torch.manual_seed(_mix(c.seed, step, self.rank, 1))  # dropout and the like
-                for group in self.optimizer.param_groups:
-                    group["lr"] = self.lr_at(step)
-                with autocast:
-                    loss = self.task.loss(net, x, labels, noise).mean()
-                if not torch.isfinite(loss):
-                    where = (
-                        f"the last good checkpoint is kept at {self.checkpoint_path}"
-                        if self.checkpoint_path.exists()
-                        else "no checkpoint had been written yet"
-                    )
-                    raise NonFiniteLossError(
-                        f"loss is {loss.item()} at iteration {step}: training stopped; {where}. "
-                        "Lower --lr or set --grad-clip."
-                    )
-                self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if c.grad_clip > 0:
-                    nn.utils.clip_grad_norm_(self.net.parameters(), c.grad_clip)
-                self.optimizer.step()
-                self.ema.update(self.net)
-                self.task.after_step(step)
-                self.step = step + 1
-                last_loss = loss.item()
-                window_loss += last_loss
-                window_n += 1
-                bar.update(1)
-                if self.step % c.log_every == 0 or self.step == c.iterations:
-                    rate = window_n * c.batch_size / (time.perf_counter() - t0)
-                    if self.world_size > 1:  # log the global batch's loss, not rank 0's share
-                        window = torch.tensor(window_loss / self.world_size, device=self.device)
-                        dist.all_reduce(window)
-                        window_loss = window.item()
-                    bar.set_postfix(loss=f"{window_loss / window_n:.4g}", samples_s=f"{rate:.0f}")
-                    if log is not None:
-                        row = {
-                            "step": self.step,
-                            "loss": window_loss / window_n,
-                            "samples_per_s": rate,
-                            "lr": self.lr_at(step),
-                        }
-                        log.write(json.dumps(row) + "\n")
-                        log.flush()
-                    window_loss, window_n, t0 = 0.0, 0, time.perf_counter()
-                if self.step % c.checkpoint_every == 0 or self.step == c.iterations:
-                    self.save()
-                if on_step is not None:
-                    on_step(self.step, last_loss)
+            with StopSignals(self.echo) as stop:
+                while self.step < c.iterations:
+                    last_loss = self._train_step(net, autocast)
+                    window_loss += last_loss
+                    window_n += 1
+                    bar.update(1)
+                    if self.step % c.log_every == 0 or self.step == c.iterations:
+                        rate = window_n * c.batch_size / (time.perf_counter() - t0)
+                        if self.world_size > 1:  # log the global batch's loss, not rank 0's share
+                            window = torch.tensor(window_loss / self.world_size,
+                                                  device=self.device)
+                            dist.all_reduce(window)
+                            window_loss = window.item()
+                        bar.set_postfix(loss=f"{window_loss / window_n:.4g}",
+                                        samples_s=f"{rate:.0f}")
+                        if log is not None:
+                            row = {
+                                "step": self.step,
+                                "loss": window_loss / window_n,
+                                "samples_per_s": rate,
+                                "lr": self.lr_at(self.step - 1),
+                            }
+                            log.write(json.dumps(row) + "\n")
+                            log.flush()
+                        window_loss, window_n, t0 = 0.0, 0, time.perf_counter()
+                    if self._snapshot_due():
+                        self.save_snapshot()
+                    signum = distributed.all_max(stop.signum or 0)
+                    if signum or self.step % c.checkpoint_every == 0 or self.step == c.iterations:
+                        self.save()
+                    if signum:
+                        raise TrainingInterrupted(signum, self.step, self.checkpoint_path)
+                    if on_step is not None:
+                        on_step(self.step, last_loss)
         finally:
             torch.backends.cuda.matmul.fp32_precision = fp32_precision[0]
             torch.backends.cudnn.conv.fp32_precision = fp32_precision[1]
+            torch.set_num_threads(threads_before)
             bar.close()
             if log is not None:
                 log.close()
         distributed.barrier()  # rank 0's last checkpoint is on disk when fit returns anywhere
         return {"step": self.step, "loss": last_loss if math.isfinite(last_loss) else None}
+
+    def _train_step(self, net, autocast) -> float:
+        """One optimiser step at ``self.step`` (then ``self.step += 1``); returns the loss."""
+        c, step = self.config, self.step
+        x, labels = next(self.loader)
+        if c.channels_last and x.ndim == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        noise = BatchNoise(c.seed, step, c.batch_size, self.rank, self.world_size, self.device)
+        torch.manual_seed(_mix(c.seed, step, self.rank, 1))  # dropout and the like
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.lr_at(step)
+        with autocast:
+            loss = self.task.loss(net, x, labels, noise).mean()
+        if not torch.isfinite(loss):
+            where = (
+                f"the last good checkpoint is kept at {self.checkpoint_path}"
+                if self.checkpoint_path.exists()
+                else "no checkpoint had been written yet"
+            )
+            raise NonFiniteLossError(
+                f"loss is {loss.item()} at iteration {step}: training stopped; {where}. "
+                "Lower --lr or set --grad-clip."
+            )
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if c.grad_clip > 0:
+            nn.utils.clip_grad_norm_(self.net.parameters(), c.grad_clip)
+        self.optimizer.step()
+        self.ema.update(self.net, self.ema_beta_at(step))
+        self.task.after_step(step)
+        self.step = step + 1
+        return loss.item()
