@@ -8,6 +8,7 @@ Every factory has the signature ``factory(data_shape, label_dim=0, **kwargs) -> 
 - ``ddpmpp-small``: the same SongUNet at CPU size, for 8×8 digits and small images.
 - ``songunet``: SongUNet with EDM's defaults; every option is a keyword.
 - ``mlp``: :class:`MLPDenoiserNet` for vector data (2D toy distributions).
+- ``adm``: :class:`ADMUNet`, the U-Net of openai/consistency_models' released checkpoints.
 """
 
 from __future__ import annotations
@@ -18,10 +19,12 @@ from torch import nn
 
 from zoo import plugins
 from zoo.hookspecs import hookimpl
+from zoo.nets.adm import ADMUNet
 from zoo.nets.mlp import MLPDenoiserNet
 from zoo.nets.songunet import SongUNet
 
 __all__ = [
+    "ADMUNet",
     "DDPMPP_CIFAR10",
     "NCSNPP_CIFAR10",
     "MLPDenoiserNet",
@@ -82,24 +85,22 @@ def _check_options(name: str, cls, kwargs: dict, fixed: tuple[str, ...]) -> None
         )
 
 
-def _songunet_factory(name: str, preset):
+def _unet_factory(name: str, cls, preset):
     fixed = ("img_resolution", "in_channels", "label_dim")
 
-    def factory(data_shape, label_dim: int = 0, **kwargs) -> SongUNet:
+    def factory(data_shape, label_dim: int = 0, **kwargs):
         data_shape = tuple(data_shape)
         if len(data_shape) != 3 or data_shape[1] != data_shape[2]:
             raise ValueError(
                 f"network {name!r} needs a square image data_shape (C, H, W) with H == W, "
                 f"got {data_shape}"
             )
-        _check_options(name, SongUNet, kwargs, fixed)
+        _check_options(name, cls, kwargs, fixed)
         channels, resolution = data_shape[0], data_shape[1]
         options = {"out_channels": channels, **preset(resolution), **kwargs}
-        return SongUNet(
-            img_resolution=resolution, in_channels=channels, label_dim=label_dim, **options
-        )
+        return cls(img_resolution=resolution, in_channels=channels, label_dim=label_dim, **options)
 
-    factory.__doc__ = f"Build the {name!r} SongUNet for data_shape (C, H, W)."
+    factory.__doc__ = f"Build the {name!r} {cls.__name__} for data_shape (C, H, W)."
     return factory
 
 
@@ -113,11 +114,12 @@ def mlp_factory(data_shape, label_dim: int = 0, **kwargs) -> MLPDenoiserNet:
 
 
 FACTORIES = {
-    "ddpmpp": _songunet_factory("ddpmpp", lambda res: DDPMPP_CIFAR10),
-    "ncsnpp": _songunet_factory("ncsnpp", lambda res: NCSNPP_CIFAR10),
-    "ddpmpp-small": _songunet_factory("ddpmpp-small", ddpmpp_small_config),
-    "songunet": _songunet_factory("songunet", lambda res: {}),
+    "ddpmpp": _unet_factory("ddpmpp", SongUNet, lambda res: DDPMPP_CIFAR10),
+    "ncsnpp": _unet_factory("ncsnpp", SongUNet, lambda res: NCSNPP_CIFAR10),
+    "ddpmpp-small": _unet_factory("ddpmpp-small", SongUNet, ddpmpp_small_config),
+    "songunet": _unet_factory("songunet", SongUNet, lambda res: {}),
     "mlp": mlp_factory,
+    "adm": _unet_factory("adm", ADMUNet, lambda res: {}),
 }
 
 
