@@ -66,8 +66,15 @@ def load_checkpoint(path, map_location="cpu") -> dict:
         raise CheckpointError(f"no checkpoint at {path}")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as exc:
+    except OSError as exc:
         raise CheckpointError(f"cannot read checkpoint {path}: {exc}") from exc
+    except (pickle.UnpicklingError, RuntimeError, EOFError, KeyError) as exc:
+        # One line on what the file is, without torch's advice to retry with weights_only=False.
+        from zoo.checkpoint_import import unreadable_file_message
+
+        message = unreadable_file_message(path, exc, "a zoo checkpoint",
+                                          "restore it from a copy or train the run again")
+        raise CheckpointError(message) from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a zoo checkpoint (format {FORMAT!r} expected)")
     if state.get("format_version") != FORMAT_VERSION:
