@@ -1,4 +1,4 @@
-"""The ``zoo`` command line: plugins, train, sample, bench, edit and import-edm."""
+"""The ``zoo`` command line: plugins, train, sample, bench, edit, import-edm and import-openai."""
 
 from __future__ import annotations
 
@@ -497,7 +497,26 @@ def edit_command(
     )
 
 
-# ---------------------------------------------------------------- import-edm
+# ---------------------------------------------------------------- import-edm, import-openai
+
+_CHECK_DATA = click.option(
+    "--check-data/--no-check-data",
+    default=True,
+    show_default=True,
+    help="Load the registered dataset to check its shape and record its checksum (needed to "
+    "use the run as a distillation teacher or in the bench); --no-check-data records only its "
+    "name and shape (sampling and editing need no data).",
+)
+
+
+def _import(run):
+    """Run an import, every failure a one-line message (exit code 1)."""
+    from zoo.checkpoint_import import UnsafePickleError
+
+    try:
+        return run()
+    except (*USER_ERRORS, OSError, EOFError, UnsafePickleError) as exc:
+        raise UserError(str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from None
 
 
 @main.command("import-edm")
@@ -512,18 +531,42 @@ def edit_command(
     "--dataset",
     default="cifar10",
     show_default=True,
-    help="The data the network was trained on (its checksum goes into the run).",
+    help="The data the network was trained on (e.g. imagenet64 for the DhariwalUNet pickle).",
 )
-def import_edm_command(pickle_file, out, dataset):
-    """Import EDM's released network pickle (edm-cifar10-32x32-uncond-vp.pkl, network-snapshot-
-    *.pkl) as an `edm` run, through a restricted unpickler: nothing in the file is executed."""
-    from zoo.checkpoint_import import UnsafePickleError, import_edm_run
+@_CHECK_DATA
+def import_edm_command(pickle_file, out, dataset, check_data):
+    """Import EDM's released network pickle (edm-cifar10-32x32-uncond-vp.pkl,
+    edm-imagenet-64x64-cond-adm.pkl, network-snapshot-*.pkl) as an `edm` run, through a
+    restricted unpickler: nothing in the file is executed."""
+    from zoo.checkpoint_import import import_edm_run
 
-    try:
-        run_dir = import_edm_run(pickle_file, out, dataset=dataset)
-    except (*USER_ERRORS, OSError, UnsafePickleError) as exc:
-        raise UserError(str(exc)) from None
+    run_dir = _import(lambda: import_edm_run(pickle_file, out, dataset=dataset,
+                                             check_data=check_data))
     click.echo(f"imported {pickle_file} -> {run_dir / 'checkpoint.pt'}")
+
+
+@main.command("import-openai")
+@click.argument("checkpoint", type=click.Path(dir_okay=False, exists=True))
+@click.option("--preset", required=True,
+              help="The released file's settings, e.g. cd-imagenet64-lpips, ct-lsun-bedroom256 "
+              "(see docs/reproduce.md; an unknown name lists them).")
+@click.option("--method", type=click.Choice(["cm", "edm"]), default=None,
+              help="cm (CD/CT) or edm (the teachers); must match the preset [default: the "
+              "preset's].")
+@click.option("--out", required=True, type=click.Path(file_okay=False),
+              help="Run directory to create, e.g. runs/imagenet64/cm-cd.")
+@click.option("--dataset", default=None,
+              help="The data the network was trained on [default: the preset's].")
+@_CHECK_DATA
+def import_openai_command(checkpoint, preset, method, out, dataset, check_data):
+    """Import a checkpoint released by openai/consistency_models (edm_imagenet64_ema.pt,
+    cd_imagenet64_lpips.pt, ...) as a `cm` or `edm` run; read with torch.load(weights_only=True).
+    """
+    from zoo.checkpoint_import import import_openai_run
+
+    run_dir = _import(lambda: import_openai_run(checkpoint, out, preset, method=method,
+                                                dataset=dataset, check_data=check_data))
+    click.echo(f"imported {checkpoint} -> {run_dir / 'checkpoint.pt'}")
 
 
 if __name__ == "__main__":
