@@ -24,7 +24,8 @@ from zoo.training import TrainingTask
 
 SOLVERS = {"heun": heun_step, "euler": euler_step}
 DISTANCES = ("l2", "l1", "lpips")
-WEIGHTINGS = ("uniform", "snrp1", "truncated-snr")
+WEIGHTINGS = ("uniform", "snrp1", "truncated-snr", "uniform-u")
+CT_MU_FORMS = ("paper", "code")
 
 
 # ------------------------------------------------------------------ schedules (Appendix C)
@@ -34,9 +35,15 @@ def ct_num_scales(k: int, K: int, s0: int, s1: int) -> int:
     return math.ceil(math.sqrt(k / K * ((s1 + 1) ** 2 - s0**2) + s0**2) - 1) + 1
 
 
-def ct_target_ema(k: int, K: int, s0: int, s1: int, mu0: float) -> float:
-    """μ(k) = exp(s0·log μ0 / N(k)): μ0 at k = 0, growing towards 1 as N(k) grows."""
-    return math.exp(s0 * math.log(mu0) / ct_num_scales(k, K, s0, s1))
+def ct_target_ema(k: int, K: int, s0: int, s1: int, mu0: float, form: str = "paper") -> float:
+    """μ(k), growing towards 1 as N(k) grows. ``form="paper"``: exp(s0·log μ0 / N(k)) (the
+    paper's Appendix C; μ(0) = μ0); ``form="code"``: exp(s0·log μ0 / (N(k) − 1)), what the
+    official code computes (consistency_models_cifar10 jcm/losses.py:916-926, the number of
+    grid intervals in the denominator; μ(0) = μ0² for s0 = 2)."""
+    if form not in CT_MU_FORMS:
+        raise ValueError(f"ct_mu_form={form!r} is not one of {', '.join(CT_MU_FORMS)}")
+    scales = ct_num_scales(k, K, s0, s1)
+    return math.exp(s0 * math.log(mu0) / (scales if form == "paper" else scales - 1))
 
 
 def karras_time(u: torch.Tensor, sigma_min: float, sigma_max: float, rho: float):
@@ -49,11 +56,23 @@ def karras_time(u: torch.Tensor, sigma_min: float, sigma_max: float, rho: float)
     return base**rho, rho * (hi - lo) * base ** (rho - 1)
 
 
-def weighting(name: str, t: torch.Tensor) -> torch.Tensor:
-    """λ(t): ``uniform`` (λ ≡ 1, the paper's choice), ``snrp1`` (1/t² + 1) or ``truncated-snr``
-    (max(1/t², 1))."""
+def inverse_karras_time_derivative(t: torch.Tensor, sigma_min: float, sigma_max: float,
+                                   rho: float) -> torch.Tensor:
+    """(τ⁻¹)′(t) = t^{1/ρ − 1} / (ρ·(T^{1/ρ} − ε^{1/ρ})), the derivative of
+    τ⁻¹(t) = (t^{1/ρ} − ε^{1/ρ}) / (T^{1/ρ} − ε^{1/ρ}) (:func:`karras_time`'s inverse)."""
+    return t.pow(1 / rho - 1) / (rho * (sigma_max ** (1 / rho) - sigma_min ** (1 / rho)))
+
+
+def weighting(name: str, t: torch.Tensor, sigma_min: float = 0.002, sigma_max: float = 80.0,
+              rho: float = 7.0) -> torch.Tensor:
+    """λ(t): ``uniform`` (λ ≡ 1, the paper's choice), ``snrp1`` (1/t² + 1), ``truncated-snr``
+    (max(1/t², 1)) or ``uniform-u`` (λ = (τ⁻¹)′(t), so that the continuous-time loss weighs
+    every u ~ U[0, 1] of t = τ(u) by 1, as the official CD∞ code does: consistency_models_cifar10
+    jcm/losses.py:516-525)."""
     if name == "uniform":
         return torch.ones_like(t)
+    if name == "uniform-u":
+        return inverse_karras_time_derivative(t, sigma_min, sigma_max, rho)
     if name == "snrp1":
         return t.pow(-2) + 1
     if name == "truncated-snr":
@@ -206,7 +225,8 @@ class ConsistencyLoss(CMTask):
             target = self.target(x_hat, t)
         torch.manual_seed(seed)
         online = net(x_next, t_next)
-        return weighting(c.weighting, t) * self.distance(online, target)
+        lam = weighting(c.weighting, t, c.sigma_min, c.sigma_max, c.rho)
+        return lam * self.distance(online, target)
 
     @torch.no_grad()
     def after_step(self, step: int) -> None:
@@ -244,7 +264,7 @@ class ConsistencyTraining(ConsistencyLoss):
 
     def target_ema(self, k: int) -> float:
         c = self.config
-        return ct_target_ema(k, c.iterations, c.s0, c.s1, c.mu0)
+        return ct_target_ema(k, c.iterations, c.s0, c.s1, c.mu0, c.ct_mu_form)
 
     def x_smaller(self, x, z, x_next, t_next, t):
         return x + expand_sigma(t, x) * z
@@ -290,7 +310,7 @@ class ContinuousConsistency(CMTask):
             g_df = metric_hvp(self.distance, f_target, df_dt)
         torch.manual_seed(seed)
         online = net(x_t, t)
-        lam = weighting(c.weighting, t)
+        lam = weighting(c.weighting, t, c.sigma_min, c.sigma_max, c.rho)
         surrogate = ((online - online.detach()) * g_df).flatten(1).sum(1)
         value = 0.5 * dt_du * (df_dt * g_df).flatten(1).sum(1)
         return lam * dt_du * (surrogate + value)
