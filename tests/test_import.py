@@ -2,6 +2,7 @@
 objects whose source is embedded) is read without executing anything; anything else is refused."""
 
 import builtins
+import dataclasses
 import os
 import pickle
 import sys
@@ -15,8 +16,10 @@ from torch import nn
 
 import zoo.plugins
 from zoo.checkpoint_import import (
+    OPENAI_PRESETS,
     UnsafePickleError,
     import_edm_run,
+    import_openai_run,
     read_edm_pickle,
     restricted_load,
 )
@@ -167,3 +170,168 @@ def test_embedded_source_is_never_executed_and_other_classes_are_refused(tmp_pat
     (tmp_path / "linear.pkl").write_bytes(pickle.dumps({"ema": nn.Linear(2, 2)}))
     with pytest.raises(UnsafePickleError, match="torch.nn.modules.linear.Linear"):
         read_edm_pickle(tmp_path / "linear.pkl")
+
+
+# ------------------------------------------------ DhariwalUNet pickles, openai checkpoints, errors
+
+FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
+
+
+def _fixture_parameters(shapes):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "make_adm_fixture", os.path.join(FIXTURES, "make_adm_fixture.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.fixture_parameters(shapes)
+
+
+class DhariwalUNet(nn.Module):
+    """Stands in for EDM's class in the pickle: only its name and state are recorded."""
+
+
+def module_tree(state: dict) -> nn.Module:
+    """A module tree holding ``state`` under its names (``enc``/``dec`` as ModuleDicts)."""
+    root = DhariwalUNet()
+    for key, value in state.items():
+        *path, leaf = key.split(".")
+        module = root
+        for name in path:
+            if name not in module._modules:
+                child = nn.ModuleDict() if module is root and name in ("enc", "dec") else (
+                    nn.Module())
+                module._modules[name] = child
+            module = module._modules[name]
+        if leaf == "resample_filter":
+            module.register_buffer(leaf, value)
+        else:
+            module.register_parameter(leaf, nn.Parameter(value))
+    return root
+
+
+def dhariwal_pickle(path, ref) -> None:
+    """EDM's ImageNet pickle layout (EDMPrecond wrapping a DhariwalUNet) for the fixture net."""
+    state = {**_fixture_parameters(ref["shapes"]), **ref["buffers"]}
+    with edm_modules() as (persistence, util):
+        hook = persistence._reconstruct_persistent_obj
+        model_kwargs = dict(ref["kwargs"])
+        precond_kwargs = dict(img_resolution=8, img_channels=3, label_dim=10, use_fp16=False,
+                              sigma_data=0.5, model_type="DhariwalUNet",
+                              **{k: v for k, v in model_kwargs.items() if k not in (
+                                  "img_resolution", "in_channels", "out_channels", "label_dim")})
+        precond = Persistent(hook, "EDMPrecond", {
+            "training": False, "_parameters": {}, "_buffers": {},
+            "_modules": {"model": persist(module_tree(state), hook, model_kwargs)},
+            "_init_args": (), "_init_kwargs": precond_kwargs, "sigma_data": 0.5})
+        path.write_bytes(pickle.dumps({"ema": precond, "augment_pipe": None}, protocol=4))
+
+
+def test_dhariwal_pickle_imports_as_an_adm_run_with_edm_outputs(tmp_path):
+    ref = torch.load(os.path.join(FIXTURES, "adm_reference.pt"), weights_only=True)["edm"]
+    dhariwal_pickle(tmp_path / "net.pkl", ref)
+    run = import_edm_run(tmp_path / "net.pkl", tmp_path / "run", "imagenet64", check_data=False)
+    loaded = zoo.plugins.get("methods", "edm").load(run)
+    assert loaded.config.network == "adm" and loaded.dataset["checksum"] is None
+    with torch.no_grad():
+        out = loaded.denoiser.net(ref["x"], ref["noise_labels"], ref["class_labels"])
+    torch.testing.assert_close(out, ref["out"], rtol=1e-5, atol=1e-5)
+
+
+def tiny_openai_checkpoint(path):
+    ref = torch.load(os.path.join(FIXTURES, "adm_reference.pt"), weights_only=True)["openai"]
+    state = _fixture_parameters(ref["shapes"])
+    k = ref["kwargs"]
+    kwargs = dict(model_channels=k["model_channels"], channel_mult=k["channel_mult"],
+                  num_res_blocks=k["num_res_blocks"], attn_resolutions=[8, 4],
+                  num_head_channels=k["num_head_channels"], resblock_updown=True,
+                  num_classes=10)
+    preset = dataclasses.replace(OPENAI_PRESETS["edm-imagenet64"], shape=(3, 8, 8),
+                                 network_kwargs=kwargs)
+    torch.save(state, path)
+    return state, preset
+
+
+def test_openai_key_errors_are_listed_in_one_error(tmp_path):
+    state, preset = tiny_openai_checkpoint(tmp_path / "ok.pt")
+    state = dict(state)
+    del state["out.2.bias"]
+    state["time_embed.9.weight"] = state.pop("time_embed.2.weight")
+    state["label_emb.weight"] = torch.zeros(7, 128)
+    torch.save(state, tmp_path / "bad.pt")
+    with pytest.raises(ValueError) as info:
+        import_openai_run(tmp_path / "bad.pt", tmp_path / "run", preset, check_data=False)
+    message = str(info.value)
+    assert "missing (2): out.2.bias, time_embed.2.weight" in message
+    assert "unexpected (1): time_embed.9.weight" in message
+    assert "mismatched (1): label_emb.weight (7, 128) (expected (10, 128))" in message
+    assert not (tmp_path / "run").exists()
+    run = import_openai_run(tmp_path / "ok.pt", tmp_path / "run", preset, check_data=False)
+    assert zoo.plugins.get("methods", "edm").load(run).denoiser.parameterization == "edm"
+
+
+def test_openai_preset_and_method_must_agree(tmp_path):
+    _, preset = tiny_openai_checkpoint(tmp_path / "ok.pt")
+    with pytest.raises(ValueError, match="is a 'edm' checkpoint, not 'cm'"):
+        import_openai_run(tmp_path / "ok.pt", tmp_path / "run", preset, method="cm")
+    with pytest.raises(ValueError, match="unknown preset 'cd-cifar10'; valid: edm-imagenet64"):
+        import_openai_run(tmp_path / "ok.pt", tmp_path / "run", "cd-cifar10")
+
+
+class SystemCall:
+    def __init__(self, flag):
+        self.flag = flag
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.flag}",)
+
+
+def bad_files(tmp_path) -> dict:
+    """A text file, an empty one, a truncated checkpoint and malicious .pt and .pkl files."""
+    flag = tmp_path / "flag"
+    torch.save({"w": torch.zeros(1000)}, tmp_path / "whole.pt")
+    whole = (tmp_path / "whole.pt").read_bytes()
+    files = {"text": b"<html>404 Not Found</html>\n", "empty": b"",
+             "truncated": whole[: len(whole) // 2],
+             "truncated-pickle": pickle.dumps({"w": list(range(1000))})[:100],
+             "malicious-pickle": pickle.dumps({"ema": SystemCall(flag)})}
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+    torch.save({"w": SystemCall(flag)}, tmp_path / "malicious-pt")
+    return {name: tmp_path / name for name in [*files, "malicious-pt"]}
+
+
+@pytest.mark.parametrize("command", ["import-edm", "import-openai"])
+def test_import_commands_say_what_a_bad_file_is_in_one_line(tmp_path, command):
+    from click.testing import CliRunner
+
+    from zoo.cli import main
+
+    zip_file = "is a torch.save zip checkpoint" if command == "import-edm" else None
+    expected = {"text": "is a text file", "empty": "is empty (0 bytes)",
+                "truncated": zip_file or "is truncated or corrupt",
+                "truncated-pickle": "is truncated or corrupt" if zip_file else "is a Python pickle",
+                "malicious-pickle": "refus" if zip_file else "is a Python pickle",
+                "malicious-pt": zip_file or "refus"}
+    extra = ["--preset", "cd-imagenet64-l2"] if command == "import-openai" else []
+    for name, path in bad_files(tmp_path).items():
+        result = CliRunner().invoke(main, [command, str(path), "--out", str(tmp_path / "run"),
+                                           *extra])
+        output = result.output.strip()
+        assert result.exit_code == 1, (name, output)
+        assert len(output.splitlines()) == 1 and output.startswith("Error: "), (name, output)
+        assert expected[name] in output, (name, output)
+        assert "weights_only" not in output and "Traceback" not in output, (name, output)
+        assert "Aborted" not in output, (name, output)
+    assert not (tmp_path / "flag").exists()
+
+
+def test_load_checkpoint_does_not_pass_on_torchs_weights_only_advice(tmp_path):
+    from zoo.training import CheckpointError
+
+    files = bad_files(tmp_path)
+    for name in ("malicious-pt", "text", "empty", "truncated"):
+        with pytest.raises(CheckpointError) as info:
+            load_checkpoint(files[name])
+        assert "weights_only" not in str(info.value) and len(str(info.value).splitlines()) == 1
+    assert not (tmp_path / "flag").exists()

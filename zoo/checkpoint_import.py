@@ -495,6 +495,9 @@ def load_openai_state_dict(path) -> dict[str, torch.Tensor]:
     ``torch.load(weights_only=True)``; anything else raises :class:`ImportFileError`."""
     expected = "an openai/consistency_models checkpoint (.pt state dict)"
     todo = f"download it again from {OPENAI_DOWNLOADS} (see docs/reproduce.md)"
+    if file_kind(path) == "pickle":
+        raise ImportFileError(f"{path} is a Python pickle, not {expected} (torch.save's zip "
+                              "format): EDM's network pickles import with `zoo import-edm`")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, KeyError, ValueError) as exc:

@@ -1,0 +1,160 @@
+"""The ``adm`` network against the upstream code it reimplements, and openai's imported runs.
+
+The reference values in tests/fixtures/adm_reference.pt were made by
+tests/fixtures/make_adm_fixture.py, which ran, unmodified, openai/consistency_models @ e32b69e
+(cm/unet.py ``UNetModel``; cm/karras_diffusion.py ``KarrasDenoiser`` with ``distillation=True``
+and ``karras_sample`` with sampler ``onestep`` and ``multistep``, ``ts=0,22,39``, ``steps=40``)
+and NVlabs/edm @ 008a4e5 (training/networks.py ``DhariwalUNet``) on small random
+configurations: class-conditional (10 classes), attention at two resolutions with several heads,
+scale-shift norm, resblock up/down. flash_attn, mpi4py, blobfile, requests and piq were stubbed
+(flash_attn by its documented softmax(q·kᵀ/√d)·v contract); the upstream parameters were filled by
+``fixture_parameters`` (an integer hash, reproduced here) and loaded with ``strict=True``. The
+fixture keeps the upstream parameter names and shapes, the inputs, the random draws of the
+samplers and the upstream outputs.
+"""
+
+import dataclasses
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+
+import zoo.plugins
+from zoo.checkpoint_import import OPENAI_PRESETS, import_openai_run, karras_sigma
+from zoo.diffusion.samplers import sample_consistency
+from zoo.nets import build_network
+from zoo.nets.adm import ADMUNet, dhariwal_state_dict_to_adm, dhariwal_to_adm_kwargs
+
+FIXTURES = Path(__file__).parent / "fixtures"
+_spec = importlib.util.spec_from_file_location("make_adm_fixture",
+                                               FIXTURES / "make_adm_fixture.py")
+make_adm_fixture = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(make_adm_fixture)
+
+
+@pytest.fixture(scope="module")
+def reference():
+    return torch.load(FIXTURES / "adm_reference.pt", weights_only=True)
+
+
+def openai_adm_kwargs(kwargs: dict) -> dict:
+    """``adm`` options for cm/unet.py ``UNetModel(**kwargs)`` (attention given there as
+    downsampling rates, here as resolutions)."""
+    return dict(model_channels=kwargs["model_channels"], channel_mult=kwargs["channel_mult"],
+                num_res_blocks=kwargs["num_res_blocks"],
+                attn_resolutions=[kwargs["image_size"] // ds
+                                  for ds in kwargs["attention_resolutions"]],
+                num_head_channels=kwargs["num_head_channels"],
+                use_scale_shift_norm=kwargs["use_scale_shift_norm"],
+                resblock_updown=kwargs["resblock_updown"], dropout=kwargs["dropout"],
+                num_classes=kwargs["num_classes"], noise_label_scale=1000.0)
+
+
+def openai_adm(reference) -> ADMUNet:
+    ref = reference["openai"]
+    net = build_network("adm", (3, 8, 8), **openai_adm_kwargs(ref["kwargs"])).eval()
+    net.load_state_dict(make_adm_fixture.fixture_parameters(ref["shapes"]), strict=True)
+    return net
+
+
+def test_adm_loads_openai_unetmodel_state_dict_strictly_and_matches_its_outputs(reference):
+    ref = reference["openai"]
+    net = openai_adm(reference)
+    assert list(net.state_dict()) == list(ref["shapes"])  # openai's names, in openai's order
+    sigmas = torch.exp(ref["timesteps"] / 250)  # the fixture fed UNetModel 1000·¼·ln σ
+    c_noise = sigmas.log() / 4  # EDM's c_noise, as zoo's Denoiser passes it
+    torch.testing.assert_close(c_noise * 1000, ref["timesteps"], rtol=1e-6, atol=1e-4)
+    with torch.no_grad():
+        out = net(ref["x"], ref["timesteps"] / 1000, ref["y"])
+    torch.testing.assert_close(out, ref["out"], rtol=1e-5, atol=1e-5)
+
+
+def test_dhariwal_key_map_gives_edm_dhariwalunet_outputs(reference):
+    ref = reference["edm"]
+    edm_state = {**make_adm_fixture.fixture_parameters(ref["shapes"]), **ref["buffers"]}
+    net = ADMUNet(**dhariwal_to_adm_kwargs(ref["kwargs"])).eval()
+    net.load_state_dict(dhariwal_state_dict_to_adm(edm_state), strict=True)
+    with torch.no_grad():
+        out = net(ref["x"], ref["noise_labels"], ref["class_labels"])
+    torch.testing.assert_close(out, ref["out"], rtol=1e-5, atol=1e-5)
+
+
+def test_dhariwal_without_64_channel_heads_is_refused():
+    with pytest.raises(ValueError, match="attention on 32 channels"):
+        dhariwal_to_adm_kwargs(dict(img_resolution=8, model_channels=32, channel_mult=[1, 1]))
+
+
+def test_class_labels_change_the_output_and_indices_equal_one_hot(reference):
+    net = openai_adm(reference)
+    x, noise = torch.randn(2, 3, 8, 8), torch.full((2,), 0.3)
+    with torch.no_grad():
+        a = net(x, noise, torch.tensor([1, 1]))
+        b = net(x, noise, torch.tensor([7, 7]))
+        one_hot = net(x, noise, torch.nn.functional.one_hot(torch.tensor([1, 1]), 10).float())
+    assert (a - b).abs().max() > 1e-2
+    torch.testing.assert_close(one_hot, a, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="class_labels must be"):
+        net(x, noise, torch.tensor([[1, 2, 3]]))
+
+
+@pytest.fixture
+def imported_cd_run(reference, tmp_path):
+    """The fixture's openai network saved like a released file (a state dict) and imported with
+    the cd-imagenet64-l2 preset, shrunk to the fixture's architecture."""
+    ref = reference["openai"]
+    checkpoint = tmp_path / "cd_tiny.pt"
+    torch.save(make_adm_fixture.fixture_parameters(ref["shapes"]), checkpoint)
+    preset = dataclasses.replace(OPENAI_PRESETS["cd-imagenet64-l2"], shape=(3, 8, 8),
+                                 network_kwargs=openai_adm_kwargs(ref["kwargs"]))
+    run = import_openai_run(checkpoint, tmp_path / "run", preset, method="cm",
+                            check_data=False)
+    return zoo.plugins.get("methods", "cm").load(run)
+
+
+class Replay:
+    """Hands out the random draws openai's sampler made, in order."""
+
+    def __init__(self, draws):
+        self.draws = list(draws)
+
+    def randn_like(self, x):
+        return self.draws.pop(0)
+
+
+@pytest.mark.parametrize("sampler", ["onestep", "multistep"])
+def test_imported_cd_run_samples_like_openai_karras_sample(reference, imported_cd_run, sampler):
+    ref = reference["openai"]
+    draws = ref["sampling"][sampler]["draws"]
+    x_T = draws[0] * 80.0  # karras_sample: generator.randn(*shape) * sigma_max
+    if sampler == "onestep":  # sample_onestep: f(x_T, σ_0) at σ_0 of the fp32 40-point grid
+        sigmas = [float(torch.tensor(karras_sigma(0, ref["steps"]), dtype=torch.float32))]
+    else:  # stochastic_iterative_sampler with ts = 0, 22, 39: the run's default 2-step σ
+        sigmas = zoo.plugins.get("methods", "cm").default_sigmas(imported_cd_run.config, 2)
+        assert sigmas == [karras_sigma(t, ref["steps"]) for t in ref["ts"][:2]]
+    with torch.no_grad():
+        x = sample_consistency(imported_cd_run.denoiser, x_T, sigmas, generator=Replay(draws[1:]),
+                               class_labels=ref["y"], sigma_min=0.002, clip=(-1.0, 1.0))
+    torch.testing.assert_close(x, ref["sampling"][sampler]["sample"], rtol=1e-5, atol=1e-5)
+
+
+def test_imported_run_records_the_data_without_needing_it(imported_cd_run):
+    assert imported_cd_run.dataset == {"name": "imagenet64", "checksum": None,
+                                       "shape": [3, 8, 8], "kind": "image"}
+    c = imported_cd_run.config
+    assert (c.network, c.network_kwargs["noise_label_scale"], c.mode, c.distance) == (
+        "adm", 1000.0, "cd", "l2")
+    assert imported_cd_run.denoiser.parameterization == "consistency"
+
+
+def test_presets_follow_openai_launch_script():
+    imagenet, bedroom = OPENAI_PRESETS["cd-imagenet64-lpips"], OPENAI_PRESETS["ct-lsun-bedroom256"]
+    assert imagenet.network_kwargs["num_classes"] == 1000 and imagenet.shape == (3, 64, 64)
+    assert bedroom.network_kwargs["use_scale_shift_norm"] is False
+    assert OPENAI_PRESETS["edm-imagenet64"].network_kwargs["dropout"] == 0.1
+    assert OPENAI_PRESETS["ct-imagenet64"].method_fields["sample_sigmas"] == (
+        f"{karras_sigma(0, 201)!r},{karras_sigma(106, 201)!r}")
+    # the ImageNet-64 network has openai's parameter count for these flags (296M for 192 ch.)
+    with torch.device("meta"):
+        net = build_network("adm", imagenet.shape, **imagenet.network_kwargs)
+    assert 290e6 < sum(p.numel() for p in net.parameters()) < 300e6
