@@ -203,3 +203,61 @@ def test_loader_batch_larger_than_dataset_and_indivisible_batch():
 def test_cache_write_is_atomic(data_dir):
     load_dataset("digits")
     assert not [p for p in os.listdir(data_dir / "hdf5") if p.endswith(".tmp")]
+
+
+# ------------------------------------------------------------------ folder data: odd files
+
+
+def test_folder_16_bit_png_is_scaled_from_its_full_range(tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    grey = np.linspace(0, 65535, 16 * 16).round().astype(np.uint16).reshape(16, 16)
+    Image.fromarray(grey).save(images / "deep.png")  # a 16-bit grey PNG
+    with Image.open(images / "deep.png") as check:
+        assert check.mode.startswith("I")
+    ds = load_dataset("folder", path=str(images), resolution=16)
+    expected = torch.from_numpy(np.round(grey / 257.0)).float() / 127.5 - 1
+    torch.testing.assert_close(ds.x[0], expected.expand(3, -1, -1), atol=1 / 127.5, rtol=0)
+    assert ds.x.mean() == pytest.approx(0, abs=0.02)  # a ramp from black to white, not white
+
+
+def test_folder_alpha_is_composited_onto_white(tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    rgba = np.zeros((4, 4, 4), np.uint8)
+    rgba[..., 0] = 255  # red everywhere ...
+    rgba[:2, :, 3] = 255  # ... opaque in the top half,
+    rgba[2:, :2, 3] = 0  # transparent bottom left,
+    rgba[2:, 2:, 3] = 128  # half transparent bottom right
+    Image.fromarray(rgba, "RGBA").save(images / "a.png")
+    x = (load_dataset("folder", path=str(images), resolution=4).x[0] + 1) * 127.5
+    assert x[:, :2].round().tolist() == [[[255] * 4] * 2, [[0] * 4] * 2, [[0] * 4] * 2]
+    assert x[:, 2:, :2].round().unique().tolist() == [255]  # white shows through
+    assert x[0, 2:, 2:].round().unique().tolist() == [255]
+    assert x[1:, 2:, 2:].round().unique().tolist() == [127]  # 255 · (1 − 128/255)
+
+
+def test_folder_skipped_files_are_counted_in_one_warning(tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(images / "ok.png")
+    for name in ("a.gif", "b.GIF"):
+        Image.fromarray(np.zeros((4, 4), np.uint8)).save(images / name)
+    (images / "notes.txt").write_text("")
+    (images / ".DS_Store").write_text("")
+    with pytest.warns(UserWarning) as caught:
+        ds = load_dataset("folder", path=str(images), resolution=4)
+    assert len(ds) == 1 and len(caught) == 1
+    assert "skipped 3 file(s) that are not images zoo reads (2 .gif, 1 .txt); accepted: " \
+           ".png, .jpg" in str(caught[0].message)
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"resolution": "big"}, "dataset 'folder': option resolution must be int, got 'big' (str)"),
+    ({"resolution": 8.5}, "option resolution must be int, got 8.5 (float)"),
+    ({"path": 3}, "option path must be str or None, got 3 (int)"),
+])
+def test_folder_option_types_are_checked(tmp_path, options, message):
+    with pytest.raises(DatasetOptionError) as err:
+        load_dataset("folder", **{"path": str(tmp_path), **options})
+    assert message in str(err.value)

@@ -49,6 +49,7 @@ class RowResult:
     checksum: str
     step: int
     samples_picture: str = ""
+    weights: str = "ema"
 
 
 @dataclass
@@ -148,15 +149,54 @@ def train_command(name: str, method: Method, config, dataset: str, run_dir: Path
     return " ".join([f"zoo train {name} --dataset {dataset} --run-dir {run_dir}", *flags])
 
 
+def parse_settings(items) -> dict[str | None, dict]:
+    """``--set`` items ``[METHOD.]KEY=VALUE`` by method (``None``: every method). VALUE is read
+    as JSON when it parses (``4``, ``0.5``, ``true``, ``{"model_channels": 16}``), else as text."""
+    settings: dict[str | None, dict] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise BenchError(f"--set takes [METHOD.]KEY=VALUE, e.g. iterations=4 or "
+                             f"pd.teacher_steps=4; got {item!r}")
+        method, _, key = key.strip().rpartition(".")
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError:
+            value = text
+        settings.setdefault(method or None, {})[key] = value
+    return settings
+
+
+def apply_settings(name: str, config, settings: dict[str | None, dict]):
+    """``config`` with the ``--set`` settings for every method, then those for method ``name``;
+    a dict value (e.g. ``network_kwargs``) is merged into the preset's dict."""
+    wanted = {**settings.get(None, {}), **settings.get(name, {})}
+    fields = {f.name for f in dataclasses.fields(config)}
+    unknown = sorted(set(wanted) - fields)
+    if unknown:
+        raise BenchError(f"--set {', '.join(unknown)}: method {name} has no such setting; "
+                         f"scope it to the methods that have it (METHOD.KEY=VALUE). "
+                         f"{name}'s settings: {', '.join(sorted(fields))}")
+    for key, value in wanted.items():
+        old = getattr(config, key)
+        if isinstance(old, dict) and isinstance(value, dict):
+            wanted[key] = {**old, **value}
+    config = dataclasses.replace(config, **wanted)
+    config.validate()
+    return config
+
+
 def prepare_runs(methods: dict[str, Method], dataset: str, data: Dataset, runs_root: Path, *,
-                 train_missing: bool, device: str, progress: bool, echo=print):
+                 train_missing: bool, device: str, progress: bool, echo=print, settings=None):
     """Train (with ``train_missing``) or refuse absent runs, requirements first, and refuse runs
-    on other data before anything is trained from them. Returns the benched methods' rows as
-    ``[(method name, BenchRow)]`` and each row's run record (step, checksum)."""
+    on other data before anything is trained from them; runs to train take the ``--set``
+    ``settings`` (:func:`parse_settings`) over their presets. Returns the benched methods' rows
+    as ``[(method name, BenchRow)]`` and each row's run record (step, checksum)."""
     rows, records = [], {}
     for name in training_order(methods):
         method = methods.get(name) or plugins.get("methods", name)
         for run_name, config in method.bench_configs(dataset, runs_root).items():
+            config = apply_settings(name, config, settings or {})
             run_dir = Path(runs_root) / dataset / run_name
             problem = run_problem(method, run_dir)
             if problem:
@@ -166,8 +206,13 @@ def prepare_runs(methods: dict[str, Method], dataset: str, data: Dataset, runs_r
                     raise BenchError(f"{name} run {run_dir} {problem}{needed}. Create it with "
                                      f"`{command}`, or pass --train-missing")
                 echo(f"{name}: {run_dir} {problem}; training it: {command}")
-                config.device = device
-                method.train(config, run_dir, resume=True, progress=progress)
+                try:  # an unfinished run continues with its own settings
+                    method.saved_config(run_dir)
+                except CheckpointError:
+                    config.device = device
+                    method.train(config, run_dir, progress=progress)
+                else:
+                    method.resume(run_dir, {"device": device}, progress=progress, echo=echo)
                 problem = run_problem(method, run_dir)
                 if problem:
                     raise BenchError(f"{name} run {run_dir} {problem} after training")
@@ -203,10 +248,13 @@ def sort_rows(rows, methods: list[str]):
 
 def run_bench(models: list[str], dataset: str, *, runs_root="runs", train_missing=False,
               n=None, seed=0, batch_size=500, out=None, device="cpu", inception_weights=None,
-              progress=True, echo=print) -> BenchReport:
-    """Prepare the runs, sample and evaluate every row, and write the outputs into ``out``
-    (default ``bench/<dataset>``); ``n`` defaults by data kind (:data:`DEFAULT_N`). Returns the
-    report."""
+              progress=True, echo=print, weights="ema", settings=None,
+              metrics=None) -> BenchReport:
+    """Prepare the runs (training missing ones with ``settings``, see :func:`prepare_runs`),
+    sample and evaluate every row with the runs' ``weights`` (``"ema"`` or ``"raw"``) through
+    the registered ``metrics`` (default: the dataset's, :func:`zoo.metrics.default_metrics`), and
+    write the outputs into ``out`` (default ``bench/<dataset>``); ``n`` defaults by data kind
+    (:data:`DEFAULT_N`). Returns the report."""
     methods = resolve_methods(models)
     data = load_dataset(dataset)
     n = DEFAULT_N[data.kind] if n is None else n
@@ -218,13 +266,13 @@ def run_bench(models: list[str], dataset: str, *, runs_root="runs", train_missin
         os.environ[fidelity.INCEPTION_ENV] = str(fidelity.inception_weights(inception_weights))
     rows, records = prepare_runs(methods, dataset, data, Path(runs_root),
                                  train_missing=train_missing, device=device, progress=progress,
-                                 echo=echo)
+                                 echo=echo, settings=settings)
     report = BenchReport(dataset, data.checksum, n, seed, batch_size, device)
     out = Path(out) if out else Path("bench") / dataset
     for name, row in tqdm(sort_rows(rows, list(methods)), desc=f"bench {dataset}",
                           disable=not progress, dynamic_ncols=True):
         method = methods[name]
-        run = method.load(row.run_dir, device=device)
+        run = method.load(row.run_dir, device=device, ema=weights == "ema")
         method.sample(run, 1, seed=seed, batch_size=1, device=device, **row.options)  # warm-up
         start = time.perf_counter()
         samples = method.sample(run, n, seed=seed, batch_size=batch_size, device=device,
@@ -233,9 +281,10 @@ def run_bench(models: list[str], dataset: str, *, runs_root="runs", train_missin
         if samples.nfe != row.nfe:
             raise BenchError(f"{name} row {row.label!r} promises NFE {row.nfe} but its sampler "
                              f"used {samples.nfe}")
-        values = zoo_metrics.evaluate(samples.x, data, seed=seed)
+        values = zoo_metrics.evaluate(samples.x, data, seed=seed, metrics=metrics)
         record = records[Path(row.run_dir)]
-        result = RowResult(name, row, values, rate, record["checksum"], record["step"])
+        result = RowResult(name, row, values, rate, record["checksum"], record["step"],
+                           weights=weights)
         result.samples_picture = str(save_row_samples(result, samples.x, data, out))
         report.results.append(result)
     write_outputs(report, out)
@@ -270,7 +319,7 @@ def table_rows(report: BenchReport) -> tuple[list[str], list[list[str]]]:
     """Header and cells in the paper's layout: METHOD | NFE | metrics | samples/s."""
     names = report.metric_names
     header = ["METHOD", "NFE", *[f"{k}{_arrow(k)}" for k in names], "samples/s"]
-    cells = [[r.row.label, str(r.row.nfe),
+    cells = [[r.row.label + (" [raw weights]" if r.weights == "raw" else ""), str(r.row.nfe),
               *[_fmt(r.metrics[k]) if k in r.metrics else "" for k in names],
               f"{r.samples_per_s:.0f}"] for r in report.results]
     return header, cells
@@ -370,7 +419,8 @@ def write_outputs(report: BenchReport, out: Path) -> dict[str, Path]:
         "rows": [{"method": r.method, "label": r.row.label, "nfe": r.row.nfe,
                   "metrics": r.metrics, "samples_per_s": r.samples_per_s,
                   "run_dir": str(r.row.run_dir), "run_checksum": r.checksum, "run_step": r.step,
-                  "options": r.row.options, "samples_picture": r.samples_picture}
+                  "options": r.row.options, "weights": r.weights,
+                  "samples_picture": r.samples_picture}
                  for r in report.results],
     }
     paths["table.json"].write_text(json.dumps(record, indent=2) + "\n")

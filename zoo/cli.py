@@ -161,12 +161,27 @@ def _overrides(config_class, params: dict) -> dict:
 
 def _make_train_command(name, method):
     def callback(dataset, run_dir, runs_root, resume, progress, **params):
+        from zoo.training import TrainingInterrupted
+
+        overrides = _overrides(method.config_class, params)
+        echo = lambda msg: click.echo(msg, err=True) if distributed.is_main() else None
         try:
-            config = method.configure(dataset, **_overrides(method.config_class, params))
-            run_dir = Path(run_dir) if run_dir else method.default_run_dir(config, runs_root)
-            if distributed.is_main():
-                click.echo(f"training {name} on {dataset} -> {run_dir}", err=True)
-            method.train(config, run_dir, resume=resume, progress=progress)
+            if run_dir is None:
+                preset = method.configure(dataset or "toy", **overrides)
+                run_dir = method.default_run_dir(preset, runs_root)
+            run_dir = Path(run_dir)
+            if resume:
+                echo(f"resuming {name} in {run_dir}")
+                if dataset is not None:
+                    overrides["dataset"] = dataset
+                method.resume(run_dir, overrides, progress=progress, echo=echo)
+            else:
+                config = method.configure(dataset or "toy", **overrides)
+                echo(f"training {name} on {config.dataset} -> {run_dir}")
+                method.train(config, run_dir, progress=progress)
+        except TrainingInterrupted as exc:
+            echo(f"{exc}\nresume with: zoo train {name} --run-dir {run_dir} --resume")
+            sys.exit(exc.exit_code)
         except USER_ERRORS as exc:
             raise UserError(str(exc)) from None
         if distributed.is_main():
@@ -174,7 +189,9 @@ def _make_train_command(name, method):
 
     params = [
         click.Option(
-            ["--dataset"], default="toy", show_default=True, help="Registered dataset name."
+            ["--dataset"],
+            default=None,
+            help="Registered dataset name [default: toy; with --resume, the run's].",
         ),
         click.Option(
             ["--run-dir"],
@@ -185,7 +202,13 @@ def _make_train_command(name, method):
         click.Option(
             ["--runs-root"], type=click.Path(file_okay=False), default="runs", show_default=True
         ),
-        click.Option(["--resume"], is_flag=True, help="Continue from the run's last checkpoint."),
+        click.Option(
+            ["--resume"],
+            is_flag=True,
+            help="Continue the run from its last checkpoint with its own settings; the settings "
+            "passed override them (run-defining ones, e.g. data, network, batch size, are "
+            "refused).",
+        ),
         click.Option(["--progress/--no-progress"], default=True, help="Show a progress bar."),
         *config_options(method.config_class),
     ]
@@ -205,15 +228,61 @@ def train():
 
 # ---------------------------------------------------------------- sample
 
+WEIGHTS_OPTION = dict(
+    type=click.Choice(["ema", "raw"]),
+    default="ema",
+    show_default=True,
+    help="The run's evaluation EMA weights, or its raw trained weights.",
+)
+
+
+def _given(ctx: click.Context, names) -> list[str]:
+    """The options among ``names`` that were given on the command line, as ``--flag value``."""
+    from click.core import ParameterSource
+
+    return [
+        f"{param.opts[0]} {ctx.params[param.name]}"
+        for param in ctx.command.params
+        if param.name in names
+        and ctx.get_parameter_source(param.name) == ParameterSource.COMMANDLINE
+    ]
+
+
+def _not_finite(x, run, settings: list[str], kept: Path) -> str | None:
+    """The error for results holding NaN or inf (None when all are finite): how many, the likely
+    cause (the weights themselves, else the ``settings`` the user gave) and where they are kept."""
+    import torch
+
+    bad = int((~torch.isfinite(x.flatten(1))).any(1).sum())
+    if not bad:
+        return None
+    weights = "EMA" if run.ema else "raw"
+    if not all(bool(p.isfinite().all()) for p in run.denoiser.parameters()):
+        other = "raw" if run.ema else "ema"
+        cause = f"the run's {weights} weights hold NaN or inf (try --weights {other}, or retrain)"
+    elif settings:
+        cause = f"likely caused by the sampling settings given: {', '.join(settings)}"
+    else:
+        cause = f"with the default settings and the {weights} weights (try --weights)"
+    return (
+        f"{bad} of {len(x)} results are not finite (NaN or inf), {cause}. "
+        f"No picture was written; the raw values are kept in {kept} for inspection."
+    )
+
 
 def _make_sample_command(name, method):
-    def callback(run, dataset, runs_root, n, seed, batch_size, out, samples_out, device, **opts):
-        from zoo.viz import save_samples_file, save_samples_picture
+    def callback(
+        run, dataset, runs_root, n, seed, batch_size, out, samples_out, device, weights, **opts
+    ):
+        from zoo.viz import PICTURE_SUFFIXES, check_output, save_samples_file, save_samples_picture
 
+        ctx = click.get_current_context()
         try:
+            out = check_output(out, PICTURE_SUFFIXES, "--out")
+            npz = check_output(samples_out or out.with_suffix(".npz"), (".npz",), "--samples-out")
             if run is None:
                 run = method.default_run_dir(method.configure(dataset), runs_root)
-            loaded = method.load(run, device=device)
+            loaded = method.load(run, device=device, ema=weights == "ema")
             samples = method.sample(
                 loaded, n, seed=seed, batch_size=batch_size, device=device, progress=True, **opts
             )
@@ -222,13 +291,18 @@ def _make_sample_command(name, method):
         info = {
             **samples.info,
             "run": str(run),
+            "weights": weights,
             "dataset": loaded.dataset["name"],
             "seeds": [seed, seed + n - 1],
             "n": n,
         }
-        title = f"{name}  NFE={samples.nfe}"
+        npz = save_samples_file(samples.x, info, npz)
+        settings = _given(ctx, ["weights", *(o.name for o in method.sample_options)])
+        error = _not_finite(samples.x, loaded, settings, npz)
+        if error:
+            raise UserError(error)
+        title = f"{name}  NFE={samples.nfe}" + ("  (raw weights)" if weights == "raw" else "")
         pic = save_samples_picture(samples.x, loaded.dataset["kind"], out, title)
-        npz = save_samples_file(samples.x, info, samples_out or Path(out).with_suffix(".npz"))
         click.echo(f"{n} samples, NFE {samples.nfe}: {pic} {npz}")
 
     params = [
@@ -267,15 +341,18 @@ def _make_sample_command(name, method):
             type=click.Path(dir_okay=False),
             default="samples.png",
             show_default=True,
-            help="PNG: an image grid, or a scatter plot for 2D data.",
+            help="Picture (.png, .jpg): an image grid, or a scatter plot for 2D data; its folder "
+            "is created.",
         ),
         click.Option(
             ["--samples-out"],
             type=click.Path(dir_okay=False),
             default=None,
-            help="Samples file (.npz with the model, sampler and NFE) [default: OUT.npz].",
+            help="Samples file (.npz with the model, sampler and NFE), written before the "
+            "picture [default: OUT with .npz].",
         ),
         click.Option(["--device"], default="cpu", show_default=True),
+        click.Option(["--weights"], **WEIGHTS_OPTION),
         *method.sample_options,
     ]
     return click.Command(
@@ -338,6 +415,22 @@ def sample():
     help="torch-fidelity's Inception weights file (FID/IS on CIFAR-10 and folders).",
 )
 @click.option("--progress/--no-progress", default=True, help="Show progress bars.")
+@click.option("--weights", **WEIGHTS_OPTION)
+@click.option(
+    "--set",
+    "settings",
+    multiple=True,
+    metavar="[METHOD.]KEY=VALUE",
+    help="Override a preset setting of every run --train-missing trains (METHOD.KEY: only that "
+    "method's); VALUE is JSON or text, dicts merge into the preset's. Repeatable. E.g. a CPU "
+    "smoke run of the CIFAR-10 path: --set iterations=4 --set batch_size=8 --set "
+    "'network_kwargs={\"model_channels\": 16}' --set cm.distance=l2 --set pd.teacher_steps=4.",
+)
+@click.option(
+    "--metrics",
+    default=None,
+    help="Comma-separated registered metrics [default: the dataset's: w2, fd-digits or fid].",
+)
 def bench_command(
     models,
     dataset,
@@ -350,10 +443,13 @@ def bench_command(
     device,
     inception_weights,
     progress,
+    weights,
+    settings,
+    metrics,
 ):
     """The NFE-versus-metric table: every method's rows from the same seeds through the same
     evaluator. Writes table.md/.csv/.json, metric_vs_nfe.png and samples/ into OUT."""
-    from zoo.bench import format_table, run_bench
+    from zoo.bench import format_table, parse_settings, run_bench
 
     out = Path(out) if out else Path("bench") / dataset
     # Under torchrun every rank samples its share of each row; rank 0 alone writes and reports.
@@ -372,6 +468,9 @@ def bench_command(
             inception_weights=inception_weights,
             progress=progress and not scratch,
             echo=(lambda msg: None) if scratch else (lambda msg: click.echo(msg, err=True)),
+            weights=weights,
+            settings=parse_settings(settings),
+            metrics=[m.strip() for m in metrics.split(",") if m.strip()] if metrics else None,
         )
     except USER_ERRORS as exc:
         raise UserError(str(exc)) from None
@@ -440,21 +539,34 @@ def bench_command(
     "--out",
     type=click.Path(),
     required=True,
-    help="Output PNG (input | [mask |] result); a folder for a folder of inputs.",
+    help="Output picture (.png, .jpg): input | [mask |] result; a folder for a folder of inputs. "
+    "The raw results are written first to OUT with .npz (a folder: OUT.npz beside it).",
 )
 @click.option("--device", default="cpu", show_default=True)
+@click.option("--weights", **WEIGHTS_OPTION)
 def edit_command(
-    run, task, inputs, mask, scale, sigma, sigmas, seed, seed2, frames, resize, out, device
+    run, task, inputs, mask, scale, sigma, sigmas, seed, seed2, frames, resize, out, device, weights
 ):
     """Zero-shot editing with a consistency model (Algorithm 4 of Song et al. 2023):
     `zoo edit RUN --task inpaint --input img.png --mask mask.png --out out.png`."""
+    import torch
+
+    from zoo.diffusion.samplers import parse_sigmas
     from zoo.editing import default_sigmas, edit_files, save_row
     from zoo.methods import preset_scale
     from zoo.training import load_checkpoint
+    from zoo.viz import PICTURE_SUFFIXES, check_folder, check_output, save_samples_file
 
+    batch = inputs is not None and Path(inputs).is_dir() and task != "interpolate"
     try:
+        if batch:
+            out = check_folder(out, "--out")
+            npz = out.parent / f"{out.name}.npz"
+        else:
+            out = check_output(out, PICTURE_SUFFIXES, "--out")
+            npz = out.with_suffix(".npz")
         method = load_checkpoint(run)["method"]
-        loaded = _method(method).load(run, device=device)
+        loaded = _method(method).load(run, device=device, ema=weights == "ema")
         f = loaded.denoiser
         consistency = getattr(f, "parameterization", None) == "consistency"
         if not consistency or loaded.dataset["kind"] != "image":
@@ -464,7 +576,9 @@ def edit_command(
                 "f(x, σ) of images, e.g. a cm run on digits"
             )
         if sigmas:
-            sigmas = [float(s) for s in sigmas.split(",")]
+            sigmas = parse_sigmas(
+                sigmas, sigma_min=f.sigma_min, sigma_max=f.sigma_max, name="--sigmas"
+            )
         else:
             sigmas = default_sigmas(preset_scale(loaded.config.dataset), f.sigma_min, f.sigma_max)
         names, rows = edit_files(
@@ -485,15 +599,20 @@ def edit_command(
         )
     except USER_ERRORS as exc:
         raise UserError(str(exc)) from None
-    out = Path(out)
-    batch = inputs is not None and Path(inputs).is_dir() and task != "interpolate"
+    results = torch.stack(rows)
+    info = {"task": task, "names": names, "run": str(run), "weights": weights, "sigmas": sigmas}
+    save_samples_file(results, info, npz)
+    settings = _given(click.get_current_context(), ["weights", "sigmas", "sigma"])
+    error = _not_finite(results, loaded, settings, npz)
+    if error:
+        raise UserError(error)
     paths = [
         save_row(row, out / f"{name}.png" if batch else out)
         for name, row in zip(names, rows, strict=True)
     ]
     click.echo(
         f"{task}: {len(paths)} image(s), sigmas {[round(s, 4) for s in sigmas]} -> "
-        f"{out if batch else paths[0]}"
+        f"{out if batch else paths[0]} (raw values: {npz})"
     )
 
 

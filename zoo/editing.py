@@ -19,13 +19,13 @@ Images are ``[B, C, H, W]`` in [−1, 1]; randomness comes from a
 from __future__ import annotations
 
 import math
-from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from zoo.diffusion import SIGMA_MAX, SIGMA_MIN, StackedGenerator, karras_sigmas
+from zoo.diffusion.samplers import check_sigmas
 
 #: ITU-R BT.601 luma weights (the paper's colour transform, Appendix D).
 LUMA = (0.2989, 0.5870, 0.1140)
@@ -126,15 +126,6 @@ def default_sigmas(scale: str, sigma_min: float = SIGMA_MIN, sigma_max: float = 
     return karras_sigmas(n + 1, sigma_min, sigma_max)[:-1].tolist()
 
 
-def _check_sigmas(sigmas, sigma_min: float) -> list[float]:
-    sigmas = [float(s) for s in sigmas]
-    if not sigmas or any(b >= a for a, b in pairwise(sigmas)):
-        raise ValueError(f"sigmas must be a non-empty strictly decreasing list, got {sigmas}")
-    if sigmas[-1] < sigma_min:
-        raise ValueError(f"every sigma must be >= sigma_min={sigma_min}, got {sigmas}")
-    return sigmas
-
-
 def _check_images(y: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     if y.ndim != 4:
         raise ValueError(f"images must be [B, C, H, W], got shape {tuple(y.shape)}")
@@ -157,7 +148,7 @@ def edit(f, y, transform, mask, sigmas, *, generator, sigma_min=SIGMA_MIN, clip=
     One NFE per σ.
     """
     mask = _check_images(y, mask)
-    sigmas = _check_sigmas(sigmas, sigma_min)
+    sigmas = check_sigmas(sigmas, sigma_min=sigma_min)
     known = transform.forward(y) * (1 - mask)
 
     def replace(x):

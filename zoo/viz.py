@@ -4,10 +4,55 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
+
+#: What a picture may be written as (``--out``).
+PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg")
+
+
+def check_output(path, suffixes, option: str) -> Path:
+    """An output file path checked before any work: its extension one of ``suffixes`` and its
+    folder created (an error names the option, what was wrong and what is accepted)."""
+    path = Path(path)
+    if path.suffix.lower() not in suffixes:
+        what = f"unknown extension {path.suffix!r}" if path.suffix else "no file extension"
+        raise ValueError(f"{option} {path}: {what}; accepted: {', '.join(suffixes)}")
+    if path.is_dir():
+        raise ValueError(f"{option} {path} is a folder; give a file name")
+    return check_folder(path.parent, option) / path.name
+
+
+def check_folder(path, option: str) -> Path:
+    """Create the folder ``path`` (and its parents) now, or say why it cannot be written to."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ValueError(f"{option}: cannot create the folder {path}: {exc.strerror}") from None
+    if not os.access(path, os.W_OK):
+        raise ValueError(f"{option}: the folder {path} is not writable")
+    return path
+
+
+def _write_atomic(path, write) -> Path:
+    """``write(tmp)`` to a temporary file beside ``path`` (same extension), then rename it:
+    the file is complete or absent."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
 
 
 def save_image_grid(x: torch.Tensor, path, nrow: int | None = None) -> Path:
@@ -20,10 +65,7 @@ def save_image_grid(x: torch.Tensor, path, nrow: int | None = None) -> Path:
     if scale > 1:
         x = torch.nn.functional.interpolate(x, scale_factor=scale, mode="nearest")
     grid = make_grid((x + 1) / 2, nrow=nrow, padding=2, pad_value=1.0)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_image(grid, path)
-    return path
+    return _write_atomic(path, lambda tmp: save_image(grid, tmp))
 
 
 def save_scatter(
@@ -50,11 +92,10 @@ def save_scatter(
     if reference is not None:
         ax.legend(loc="upper right", fontsize=7, markerscale=4)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    try:
+        return _write_atomic(path, fig.savefig)
+    finally:
+        plt.close(fig)
 
 
 def save_samples_picture(x: torch.Tensor, kind: str, path, title: str = "") -> Path:
@@ -66,7 +107,10 @@ def save_samples_picture(x: torch.Tensor, kind: str, path, title: str = "") -> P
 
 def save_samples_file(x: torch.Tensor, info: dict, path) -> Path:
     """Samples as .npz with ``samples`` and ``info`` (JSON: model, sampler, NFE, seeds...)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(path, samples=x.detach().cpu().numpy(), info=np.array(json.dumps(info)))
-    return path
+    samples = x.detach().cpu().numpy()
+
+    def write(tmp):
+        with open(tmp, "wb") as f:  # a file object: np.savez adds no second ".npz"
+            np.savez(f, samples=samples, info=np.array(json.dumps(info)))
+
+    return _write_atomic(path, write)

@@ -9,11 +9,12 @@ from pathlib import Path
 import click
 
 from zoo.diffusion import SIGMA_DATA, SIGMA_MAX, SIGMA_MIN, Denoiser
-from zoo.diffusion.samplers import generate, sample_consistency
+from zoo.diffusion.samplers import generate, parse_sigmas, sample_consistency
 from zoo.methods import DEFAULT_RUNS_ROOT, BenchRow, Method, Samples, preset_scale
 from zoo.plugins import get
 from zoo.training.config import TrainConfig, config_from_dict, config_to_dict, setting
 from zoo_cm.loss import (
+    CT_MU_FORMS,
     DISTANCES,
     SOLVERS,
     WEIGHTINGS,
@@ -34,7 +35,10 @@ class CMConfig(TrainConfig):
     mode: str = setting("cd", "cd (distillation), ct (training), cd-cont or ct-cont (N → ∞).")
     teacher: str = setting("", "EDM run directory of the teacher (CD; init=teacher) "
                                "[preset: runs/DATASET/edm].")
-    init: str = setting("teacher", "Student initialisation: teacher (its EMA weights) or random.")
+    init: str = setting("teacher", "Student initialisation: teacher (its teacher_weights) or "
+                                   "random.")
+    teacher_weights: str = setting("ema", "The teacher's weights: ema (its evaluation EMA) or raw "
+                                          "(the trained weights).")
     num_scales: int = setting(18, "N: points of the Karras grid (CD).")
     solver: str = setting("heun", "Teacher's ODE step in CD: heun or euler.")
     distance: str = setting("l2", "d: l2 (squared, mean over dimensions), l1 or lpips.")
@@ -42,7 +46,10 @@ class CMConfig(TrainConfig):
     target_ema: float = setting(0.0, "μ of the target network θ⁻ (CD); 0: θ⁻ = stopgrad(θ).")
     s0: int = setting(2, "CT: N(0), initial number of grid points.")
     s1: int = setting(150, "CT: N(K) − 1, final number of grid intervals.")
-    mu0: float = setting(0.9, "CT: μ(0), the target EMA at the start.")
+    mu0: float = setting(0.9, "CT: μ0 of the target-EMA schedule μ(k).")
+    ct_mu_form: str = setting("paper", "CT: μ(k) = exp(s0·log μ0 / N(k)) (paper) or "
+                                       "exp(s0·log μ0 / (N(k) − 1)) (code: the official "
+                                       "implementation, which produced the paper's numbers).")
     sigma_data: float = setting(SIGMA_DATA, "σ_data of the parameterisation.")
     sigma_min: float = setting(SIGMA_MIN, "ε: where the boundary condition f(x, ε) = x holds.")
     sigma_max: float = setting(SIGMA_MAX, "T: the largest noise level.")
@@ -50,10 +57,14 @@ class CMConfig(TrainConfig):
     sample_sigmas: str = setting("80,0.8", "Default σ of multistep sampling, comma-separated: "
                                            "--nfe k uses the first k (greedy search).")
 
+    RESUME_FIXED = (*TrainConfig.RESUME_FIXED, "mode", "teacher", "init", "sigma_data",
+                    "sigma_min", "sigma_max", "rho")
+
     def validate(self) -> None:
         super().validate()
         choices = {"mode": MODES, "init": ("teacher", "random"), "solver": tuple(SOLVERS),
-                   "distance": DISTANCES, "weighting": WEIGHTINGS}
+                   "distance": DISTANCES, "weighting": WEIGHTINGS, "ct_mu_form": CT_MU_FORMS,
+                   "teacher_weights": ("ema", "raw")}
         for name, valid in choices.items():
             if getattr(self, name) not in valid:
                 raise ValueError(f"{name}={getattr(self, name)!r} is not one of {', '.join(valid)}")
@@ -70,21 +81,10 @@ class CMConfig(TrainConfig):
                              "l2 or lpips")
         if (self.mode.startswith("cd") or self.init == "teacher") and not self.teacher:
             raise ValueError(f"mode {self.mode} with init={self.init} needs --teacher (an edm run)")
-        sigmas = parse_sigmas(self.sample_sigmas)
+        sigmas = parse_sigmas(self.sample_sigmas, sigma_min=self.sigma_min,
+                              sigma_max=self.sigma_max, name="sample_sigmas")
         if sigmas[0] != self.sigma_max:
             raise ValueError(f"sample_sigmas must start at sigma_max={self.sigma_max}: {sigmas}")
-
-
-def parse_sigmas(text) -> list[float]:
-    """"80,0.8" (or a list) as decreasing floats."""
-    values = text.split(",") if isinstance(text, str) else text
-    try:
-        sigmas = [float(s) for s in values]
-    except ValueError:
-        raise ValueError(f"sigmas must be numbers like 80,0.8, got {text!r}") from None
-    if not sigmas or any(b >= a for a, b in zip(sigmas, sigmas[1:])):
-        raise ValueError(f"sigmas must be a non-empty strictly decreasing list, got {text!r}")
-    return sigmas
 
 
 # Presets per scale; then per mode. The 2-step σ come from benchmarks/cm_sigma_search.py.
@@ -125,17 +125,38 @@ PRESETS = {
         "cd-cont": dict(iterations=1000, lr=5e-4, lr_decay="linear"),
         "ct-cont": dict(iterations=1000, lr=5e-4, lr_decay="linear"),
     },
-    # The paper's CIFAR-10 settings (Section 6 and Appendix C, Table 3): LPIPS, RAdam, lr 4e-4,
-    # batch 512, 800k iterations, evaluation EMA 0.9999; CD: N = 18, μ = 0, Heun; CT: s0 = 2,
-    # s1 = 150, μ0 = 0.9. The 2-step σ is an unsearched default (no GPU search run yet).
+    # The official CIFAR-10 runs, openai/consistency_models_cifar10 configs/ (cifar10_ve_cd.py,
+    # cifar10_ve_ct_adaptive.py, cifar10_ve_continuous.py; file:line below), as in the paper's
+    # Section 6 and Appendix C. docs/reproduction.md lists every setting beside its source. The
+    # optimiser is RAdam at a constant lr: the code's RAdam branch has no warm-up and no clipping
+    # (jcm/losses.py:72-81) although the configs set optim.warmup. The 2-step σ is an unsearched
+    # default (no GPU search run yet).
     "cifar10": {
-        "common": dict(network="ddpmpp", batch_size=512, iterations=800_000, optimizer="radam",
-                       lr=4e-4, distance="lpips", ema_rate=0.9999, device="cuda",
-                       checkpoint_every=5000, sample_sigmas="80,0.8"),
+        "common": dict(
+            network="ncsnpp",  # cifar10_ve_cd.py:45 model.name (CD: the teacher's network)
+            network_kwargs={"dropout": 0.0},  # cifar10_ve_cd.py:69 model.dropout
+            hflip=True,  # default_cifar10_configs.py:42 data.random_flip
+            batch_size=512,  # cifar10_ve_cd.py:19
+            iterations=800_000,  # cifar10_ve_cd.py:15 n_iters 800001
+            optimizer="radam",  # cifar10_ve_cd.py:74
+            lr=4e-4,  # cifar10_ve_cd.py:75
+            lr_warmup=0,  # jcm/losses.py:72-81 (RAdam: constant lr)
+            distance="lpips",  # cifar10_ve_cd.py:20 loss_norm
+            weighting="uniform",  # cifar10_ve_cd.py:25
+            ema_rate=0.9999,  # cifar10_ve_cd.py:46 model.ema_rate (evaluation EMA)
+            device="cuda", checkpoint_every=5000, sample_sigmas="80,0.8"),
+        # cifar10_ve_cd.py:24 solver heun; :68 num_scales 18; loss "consistency" has no target
+        # EMA (jcm/losses.py:893-896): θ⁻ = stopgrad(θ)
         "cd": dict(num_scales=18, solver="heun", target_ema=0.0),
-        "ct": dict(init="random", s0=2, s1=150, mu0=0.9),
-        "cd-cont": dict(distance="l2"),
-        "ct-cont": dict(distance="l2"),
+        # cifar10_ve_ct_adaptive.py:21 finetune False; :25-27 start_ema, start_scales,
+        # end_scales; :80 lr 2e-4; μ(k) as jcm/losses.py:916-926 computes it
+        "ct": dict(init="random", s0=2, s1=150, mu0=0.9, lr=2e-4, ct_mu_form="code"),
+        # cifar10_ve_continuous.py:20 loss_norm l2; :66 dropout 0.3; :72 lr 1e-3; weight 1 per
+        # u ~ U[0, 1] of t = τ(u) (jcm/losses.py:516-525)
+        "cd-cont": dict(distance="l2", lr=1e-3, network_kwargs={"dropout": 0.3},
+                        weighting="uniform-u"),
+        "ct-cont": dict(distance="l2", lr=1e-3, network_kwargs={"dropout": 0.3},
+                        weighting="uniform-u"),
     },
 }
 
@@ -178,14 +199,16 @@ class ConsistencyModels(Method):
                         sigma_max=config.sigma_max)
 
     def load_teacher(self, config: CMConfig, dataset):
-        """The teacher's EMA denoiser, refusing one trained on other data than ``dataset``."""
+        """The teacher's denoiser with its ``teacher_weights`` (EMA or raw), refusing one trained
+        on other data than ``dataset``."""
         path = Path(config.teacher)
         if not (path / "checkpoint.pt").exists():
             raise FileNotFoundError(
                 f"no teacher checkpoint in {path}: train one first with "
                 f"`zoo train edm --dataset {config.dataset}`, or pass --teacher RUN_DIR"
             )
-        teacher = get("methods", "edm").load(path, device=config.device)
+        teacher = get("methods", "edm").load(path, device=config.device,
+                                             ema=config.teacher_weights == "ema")
         if teacher.dataset["checksum"] != dataset.checksum:
             raise ValueError(
                 f"teacher {path} was trained on other data ({teacher.dataset['name']}, checksum "
@@ -201,10 +224,11 @@ class ConsistencyModels(Method):
             teacher = self.load_teacher(config, dataset)
             record = {"path": str(teacher.path), "step": teacher.step,
                       "checksum": teacher.dataset["checksum"]}
-            # The student is the teacher's network (architecture and EMA weights) under the
+            # The student is the teacher's network (architecture and weights) under the
             # consistency parameterisation; the run's config records that architecture.
+            # The config's network_kwargs (e.g. the student's dropout) override the teacher's.
             config.network = teacher.config.network
-            config.network_kwargs = dict(teacher.config.network_kwargs)
+            config.network_kwargs = {**teacher.config.network_kwargs, **config.network_kwargs}
         else:
             config.teacher = ""  # the run's config says what was used: no teacher
         student = self.build_denoiser(config, dataset.shape)
@@ -225,9 +249,11 @@ class ConsistencyModels(Method):
         """Algorithm 1: f(σ_0·z, σ_0), then re-noise to each further σ with √(σ² − ε²) and apply
         f again, clipping images to [−1, 1] after every step."""
         c = run.config
-        sigmas = parse_sigmas(sigmas) if sigmas else self.default_sigmas(c, nfe)
-        if sigmas[0] > c.sigma_max:
-            raise ValueError(f"sigmas must be <= sigma_max={c.sigma_max}, got {sigmas}")
+        if sigmas:
+            sigmas = parse_sigmas(sigmas, sigma_min=c.sigma_min, sigma_max=c.sigma_max,
+                                  name="--sigmas")
+        else:
+            sigmas = self.default_sigmas(c, nfe)
         clip = (-1.0, 1.0) if run.dataset["kind"] == "image" else None
         x, nfe = generate(run.denoiser, sample_consistency, sigmas, run.dataset["shape"],
                           range(seed, seed + n), batch_size=batch_size, device=device,

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 
 import click
 
 from zoo.diffusion import SIGMA_DATA, SIGMA_MAX, SIGMA_MIN, Denoiser, append_zero, karras_sigmas
+from zoo.augment import AUGMENT_DIM, augment
 from zoo.diffusion.precond import expand_sigma
-from zoo.diffusion.samplers import generate
+from zoo.diffusion.samplers import generate, get_sampler, sample_edm_stochastic
 from zoo.methods import BenchRow, Method, Samples, preset_scale
-from zoo.plugins import get
 from zoo.training import TrainingTask
 from zoo.training.config import TrainConfig, setting
 
@@ -23,6 +24,20 @@ class EDMConfig(TrainConfig):
     sigma_min: float = setting(SIGMA_MIN, "Smallest σ of the sampling grid.")
     sigma_max: float = setting(SIGMA_MAX, "Largest σ of the sampling grid.")
     rho: float = setting(7.0, "ρ of the Karras grid.")
+    augment_p: float = setting(
+        0.0, "EDM's non-leaking augmentation probability (zoo.augment; CIFAR-10: 0.12); > 0 "
+        f"needs a network with augment_dim={AUGMENT_DIM}, e.g. network_kwargs "
+        f'{{"augment_dim": {AUGMENT_DIM}}}.')
+
+    def validate(self) -> None:
+        super().validate()
+        if not 0 <= self.augment_p <= 1:
+            raise ValueError(f"augment_p must be in [0, 1], got {self.augment_p}")
+        if self.augment_p and self.network_kwargs.get("augment_dim") != AUGMENT_DIM:
+            raise ValueError(
+                f"augment_p={self.augment_p} feeds {AUGMENT_DIM} augmentation labels to the "
+                f"network: set network_kwargs augment_dim={AUGMENT_DIM} (a SongUNet option), "
+                f"got {self.network_kwargs.get('augment_dim')}")
 
 
 PRESETS = {
@@ -47,35 +62,66 @@ PRESETS = {
         ema_halflife_kimg=50.0,
         checkpoint_every=2000,
     ),
-    # EDM's CIFAR-10 DDPM++ settings (Table 7): 200 Mimg at batch 512, lr 1e-3, 10 Mimg warm-up,
-    # EMA half-life 500 kimg, dropout 0.13.
+    # EDM's unconditional CIFAR-10 run, `torchrun ... train.py --data=cifar10-32x32.zip
+    # --arch=ncsnpp` (NVlabs/edm train.py defaults; docs/reproduction.md has every setting with
+    # its source). NCSN++ ("VE" column of EDM's Table 2, the CM paper's teacher architecture);
+    # --network ddpmpp gives the VP column with otherwise identical settings (train.py:116-121).
     "cifar10": dict(
-        network="ddpmpp",
-        batch_size=512,
-        iterations=390_625,
-        lr=1e-3,
-        lr_warmup=19_531,
-        ema_halflife_kimg=500.0,
-        hflip=True,
-        network_kwargs={"dropout": 0.13},
+        network="ncsnpp",  # train.py:119-121 (--arch=ncsnpp)
+        batch_size=512,  # train.py:52 --batch 512
+        iterations=390_625,  # train.py:51 --duration 200 Mimg = 390,625 steps of 512
+        optimizer="adam",  # train.py:101 Adam, betas (0.9, 0.999), eps 1e-8
+        lr=1e-3,  # train.py:56 --lr 10e-4
+        lr_warmup=19_531,  # training_loop.py:39 lr_rampup_kimg 10,000 = 19,531 steps of 512
+        ema_halflife_kimg=500.0,  # train.py:57 --ema 0.5 Mimg
+        ema_rampup=0.05,  # training_loop.py:38 ema_rampup_ratio 0.05
+        hflip=False,  # train.py:60 --xflip False (the augmentation flips instead)
+        augment_p=0.12,  # train.py:59 --augment 0.12; pipeline train.py:143-146
+        # train.py:58 --dropout 0.13; train.py:146 augment_dim 9
+        network_kwargs={"dropout": 0.13, "augment_dim": 9},
         checkpoint_every=5000,
         device="cuda",
     ),
 }
 
 
+#: The options of EDM's stochastic sampler at their defaults (``--s-churn`` ... ``--s-noise``).
+STOCHASTIC_DEFAULTS = {k: p.default for k, p in
+                       inspect.signature(sample_edm_stochastic).parameters.items()
+                       if k.startswith("S_")}
+
+
+class AugmentedDenoiser(Denoiser):
+    """EDM's denoiser whose network also sees the augmentation labels (EDMPrecond's
+    ``augment_labels``): D(x, σ) = c_skip·x + c_out·F(c_in·x, c_noise, labels, augment_labels).
+    Without labels (sampling) it is the plain :class:`~zoo.diffusion.Denoiser`."""
+
+    def forward(self, x, sigma, class_labels=None, augment_labels=None):
+        if augment_labels is None:
+            return super().forward(x, sigma, class_labels)
+        sigma = expand_sigma(sigma, x)
+        c_skip, c_out, c_in, c_noise = self.scalings(sigma)
+        F = self.net(c_in * x, c_noise.flatten(), class_labels, augment_labels)
+        return c_skip * x + c_out * F.to(x.dtype)
+
+
 class EDMLoss(TrainingTask):
     """EDM's loss: σ = exp(N(P_mean, P_std²)), λ(σ) = (σ² + σ_d²)/(σ·σ_d)², error ‖D(x+σn, σ) − x‖²
-    averaged over the data dimensions."""
+    averaged over the data dimensions; with ``augment_p`` > 0, x is first augmented
+    (:func:`zoo.augment.augment`) and the network told how (EDM's training/loss.py)."""
 
     def __init__(self, denoiser: Denoiser, config: EDMConfig):
         super().__init__(denoiser)
         self.p_mean, self.p_std, self.sigma_data = config.p_mean, config.p_std, config.sigma_data
+        self.augment_p = config.augment_p
 
     def loss(self, net, x, labels, noise):
         sigma = (self.p_mean + self.p_std * noise.randn()).exp()
         weight = (sigma**2 + self.sigma_data**2) / (sigma * self.sigma_data) ** 2
-        denoised = net(x + expand_sigma(sigma, x) * noise.randn_like(x), sigma)
+        options = {}
+        if self.augment_p:
+            x, options["augment_labels"] = augment(x, self.augment_p, noise)
+        denoised = net(x + expand_sigma(sigma, x) * noise.randn_like(x), sigma, **options)
         return weight * (denoised - x).square().flatten(1).mean(1)
 
 
@@ -115,7 +161,7 @@ class EDM(Method):
         return EDMConfig(method=self.name, dataset=dataset, **PRESETS[preset_scale(dataset)])
 
     def build_denoiser(self, config: EDMConfig, data_shape) -> Denoiser:
-        return Denoiser(
+        return AugmentedDenoiser(
             self.build_net(config, data_shape),
             "edm",
             sigma_data=config.sigma_data,
@@ -145,10 +191,14 @@ class EDM(Method):
     ):
         if steps < 1:
             raise ValueError(f"--steps must be >= 1, got {steps}")
-        fn = get("samplers", sampler)
-        opts = {}
-        if sampler == "edm-stochastic":
-            opts = {k: v for k, v in sampler_opts.items() if k.startswith("S_")}
+        fn = get_sampler(sampler, run.denoiser)
+        accepted = inspect.signature(fn).parameters
+        unused = [k for k, v in sampler_opts.items()
+                  if k not in accepted and v != STOCHASTIC_DEFAULTS.get(k)]
+        if unused:
+            flags = ", ".join("--" + k.lower().replace("_", "-") for k in unused)
+            raise ValueError(f"{flags}: only used by --sampler edm-stochastic, not {sampler!r}")
+        opts = {k: v for k, v in sampler_opts.items() if k in accepted}
         sigmas = self.sigmas(run.config, steps)
         x, nfe = generate(
             run.denoiser,

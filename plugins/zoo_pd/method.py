@@ -16,7 +16,6 @@ decayed per stage; its EMA weights teach stage k + 1. Every stage is kept as its
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import json
 import math
@@ -37,8 +36,9 @@ from zoo.training import CheckpointError, Trainer, TrainingTask, load_checkpoint
 from zoo.training.checkpoint import CHECKPOINT_NAME
 from zoo.training.config import TrainConfig, config_from_dict, save_config, setting
 
-#: The distilled architecture and preconditioning are the teacher's (the student starts from it).
-TEACHER_FIELDS = ("network", "network_kwargs", "sigma_data")
+#: The distilled architecture and preconditioning are the teacher's (the student starts from it);
+#: the config's network_kwargs override the teacher's (e.g. the student's dropout).
+TEACHER_FIELDS = ("network", "sigma_data")
 
 
 @dataclass
@@ -51,10 +51,15 @@ class PDConfig(TrainConfig):
     sigma_min: float = setting(SIGMA_MIN, "Smallest σ of the sampling grid.")
     sigma_max: float = setting(SIGMA_MAX, "Largest σ of the sampling grid.")
     rho: float = setting(7.0, "ρ of the Karras grid.")
+    teacher_weights: str = setting(
+        "ema", "Weights of the edm teacher of stage 0: ema (its evaluation EMA) or raw (the "
+        "trained weights); later stages learn from the previous student's EMA.")
 
     def validate(self) -> None:
         super().validate()
         stage_plan(self.teacher_steps)
+        if self.teacher_weights not in ("ema", "raw"):
+            raise ValueError(f"teacher_weights={self.teacher_weights!r} is not one of ema, raw")
 
 
 PRESETS = {
@@ -64,12 +69,18 @@ PRESETS = {
     # 8×8 digits: the small SongUNet, 16 → 1 steps in 4 short stages (CPU-sized).
     "digits": dict(network="ddpmpp-small", batch_size=128, iterations=1000, teacher_steps=16,
                    lr=2e-4, lr_decay="linear", ema_halflife_kimg=20.0, checkpoint_every=500),
-    # CIFAR-10 at GPU scale: 1024 → 1 steps in 10 stages, Adam, batch 512, lr 5e-5 linearly
-    # decayed per stage, 50k iterations per stage (Salimans & Ho anneal the learning rate to 0
-    # within each halving; we could not check these values against the CM paper offline).
-    "cifar10": dict(network="ddpmpp", batch_size=512, iterations=50_000, teacher_steps=1024,
-                    lr=5e-5, lr_decay="linear", ema_halflife_kimg=500.0, hflip=True,
-                    checkpoint_every=5000, device="cuda"),
+    # The official CIFAR-10 run, openai/consistency_models_cifar10
+    # configs/cifar10_ve_progressive_distillation.py (file:line below; docs/reproduction.md).
+    # Its first student takes start_scales = 4096 steps from an 8192-step teacher (:24;
+    # jcm/losses.py:400-415 puts the teacher's midpoint at (i + 0.5)/N), 50k iterations a stage
+    # (:25) with Adam at lr 5e-5 decayed linearly to 0 within each stage (:74-77), no warm-up
+    # (:80), gradient clipping at norm 1 (:81), no EMA (:46 ema_rate 0), dropout 0 (:69),
+    # batch 512 (:19), random flips (default_cifar10_configs.py:42). The network is the
+    # teacher's (:45 ncsnpp).
+    "cifar10": dict(network="ncsnpp", network_kwargs={"dropout": 0.0}, batch_size=512,
+                    iterations=50_000, teacher_steps=8192, optimizer="adam", lr=5e-5,
+                    lr_warmup=0, lr_decay="linear", grad_clip=1.0, ema_rate=0.0,
+                    ema_halflife_kimg=0.0, hflip=True, checkpoint_every=5000, device="cuda"),
 }
 
 
@@ -147,10 +158,11 @@ class PDLoss(TrainingTask):
         return truncated_snr_weight(sigma_t) * error
 
 
-def load_teacher(run_dir, device="cpu"):
-    """A trained run of any method whose denoiser is an EDM-preconditioned diffusion model."""
+def load_teacher(run_dir, device="cpu", ema: bool = True):
+    """A trained run of any method whose denoiser is an EDM-preconditioned diffusion model, with
+    its EMA (``ema``) or raw weights."""
     state = load_checkpoint(run_dir)
-    run = get("methods", state["method"]).load(run_dir, device=device)
+    run = get("methods", state["method"]).load(run_dir, device=device, ema=ema)
     if not isinstance(run.denoiser, Denoiser) or run.denoiser.parameterization != "edm":
         raise ValueError(f"PD distils a diffusion denoiser; {run_dir} ({state['method']}) "
                          "is not one")
@@ -185,7 +197,8 @@ class ProgressiveDistillation(Method):
 
     def make_task(self, config: PDConfig, dataset) -> PDLoss:
         """One stage: distil ``config.teacher`` sampling ``teacher_steps`` into half as many."""
-        teacher = load_teacher(self.teacher_dir(config), device=config.device)
+        teacher = load_teacher(self.teacher_dir(config), device=config.device,
+                               ema=config.teacher_weights == "ema")
         if teacher.dataset["checksum"] != dataset.checksum:
             raise ValueError(
                 f"teacher {teacher.path} was trained on other data ({teacher.dataset['name']}, "
@@ -195,17 +208,28 @@ class ProgressiveDistillation(Method):
             if getattr(config, name) != getattr(teacher.config, name):
                 raise ValueError(f"{name}={getattr(config, name)!r} differs from the teacher's "
                                  f"{getattr(teacher.config, name)!r}: the student is its copy")
-        student = copy.deepcopy(teacher.denoiser).train().requires_grad_(True)
+        student = self.build_denoiser(config, dataset.shape)
+        try:
+            student.load_state_dict(teacher.denoiser.state_dict())
+        except RuntimeError:
+            raise ValueError(
+                f"network_kwargs={config.network_kwargs!r} make a network that differs from the "
+                f"teacher's ({teacher.config.network_kwargs!r}): the student is its copy; only "
+                "settings without weights (e.g. dropout) may differ") from None
+        student.to(config.device).train().requires_grad_(True)
         sigmas = pd_sigmas(config.teacher_steps, config.sigma_min, config.sigma_max, config.rho)
         return PDLoss(student, teacher.denoiser, sigmas)
 
     def stage_config(self, config: PDConfig, stage: int, teacher: Path) -> PDConfig:
         """Stage ``stage``'s own config: its teacher run, N_k teacher steps, the teacher's
-        architecture, and seed + stage (so stages draw different noise)."""
+        architecture, seed + stage (so stages draw different noise), and the teacher's weights
+        (``teacher_weights`` for stage 0, then the previous student's EMA)."""
         teacher_config = load_checkpoint(teacher)["config"]
         return dataclasses.replace(
             config, teacher=str(teacher), teacher_steps=config.teacher_steps >> stage,
-            seed=config.seed + stage, **{name: teacher_config[name] for name in TEACHER_FIELDS})
+            seed=config.seed + stage, teacher_weights=config.teacher_weights if stage == 0
+            else "ema", **{name: teacher_config[name] for name in TEACHER_FIELDS},
+            network_kwargs={**teacher_config["network_kwargs"], **config.network_kwargs})
 
     def train(self, config: PDConfig, run_dir=None, *, resume=False, progress=True, on_step=None):
         """Run every stage in sequence into ``run_dir/stage-<k>-nfe-<N_k/2>``. With ``resume``,
@@ -237,6 +261,13 @@ class ProgressiveDistillation(Method):
             teacher = stage_dir
         return root
 
+    def saved_config(self, run_dir) -> dict:
+        """A PD run's plan: the ``config.json`` of its folder (each stage checkpoints its own)."""
+        path = Path(run_dir) / "config.json"
+        if not path.exists():
+            raise CheckpointError(f"--resume: there is no PD run in {run_dir} (no {path.name})")
+        return json.loads(path.read_text())
+
     def stage_dirs(self, root) -> dict[int, Path]:
         """Student steps → stage directory, for the stages of ``root`` that have a checkpoint."""
         dirs = {}
@@ -262,7 +293,7 @@ class ProgressiveDistillation(Method):
             if nfe not in stages:
                 raise ValueError(f"no PD stage with {nfe} steps in {run.path.parent}; trained: "
                                  f"{', '.join(map(str, stages)) or 'none'}")
-            run, steps = self.load(stages[nfe], device=device), nfe
+            run, steps = self.load(stages[nfe], device=device, ema=run.ema), nfe
         c = run.config
         sigmas = pd_sigmas(steps, c.sigma_min, c.sigma_max, c.rho)
         x, count = generate(run.denoiser, sample_pd_euler, sigmas, run.dataset["shape"],

@@ -6,6 +6,8 @@ import functools
 import hashlib
 import inspect
 import os
+import types
+import typing
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,9 +70,32 @@ def sha256_of(*arrays) -> str:
     return digest.hexdigest()
 
 
+def _type_name(hint) -> str:
+    return " or ".join("None" if a is type(None) else getattr(a, "__name__", str(a))
+                       for a in (typing.get_args(hint) or (hint,)))
+
+
+def _fits(hint, value) -> bool:
+    """Whether ``value`` has the annotated type ``hint`` (an int is a float; a bool is no int;
+    a path-like is a str)."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return any(_fits(arg, value) for arg in typing.get_args(hint))
+    if hint in (int, float) and isinstance(value, bool):
+        return False
+    if hint is float:
+        return isinstance(value, (int, float))
+    if hint is str:
+        return isinstance(value, (str, os.PathLike))
+    if hint is type(None):
+        return value is None
+    return not isinstance(hint, type) or isinstance(value, hint)
+
+
 def with_checked_options(name: str, loader: Callable[..., Dataset]) -> Callable[..., Dataset]:
-    """Wrap ``loader`` so that an unknown option raises an error naming the accepted ones."""
+    """Wrap ``loader`` so that an unknown option, or one of another type than the loader's
+    annotation, raises an error naming the accepted ones."""
     accepted = list(inspect.signature(loader).parameters)
+    hints = typing.get_type_hints(loader)
 
     @functools.wraps(loader)
     def load(**options) -> Dataset:
@@ -80,6 +105,12 @@ def with_checked_options(name: str, loader: Callable[..., Dataset]) -> Callable[
                 f"dataset {name!r} got unknown option(s) {', '.join(unknown)}; "
                 f"accepted: {', '.join(accepted) or '(none)'}"
             )
+        for key, value in options.items():
+            if key in hints and not _fits(hints[key], value):
+                raise DatasetOptionError(
+                    f"dataset {name!r}: option {key} must be {_type_name(hints[key])}, got "
+                    f"{value!r} ({type(value).__name__})"
+                )
         return loader(**options)
 
     return load

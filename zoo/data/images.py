@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import tarfile
+import warnings
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
@@ -103,16 +105,42 @@ def cifar10(root: str | None = None, download: bool = False) -> Dataset:
 
 
 def _image_files(root: Path) -> list[Path]:
-    return sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    """The images under ``root``; the other files (hidden ones aside) are named in one warning."""
+    files = sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith("."))
+    images = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES]
+    skipped = Counter(p.suffix.lower() or "(no extension)" for p in files
+                      if p.suffix.lower() not in IMAGE_SUFFIXES)
+    if skipped:
+        kinds = ", ".join(f"{count} {suffix}" for suffix, count in sorted(skipped.items()))
+        warnings.warn(f"folder {root}: skipped {sum(skipped.values())} file(s) that are not "
+                      f"images zoo reads ({kinds}); accepted: {', '.join(IMAGE_SUFFIXES)}",
+                      stacklevel=4)
+    return images
+
+
+def _to_rgb(image):
+    """An 8-bit RGB copy of ``image``: 16-bit (and 32-bit integer) grey scaled from its full
+    range 0..65535, transparency composited onto white."""
+    from PIL import Image
+
+    if image.mode.startswith("I"):  # "I;16…" or "I": integer grey, 16-bit from PNG
+        grey = np.asarray(image, dtype=np.float64) * (255 / 65535)
+        image = Image.fromarray(np.clip(grey.round(), 0, 255).astype(np.uint8), "L")
+    if image.mode in ("RGBA", "LA", "PA", "La", "RGBa") or "transparency" in image.info:
+        rgba = image.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(white, rgba)
+    return image.convert("RGB")
 
 
 def _square_rgb(file: Path, resolution: int) -> np.ndarray:
-    """One image as uint8 ``[3, res, res]``: center-cropped to a square, Lanczos-resized."""
+    """One image as uint8 ``[3, res, res]`` (:func:`_to_rgb`): center-cropped to a square,
+    Lanczos-resized."""
     from PIL import Image, ImageOps
 
     try:
         with Image.open(file) as image:
-            square = ImageOps.fit(image.convert("RGB"), (resolution, resolution),
+            square = ImageOps.fit(_to_rgb(image), (resolution, resolution),
                                   method=Image.Resampling.LANCZOS)
     except OSError as exc:
         raise DatasetNotFoundError(f"cannot read image {file}: {exc}") from exc
@@ -121,6 +149,9 @@ def _square_rgb(file: Path, resolution: int) -> np.ndarray:
 
 def folder(path: str | None = None, resolution: int = 32) -> Dataset:
     """Every png/jpg/jpeg/bmp/webp image under ``path`` (recursively), RGB, at ``resolution``².
+
+    16-bit images are scaled from their full range; transparent pixels are composited onto white.
+    Other files (e.g. ``.gif``) are skipped, counted in one warning.
 
     The cache key hashes the folder's absolute path and its files' names, sizes and mtimes, so
     adding or editing an image builds a new cache file.

@@ -55,21 +55,45 @@ def _delta(sigma_next, sigma, x):
     return expand_sigma(sigma_next, x) - expand_sigma(sigma, x)
 
 
-def _check_grid(sigmas, final_zero: bool):
-    sigmas = [float(s) for s in sigmas]
-    if len(sigmas) < (2 if final_zero else 1):
-        raise ValueError(f"sigma grid too short: {sigmas}")
-    if any(b >= a for a, b in zip(sigmas, sigmas[1:])):
-        raise ValueError(f"sigmas must be strictly decreasing, got {sigmas}")
-    if final_zero and sigmas[-1] != 0:
-        raise ValueError("a diffusion sampler's grid must end at sigma=0 (use append_zero)")
-    return sigmas
+def check_sigmas(sigmas, *, sigma_min: float = 0.0, sigma_max: float = math.inf,
+                 final_zero: bool = False, name: str = "sigmas") -> list[float]:
+    """``sigmas`` as floats, refusing a grid that is empty, not finite, not strictly decreasing
+    or outside [σ_min, σ_max] (``final_zero``: the grid ends at σ = 0, the others are checked).
+
+    ``name`` is what the message calls the grid, e.g. the option ``--sigmas``."""
+    values = [float(s) for s in sigmas]
+    shown = f"{name} {','.join(f'{s:g}' for s in values)}"
+    if len(values) < (2 if final_zero else 1):
+        raise ValueError(f"{shown}: too short a σ grid")
+    if not all(math.isfinite(s) for s in values):
+        raise ValueError(f"{shown}: every σ must be a finite number")
+    if any(b >= a for a, b in zip(values, values[1:])):
+        raise ValueError(f"{shown}: σ must be strictly decreasing")
+    if final_zero and values[-1] != 0:
+        raise ValueError(f"{shown}: a diffusion sampler's grid must end at sigma=0 (append_zero)")
+    outside = [s for s in values[: -1 if final_zero else None] if not sigma_min <= s <= sigma_max]
+    if outside:
+        raise ValueError(f"{shown}: every σ must lie in "
+                         f"[sigma_min, sigma_max] = [{sigma_min:g}, "
+                         f"{sigma_max:g}]; out of range: {', '.join(f'{s:g}' for s in outside)}")
+    return values
+
+
+def parse_sigmas(text, *, sigma_min: float = 0.0, sigma_max: float = math.inf,
+                 name: str = "sigmas") -> list[float]:
+    """"80,0.8" (or a list) as a checked σ grid (:func:`check_sigmas`)."""
+    values = text.split(",") if isinstance(text, str) else text
+    try:
+        values = [float(s) for s in values]
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be numbers like 80,0.8, got {text!r}") from None
+    return check_sigmas(values, sigma_min=sigma_min, sigma_max=sigma_max, name=name)
 
 
 @torch.no_grad()
 def sample_euler(denoiser, x, sigmas, *, generator=None, class_labels=None):
     """Euler (DDIM) sampling: len(sigmas)−1 steps, 1 NFE each."""
-    sigmas = _check_grid(sigmas, final_zero=True)
+    sigmas = check_sigmas(sigmas, final_zero=True)
     for s, s_next in zip(sigmas[:-1], sigmas[1:]):
         x = euler_step(denoiser, x, s, s_next, class_labels)
     return x
@@ -81,7 +105,7 @@ def sample_heun(denoiser, x, sigmas, *, generator=None, class_labels=None):
 
     N steps cost 2N−1 NFE: 18 steps = 35 NFE.
     """
-    sigmas = _check_grid(sigmas, final_zero=True)
+    sigmas = check_sigmas(sigmas, final_zero=True)
     for s, s_next in zip(sigmas[:-1], sigmas[1:]):
         step = euler_step if s_next == 0 else heun_step
         x = step(denoiser, x, s, s_next, class_labels)
@@ -106,7 +130,14 @@ def sample_edm_stochastic(
     γ_i = min(S_churn/N, √2−1) for σ_i in [S_tmin, S_tmax], else 0; N = number of steps.
     With S_churn = 0 it is exactly :func:`sample_heun`.
     """
-    sigmas = _check_grid(sigmas, final_zero=True)
+    for name, value in (("S_churn", S_churn), ("S_noise", S_noise), ("S_tmin", S_tmin)):
+        if not (math.isfinite(value) and value >= 0):
+            raise ValueError(f"{name} (--{name.lower().replace('_', '-')}) must be a finite "
+                             f"number >= 0, got {value}")
+    if not S_tmin <= S_tmax:
+        raise ValueError(f"S_tmax (--s-tmax) must be >= S_tmin={S_tmin} (inf allowed), "
+                         f"got {S_tmax}")
+    sigmas = check_sigmas(sigmas, final_zero=True)
     n_steps = len(sigmas) - 1
     for s, s_next in zip(sigmas[:-1], sigmas[1:]):
         gamma = min(S_churn / n_steps, math.sqrt(2) - 1) if S_tmin <= s <= S_tmax else 0.0
@@ -136,9 +167,7 @@ def sample_consistency(
     estimate is clipped to the data range ``clip`` (images: (−1, 1)) after every step.
     With one σ this is one-step generation f(σ_max·z, σ_max).
     """
-    sigmas = _check_grid(sigmas, final_zero=False)
-    if sigmas[-1] < sigma_min:
-        raise ValueError(f"consistency sampling needs every sigma >= sigma_min={sigma_min}")
+    sigmas = check_sigmas(sigmas, sigma_min=sigma_min)
     for i, s in enumerate(sigmas):
         if i > 0:
             x = x + math.sqrt(s**2 - sigma_min**2) * generator.randn_like(x)
@@ -147,6 +176,12 @@ def sample_consistency(
             x = x.clamp(*clip)
     return x
 
+
+# The model a sampler needs (a registered sampler without the attribute takes any denoiser).
+for _sampler in (sample_euler, sample_heun, sample_edm_stochastic):
+    _sampler.parameterization = "edm"
+sample_consistency.parameterization = "consistency"
+MODEL_KINDS = {"edm": "diffusion model", "consistency": "consistency model"}
 
 SAMPLERS = {
     "euler": sample_euler,
@@ -160,6 +195,27 @@ SAMPLERS = {
 def register_samplers(register):
     for name, fn in SAMPLERS.items():
         register(name, fn)
+
+
+def get_sampler(name: str, denoiser):
+    """The registered sampler ``name``, refusing one made for another kind of model than
+    ``denoiser`` (its ``parameterization``) with the samplers that fit it."""
+    from zoo.plugins import registry
+
+    samplers = registry("samplers")
+    fn = samplers.get(name)
+    kind = getattr(denoiser, "parameterization", None)
+
+    def fits(sampler) -> bool:
+        return getattr(sampler, "parameterization", kind) == kind
+
+    if not fits(fn):
+        valid = [n for n in samplers.names() if fits(samplers.get(n))]
+        need = fn.parameterization
+        raise ValueError(
+            f"sampler {name!r} needs a {MODEL_KINDS.get(need, need)}, but this run is a "
+            f"{MODEL_KINDS.get(kind, kind)}; valid samplers for it: {', '.join(valid) or '(none)'}")
+    return fn
 
 
 def run_sampler(sampler, denoiser, x, sigmas, *, generator=None, **opts):

@@ -250,14 +250,13 @@ class Trainer:
             save_config(self.config, self.run_dir / "config.json")
 
     def save_snapshot(self) -> Path | None:
-        """The EMA weights at this step in ``snapshots/snapshot-KIMG.pt`` (a checkpoint that
-        ``zoo sample --run`` loads), keeping the newest ``snapshot_keep``."""
+        """The EMA weights at this step in ``snapshots/snapshot-stepNNNNNNN.pt`` (a checkpoint
+        that ``zoo sample --run`` loads), keeping the newest ``snapshot_keep``."""
         if self.rank != 0:
             return None
         folder = self.run_dir / "snapshots"
-        kimg = self.step * self.config.batch_size // 1000
         path = save_checkpoint({**self._record(), "ema": self.ema.state_dict()},
-                               folder / f"snapshot-{kimg:06d}.pt")
+                               folder / f"snapshot-step{self.step:07d}.pt")
         keep = self.config.snapshot_keep
         if keep:
             for old in sorted(folder.glob("snapshot-*.pt"))[:-keep]:

@@ -1,0 +1,370 @@
+"""Runs users can trust: kills, signals, resume semantics, one writer, snapshots, EMA ramp-up.
+
+Each test reproduces a way a real run loses work or spoils results (pre-emption, a second job in
+the same directory, a damaged checkpoint, a short run's EMA) and asserts what the user gets.
+"""
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+import zoo.plugins
+from zoo.cli import main
+from zoo.data import load_dataset
+from zoo.training import CheckpointError, NonFiniteLossError, Trainer, load_checkpoint
+from zoo.training.checkpoint import CHECKPOINT_NAME, PREVIOUS_NAME
+from zoo.training.ema import ema_beta
+from zoo.training.rundir import RunLock, RunLockedError
+from zoo.training.threads import SMALL_NETWORK_PARAMS, THREADS_ENV, choose_threads
+
+TINY = dict(
+    network_kwargs={"hidden": 32, "num_layers": 2},
+    batch_size=64,
+    lr=1e-3,
+    lr_warmup=3,
+    lr_decay="linear",
+    ema_halflife_kimg=0.5,
+    checkpoint_every=4,
+    log_every=1,
+    dataset_options={"n": 2000},
+)
+ITERATIONS = 14
+
+
+def edm():
+    return zoo.plugins.get("methods", "edm")
+
+
+def tiny_config(**overrides):
+    return edm().configure("toy", **{**TINY, "iterations": ITERATIONS, **overrides})
+
+
+def trainer_for(config, run_dir):
+    dataset = load_dataset(config.dataset, **config.dataset_options)
+    config.method = "edm"
+    return Trainer(edm().make_task(config, dataset), config, dataset, run_dir, progress=False)
+
+
+def assert_same_weights(run_a, run_b):
+    a, b = load_checkpoint(run_a), load_checkpoint(run_b)
+    assert a["step"] == b["step"]
+    for part in ("net", "ema"):
+        for key in a[part]:
+            assert torch.equal(a[part][key], b[part][key]), (part, key)
+
+
+def loss_steps(run_dir):
+    rows = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
+    return [r["step"] for r in rows if "loss" in r]
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory):
+    """The uninterrupted run every interrupted one must reproduce bit for bit."""
+    run = tmp_path_factory.mktemp("straight")
+    trainer_for(tiny_config(), run).fit()
+    return run
+
+
+# A child process that trains and SIGKILLs itself at a chosen point: after a step, or inside the
+# k-th checkpoint write right before its final rename (the temporary file is complete, and the
+# replaced checkpoint has already been moved to checkpoint-prev.pt).
+CHILD = textwrap.dedent("""
+    import json, os, signal, sys
+    from pathlib import Path
+    import zoo.plugins
+    from zoo.data import load_dataset
+    from zoo.training import Trainer
+
+    run_dir, where, at, settings = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+    method = zoo.plugins.get("methods", "edm")
+    config = method.configure("toy", **json.loads(settings))
+    config.method = "edm"
+    data = load_dataset("toy", **config.dataset_options)
+    die = lambda: os.kill(os.getpid(), signal.SIGKILL)
+    if where == "rename":
+        real_replace, seen = os.replace, []
+        def replace(src, dst):
+            if Path(dst).name == "checkpoint.pt":
+                seen.append(dst)
+                if len(seen) == at:
+                    die()
+            real_replace(src, dst)
+        os.replace = replace
+    on_step = (lambda step, loss: die() if step == at else None) if where == "step" else None
+    Trainer(method.make_task(config, data), config, data, run_dir, progress=False).fit(
+        resume=True, on_step=on_step)
+""")
+
+
+def run_child(run_dir, where, at):
+    settings = json.dumps({**TINY, "iterations": ITERATIONS})
+    proc = subprocess.run([sys.executable, "-c", CHILD, str(run_dir), where, str(at), settings],
+                          capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+
+
+@pytest.mark.parametrize("where, at", [
+    ("step", 1),     # before the first periodic checkpoint: only the step-0 one exists
+    ("step", 6),     # between checkpoints (4 and 8): steps 5-6 are replayed
+    ("rename", 2),   # inside the write of the step-4 checkpoint, before its final rename
+    ("rename", 3),   # the same for step 8, with checkpoint-prev.pt holding step 4
+])
+def test_sigkill_anywhere_then_resume_reproduces_the_uninterrupted_run(tmp_path, straight,
+                                                                       where, at):
+    run = tmp_path / "run"
+    run_child(run, where, at)
+    if where == "rename":
+        assert not (run / CHECKPOINT_NAME).exists() or at == 1
+        assert list(run.glob("*.tmp")), "the killed write should have left its temporary file"
+    trainer_for(tiny_config(), run).fit(resume=True)
+    assert_same_weights(straight, run)
+    steps = loss_steps(run)
+    assert steps == sorted(set(steps)) == list(range(1, ITERATIONS + 1))  # no replayed duplicates
+    assert not list(run.glob("*.tmp")), "stale temporary files must be removed on resume"
+
+
+def test_a_damaged_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, straight, capsys):
+    run = tmp_path / "run"
+    with pytest.raises(ZeroDivisionError):  # the run dies at step 9
+        trainer_for(tiny_config(), run).fit(on_step=lambda s, _: s == 9 and 1 / 0)
+    (run / CHECKPOINT_NAME).write_bytes(b"\0" * 100)  # the latest (step 8) is damaged
+    assert load_checkpoint(run / PREVIOUS_NAME)["step"] == 4
+    trainer_for(tiny_config(), run).fit(resume=True)
+    err = capsys.readouterr().err
+    assert "using the previous checkpoint" in err and "from step 4" in err
+    assert_same_weights(straight, run)
+
+
+SIGTERM_CHILD = textwrap.dedent("""
+    import sys
+    from zoo.cli import main
+    sys.exit(main(sys.argv[1:]))
+""")
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_checkpoints_the_current_step_and_says_how_to_resume(tmp_path, signum):
+    run = tmp_path / "run"
+    args = ["train", "edm", "--dataset", "toy", "--run-dir", str(run), "--iterations", "100000",
+            "--checkpoint-every", "100000", "--log-every", "1", "--batch-size", "64",
+            "--network-kwargs", '{"hidden": 32, "num_layers": 2}', "--no-progress"]
+    proc = subprocess.Popen([sys.executable, "-c", SIGTERM_CHILD, *args], stderr=subprocess.PIPE,
+                            text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    deadline = time.time() + 60
+    while time.time() < deadline:  # wait until it has trained a few steps
+        if (run / "log.jsonl").exists() and len(loss_steps(run)) >= 3:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signum)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signum, err
+    step = load_checkpoint(run)["step"]
+    assert step >= loss_steps(run)[-1] >= 3  # the checkpoint is at the step it stopped at
+    assert f"resume with: zoo train edm --run-dir {run} --resume" in err
+    result = CliRunner().invoke(main, ["train", "edm", "--run-dir", str(run), "--resume",
+                                       "--iterations", str(step + 3), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert f"from step {step}" in result.output
+    assert load_checkpoint(run)["step"] == step + 3
+
+
+def cli(*args):
+    return CliRunner().invoke(main, [*args, "--no-progress"])
+
+
+def test_resume_keeps_the_runs_own_settings(tmp_path):
+    run = str(tmp_path / "rr")
+    common = ["--dataset", "toy", "--run-dir", run, "--network-kwargs",
+              '{"hidden": 16, "num_layers": 2}', "--dataset-options", '{"n": 500}']
+    result = cli("train", "edm", *common, "--iterations", "6", "--lr", "1e-4",
+                 "--batch-size", "32", "--checkpoint-every", "2")
+    assert result.exit_code == 0, result.output
+    # a finished run: nothing re-applied from the preset (12000 iterations, lr 2e-3)
+    result = cli("train", "edm", "--run-dir", run, "--resume")
+    assert result.exit_code == 0, result.output
+    assert "already finished at step 6" in result.output
+    config = json.loads((tmp_path / "rr" / "config.json").read_text())
+    assert (config["iterations"], config["lr"], config["batch_size"]) == (6, 1e-4, 32)
+    # extending it: the overriding flag is named, the rest is the run's
+    result = cli("train", "edm", "--run-dir", run, "--resume", "--iterations", "8")
+    assert result.exit_code == 0, result.output
+    assert "iterations=8 instead of the run's 6" in result.output
+    assert "from step 6" in result.output
+    state = load_checkpoint(run)
+    assert state["step"] == 8 and state["config"]["lr"] == 1e-4
+    assert state["config"]["batch_size"] == 32
+
+
+def test_resume_refuses_run_defining_changes_and_missing_runs(tmp_path):
+    run = str(tmp_path / "rr")
+    assert cli("train", "edm", "--dataset", "toy", "--run-dir", run, "--iterations", "2",
+               "--network-kwargs", '{"hidden": 16, "num_layers": 2}').exit_code == 0
+    result = cli("train", "edm", "--run-dir", run, "--resume", "--batch-size", "64")
+    assert result.exit_code == 1
+    assert "batch_size: run has 512, asked 64" in result.output
+    result = cli("train", "edm", "--run-dir", run, "--resume", "--dataset", "digits")
+    assert result.exit_code == 1 and "dataset: run has 'toy'" in result.output
+    result = cli("train", "edm", "--run-dir", str(tmp_path / "nothing"), "--resume")
+    assert result.exit_code == 1 and "there is no run at" in result.output
+    assert not (tmp_path / "nothing").exists()
+
+
+def test_a_second_writer_is_refused_and_the_first_completes_untouched(tmp_path, straight):
+    run = tmp_path / "run"
+    refusals = []
+
+    def intrude(step, loss):
+        if step == 5:
+            with pytest.raises(RunLockedError, match=f"in use by another zoo process \\(PID "
+                                                     f"{os.getpid()}\\)") as exc:
+                trainer_for(tiny_config(iterations=30), run).fit(resume=True)
+            refusals.append(exc)
+
+    trainer_for(tiny_config(), run).fit(on_step=intrude)
+    assert len(refusals) == 1
+    assert_same_weights(straight, run)
+    assert loss_steps(run) == list(range(1, ITERATIONS + 1))
+    with RunLock(run):  # released when the first run ended
+        pass
+
+
+def test_the_lock_dies_with_its_process(tmp_path):
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from zoo.training.rundir import RunLock; "
+         "RunLock(sys.argv[1]).acquire(); print('locked', flush=True); time.sleep(60)",
+         str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "locked"
+    with pytest.raises(RunLockedError, match=f"PID {holder.pid}"):
+        RunLock(tmp_path).acquire()
+    holder.kill()
+    holder.wait()
+    RunLock(tmp_path).acquire().release()  # no stale lock after kill -9
+
+
+def test_a_failed_resume_leaves_the_recorded_config_of_its_checkpoint(tmp_path):
+    run = tmp_path / "run"
+    trainer_for(tiny_config(iterations=4), run).fit()
+    trainer = trainer_for(tiny_config(iterations=8, lr=5e-3), run)
+
+    def poison(step, loss):
+        with torch.no_grad():
+            next(trainer.net.parameters()).fill_(float("nan"))
+
+    with pytest.raises(NonFiniteLossError):
+        trainer.fit(resume=True, on_step=poison)
+    config = json.loads((run / "config.json").read_text())
+    assert (config["iterations"], config["lr"]) == (4, 1e-3)  # the settings of the kept checkpoint
+    assert load_checkpoint(run)["config"]["lr"] == 1e-3
+
+
+def test_snapshots_hold_the_ema_at_their_step_and_follow_the_retention_rule(tmp_path):
+    # batch 64: a snapshot every 0.256 kimg is one every 4 steps, and one at the end; keep 2
+    run = tmp_path / "run"
+    config = tiny_config(snapshot_every_kimg=0.256, snapshot_keep=2)
+    trainer = trainer_for(config, run)
+    emas = {}
+    trainer.fit(on_step=lambda s, _: emas.update(
+        {s: {k: v.clone() for k, v in trainer.ema.state_dict().items()}}))
+    names = sorted(p.name for p in (run / "snapshots").iterdir())
+    assert names == ["snapshot-step0000012.pt", "snapshot-step0000014.pt"]
+    for name, step in zip(names, (12, 14)):
+        snap = load_checkpoint(run / "snapshots" / name)
+        assert snap["step"] == step and "optimizer" not in snap
+        assert all(torch.equal(v, emas[step][k]) for k, v in snap["ema"].items())
+    loaded = edm().load(run / "snapshots" / names[0])  # samples like a run
+    assert loaded.step == 12
+    assert all(torch.equal(v, emas[12][k]) for k, v in loaded.denoiser.state_dict().items())
+    # a snapshot is weights only: it cannot be resumed as a training state
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / CHECKPOINT_NAME).write_bytes((run / "snapshots" / names[0]).read_bytes())
+    with pytest.raises(CheckpointError, match="weights only"):
+        trainer_for(tiny_config(), other).fit(resume=True)
+
+
+def test_the_ema_follows_edms_ramp_up_formula():
+    """β after n images, computed by hand from EDM's training loop: half-life
+    min(H, n·r) images, β = 0.5^(batch / half-life)."""
+    batch, halflife_kimg, rampup = 128, 50.0, 0.05
+    for step in (0, 1, 10, 1000, 10_000):
+        n = step * batch
+        expected = 0.5 ** (batch / min(halflife_kimg * 1000, n * rampup)) if n else 0.0
+        assert ema_beta(0.0, halflife_kimg, batch, rampup, n) == pytest.approx(expected, rel=1e-12)
+    assert ema_beta(0.0, halflife_kimg, batch, 0.0, 0) == pytest.approx(0.5 ** (128 / 50_000))
+    assert ema_beta(0.9999, halflife_kimg, batch, rampup, 0) == 0.9999  # a fixed rate wins
+
+
+def test_the_trainers_ema_is_the_hand_folded_average(tmp_path):
+    """The EMA after k steps equals Σ folded by hand from the raw weights after each step."""
+    config = tiny_config(iterations=5, ema_halflife_kimg=0.2, ema_rampup=0.3)
+    trainer = trainer_for(config, tmp_path)
+    raw = []
+    trainer.fit(on_step=lambda s, _: raw.append({k: v.clone() for k, v in
+                                                 trainer.net.state_dict().items()}))
+    first = trainer.ema.module.state_dict().keys()
+    for key in first:
+        folded = None
+        for step, weights in enumerate(raw):
+            n = step * 64
+            half = min(200.0, n * 0.3)
+            beta = 0.5 ** (64 / half) if half > 0 else 0.0
+            folded = weights[key] if folded is None else beta * folded + (1 - beta) * weights[key]
+        torch.testing.assert_close(trainer.ema.state_dict()[key], folded, rtol=1e-5, atol=1e-6)
+
+
+def test_warm_up_reaches_the_peak_lr_then_decays_linearly_to_zero(tmp_path):
+    trainer = trainer_for(tiny_config(iterations=100, lr=1e-3, lr_warmup=10), tmp_path)
+    lrs = [trainer.lr_at(s) for s in range(100)]
+    assert lrs[9] == pytest.approx(1e-3) and max(lrs) == pytest.approx(1e-3)
+    assert lrs[0] == pytest.approx(1e-4)
+    assert lrs[10] == pytest.approx(1e-3) and lrs[55] == pytest.approx(0.5e-3)
+    assert lrs[99] == pytest.approx(1e-3 / 90)
+
+
+def test_thread_policy(monkeypatch):
+    monkeypatch.delenv(THREADS_ENV, raising=False)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    assert choose_threads(0, 10_000, "cpu")[0] == 1
+    assert choose_threads(3, 10_000, "cpu") == (3, "--threads")
+    assert choose_threads(0, SMALL_NETWORK_PARAMS * 2, "cpu")[0] == torch.get_num_threads()
+    monkeypatch.setenv(THREADS_ENV, "2")
+    assert choose_threads(0, 10_000, "cpu") == (2, f"${THREADS_ENV}")
+    monkeypatch.setenv(THREADS_ENV, "many")
+    with pytest.raises(ValueError, match="ZOO_THREADS must be a positive integer"):
+        choose_threads(0, 10_000, "cpu")
+
+
+def test_a_short_digits_run_samples_through_its_ema(tmp_path):
+    """150 digits iterations: with EDM's ramp-up the EMA weights denoise held-out digits about as
+    well as the raw weights. Without it the EMA (half-life 50 kimg, β = 0.99956 a step) would
+    still be 94 % the initialisation, which denoises far worse."""
+    data = load_dataset("digits")
+    held_out = torch.as_tensor(data.x[-256:])
+    sigma = torch.full((len(held_out),), 0.5)
+    noise = torch.randn(held_out.shape, generator=torch.Generator().manual_seed(0)) * sigma[0]
+
+    def denoising_error(denoiser):
+        with torch.no_grad():
+            return (denoiser(held_out + noise, sigma) - held_out).square().mean().item()
+
+    config = edm().configure("digits", iterations=150, batch_size=32, checkpoint_every=150)
+    assert config.ema_rampup == 0.05 and config.ema_halflife_kimg == 50.0
+    config.method = "edm"
+    run = tmp_path / "run"
+    Trainer(edm().make_task(config, data), config, data, run, progress=False).fit()
+    ema = denoising_error(edm().load(run).denoiser)
+    raw = denoising_error(edm().load(run, ema=False).denoiser)
+    init = denoising_error(edm().build_denoiser(config, data.shape).eval())
+    assert raw < 0.7 * init  # the raw weights learnt something in 150 steps
+    assert ema < 1.2 * raw and ema < 0.7 * init
