@@ -322,6 +322,7 @@ def test_import_commands_say_what_a_bad_file_is_in_one_line(tmp_path, command):
         assert len(output.splitlines()) == 1 and output.startswith("Error: "), (name, output)
         assert expected[name] in output, (name, output)
         assert "weights_only" not in output and "Traceback" not in output, (name, output)
+        assert "safe_globals" not in output, (name, output)
         assert "Aborted" not in output, (name, output)
     assert not (tmp_path / "flag").exists()
 
@@ -333,5 +334,7 @@ def test_load_checkpoint_does_not_pass_on_torchs_weights_only_advice(tmp_path):
     for name in ("malicious-pt", "text", "empty", "truncated"):
         with pytest.raises(CheckpointError) as info:
             load_checkpoint(files[name])
-        assert "weights_only" not in str(info.value) and len(str(info.value).splitlines()) == 1
+        message = str(info.value)
+        assert "weights_only" not in message and "safe_globals" not in message
+        assert len(message.splitlines()) == 1 and str(files[name]) in message
     assert not (tmp_path / "flag").exists()

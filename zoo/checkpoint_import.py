@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import io
 import pickle
+import re
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -192,11 +193,12 @@ def unreadable_file_message(path, exc: BaseException, expected: str, todo: str) 
         return f"{path} was refused: {exc}"
     message = str(exc)
     if "Weights only load failed" in message:
-        lines = [line.strip() for line in message.splitlines()]
-        reason = next((line for line in lines if "GLOBAL" in line or "Unsupported" in line),
-                      "it holds objects other than tensors")
-        return (f"{path} was refused: it is not plain tensor data ({reason.rstrip('.')}); "
-                f"nothing in it was executed. Use a checkpoint from a trusted source: {todo}")
+        wanted = re.search(r"GLOBAL ([\w.]+)", message)
+        opcode = re.search(r"Unsupported operand (\d+)", message)
+        reason = (f"it asks for {wanted.group(1)}" if wanted else
+                  f"pickle opcode {opcode.group(1)}" if opcode else "objects other than tensors")
+        return (f"{path} was refused: it is not plain tensor data ({reason}); nothing in it was "
+                f"executed. Use a checkpoint from a trusted source: {todo}")
     return f"{path} is truncated or corrupt ({type(exc).__name__}), not {expected}: {todo}"
 
 

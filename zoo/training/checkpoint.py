@@ -74,7 +74,7 @@ def load_checkpoint(path, map_location="cpu") -> dict:
 
         message = unreadable_file_message(path, exc, "a zoo checkpoint",
                                           "restore it from a copy or train the run again")
-        raise CheckpointError(message) from None
+        raise CheckpointError(f"cannot read checkpoint: {message}") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a zoo checkpoint (format {FORMAT!r} expected)")
     if state.get("format_version") != FORMAT_VERSION:
