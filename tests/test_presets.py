@@ -52,7 +52,8 @@ def value(config, setting: str):
     return got[key] if key else got
 
 
-REPRODUCTION_KEYS = {"checkpoint_every", "device", "sample_sigmas", "log_every"}
+REPRODUCTION_KEYS = {"checkpoint_every", "device", "sample_sigmas", "log_every",
+                     "snapshot_every_kimg"}
 
 
 def test_every_cifar10_preset_matches_the_reproduction_tables():

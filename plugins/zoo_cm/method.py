@@ -144,7 +144,8 @@ PRESETS = {
             distance="lpips",  # cifar10_ve_cd.py:20 loss_norm
             weighting="uniform",  # cifar10_ve_cd.py:25
             ema_rate=0.9999,  # cifar10_ve_cd.py:46 model.ema_rate (evaluation EMA)
-            device="cuda", checkpoint_every=5000, sample_sigmas="80,0.8"),
+            device="cuda", checkpoint_every=5000, sample_sigmas="80,0.8",
+            snapshot_every_kimg=2500.0),  # EMA snapshots as EDM keeps them (not in the CM code)
         # cifar10_ve_cd.py:24 solver heun; :68 num_scales 18; loss "consistency" has no target
         # EMA (jcm/losses.py:893-896): θ⁻ = stopgrad(θ)
         "cd": dict(num_scales=18, solver="heun", target_ema=0.0),

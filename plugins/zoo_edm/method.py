@@ -80,6 +80,7 @@ PRESETS = {
         # train.py:58 --dropout 0.13; train.py:146 augment_dim 9
         network_kwargs={"dropout": 0.13, "augment_dim": 9},
         checkpoint_every=5000,
+        snapshot_every_kimg=2500.0,  # training_loop.py: snapshot_ticks 50 × kimg_per_tick 50
         device="cuda",
     ),
 }
