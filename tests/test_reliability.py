@@ -5,7 +5,6 @@ the same directory, a damaged checkpoint, a short run's EMA) and asserts what th
 """
 
 import json
-import math
 import os
 import signal
 import subprocess
@@ -218,6 +217,21 @@ def test_resume_refuses_run_defining_changes_and_missing_runs(tmp_path):
     result = cli("train", "edm", "--run-dir", str(tmp_path / "nothing"), "--resume")
     assert result.exit_code == 1 and "there is no run at" in result.output
     assert not (tmp_path / "nothing").exists()
+
+
+@pytest.mark.parametrize("method, setting, value", [
+    ("pd", "teacher_steps", 16), ("cm", "mode", "ct"), ("cm", "teacher_weights", "raw")])
+def test_method_settings_that_define_a_run_are_refused_on_resume(method, setting, value):
+    from zoo.training.config import resume_config
+
+    m = zoo.plugins.get("methods", method)
+    saved = m.configure("toy", teacher="runs/toy/edm")
+    saved.method = method
+    with pytest.raises(ValueError, match=f"{setting}: run has"):
+        resume_config(m.config_class, json.loads(json.dumps(vars(saved))), {setting: value})
+    config, changes = resume_config(m.config_class, json.loads(json.dumps(vars(saved))),
+                                    {"lr": 1e-5})
+    assert changes == [("lr", saved.lr, 1e-5)] and config.lr == 1e-5
 
 
 def test_a_second_writer_is_refused_and_the_first_completes_untouched(tmp_path, straight):

@@ -57,8 +57,8 @@ class CMConfig(TrainConfig):
     sample_sigmas: str = setting("80,0.8", "Default σ of multistep sampling, comma-separated: "
                                            "--nfe k uses the first k (greedy search).")
 
-    RESUME_FIXED = (*TrainConfig.RESUME_FIXED, "mode", "teacher", "init", "sigma_data",
-                    "sigma_min", "sigma_max", "rho")
+    RESUME_FIXED = (*TrainConfig.RESUME_FIXED, "mode", "teacher", "teacher_weights", "init",
+                    "sigma_data", "sigma_min", "sigma_max", "rho")
 
     def validate(self) -> None:
         super().validate()

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 
 import click
 
-from zoo.diffusion import SIGMA_DATA, SIGMA_MAX, SIGMA_MIN, Denoiser, append_zero, karras_sigmas
 from zoo.augment import AUGMENT_DIM, augment
+from zoo.diffusion import SIGMA_DATA, SIGMA_MAX, SIGMA_MIN, Denoiser, append_zero, karras_sigmas
 from zoo.diffusion.precond import expand_sigma
 from zoo.diffusion.samplers import generate, get_sampler, sample_edm_stochastic
 from zoo.methods import BenchRow, Method, Samples, preset_scale

@@ -55,6 +55,9 @@ class PDConfig(TrainConfig):
         "ema", "Weights of the edm teacher of stage 0: ema (its evaluation EMA) or raw (the "
         "trained weights); later stages learn from the previous student's EMA.")
 
+    RESUME_FIXED = (*TrainConfig.RESUME_FIXED, "teacher", "teacher_weights", "teacher_steps",
+                    "sigma_data", "sigma_min", "sigma_max", "rho")
+
     def validate(self) -> None:
         super().validate()
         stage_plan(self.teacher_steps)

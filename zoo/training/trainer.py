@@ -34,7 +34,13 @@ from zoo.training.checkpoint import (
 )
 from zoo.training.config import TrainConfig, config_to_dict, save_config
 from zoo.training.ema import EMA, ema_beta, ema_halflife_nimg
-from zoo.training.rundir import LOG_NAME, RunLock, RunLockedError, remove_stale_temporaries, trim_log
+from zoo.training.rundir import (
+    LOG_NAME,
+    RunLock,
+    RunLockedError,
+    remove_stale_temporaries,
+    trim_log,
+)
 from zoo.training.threads import choose_threads
 
 
