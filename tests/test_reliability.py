@@ -299,6 +299,12 @@ def test_snapshots_hold_the_ema_at_their_step_and_follow_the_retention_rule(tmp_
     loaded = edm().load(run / "snapshots" / names[0])  # samples like a run
     assert loaded.step == 12
     assert all(torch.equal(v, emas[12][k]) for k, v in loaded.denoiser.state_dict().items())
+    result = CliRunner().invoke(main, ["sample", "edm", "--run", str(run / "snapshots" / names[0]),
+                                       "--n", "8", "--out", str(tmp_path / "snap.png")])
+    assert result.exit_code == 0, result.output
+    result = CliRunner().invoke(main, ["sample", "edm", "--run", str(run / "snapshots" / names[0]),
+                                       "--weights", "raw", "--out", str(tmp_path / "raw.png")])
+    assert result.exit_code == 1 and "EMA weights only" in result.output
     # a snapshot is weights only: it cannot be resumed as a training state
     other = tmp_path / "other"
     other.mkdir()

@@ -308,9 +308,10 @@ def _make_sample_command(name, method):
     params = [
         click.Option(
             ["--run"],
-            type=click.Path(file_okay=False),
+            type=click.Path(),
             default=None,
-            help="Trained run directory [default: RUNS_ROOT/DATASET/RUN_NAME].",
+            help="Trained run directory, or one of its snapshots (RUN/snapshots/snapshot-step*.pt)"
+            " [default: RUNS_ROOT/DATASET/RUN_NAME].",
         ),
         click.Option(
             ["--dataset"],

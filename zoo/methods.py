@@ -171,12 +171,14 @@ class Method(abc.ABC):
             )
 
     def load(self, run_dir, *, device="cpu", ema: bool = True) -> Run:
-        """Load a trained run, its EMA weights (``ema``) or the raw trained ones, without running
-        code from the file."""
+        """Load a trained run (a run directory, or a checkpoint or snapshot file), its EMA weights
+        (``ema``) or the raw trained ones, without running code from the file."""
         state = load_checkpoint(run_dir, map_location=device)
         if state["method"] != self.name:
             raise ValueError(f"{run_dir} is a {state['method']!r} run, not {self.name!r}")
         config = config_from_dict(self.config_class, state["config"])
+        if not ema and "net" not in state:
+            raise ValueError(f"{run_dir} holds the EMA weights only (a snapshot): use --weights ema")
         denoiser = self.build_denoiser(config, state["dataset"]["shape"])
         denoiser.load_state_dict(state["ema" if ema else "net"])
         denoiser.to(device).eval().requires_grad_(False)

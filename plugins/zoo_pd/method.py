@@ -282,7 +282,7 @@ class ProgressiveDistillation(Method):
     def load(self, run_dir, *, device="cpu", ema: bool = True):
         """Load a stage directory, or from a PD run's folder its last (fewest-step) stage."""
         run_dir = Path(run_dir)
-        if not (run_dir / CHECKPOINT_NAME).exists():
+        if run_dir.is_dir() and not (run_dir / CHECKPOINT_NAME).exists():
             stages = self.stage_dirs(run_dir)
             if not stages:
                 raise CheckpointError(f"no checkpoint at {run_dir / CHECKPOINT_NAME} and no PD "
