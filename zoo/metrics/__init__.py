@@ -32,10 +32,12 @@ from zoo.metrics.fidelity import (
 from zoo.metrics.w2 import W2Metric, wasserstein2
 
 __all__ = [
+    "Evaluation",
     "FidelityMetric",
     "InceptionWeightsError",
     "Metric",
     "W2Metric",
+    "check_samples",
     "default_metrics",
     "evaluate",
     "lower_is_better",
@@ -75,39 +77,98 @@ def default_metrics(dataset) -> list[str]:
     return ["fd-digits"] if dataset.name == "digits" else ["fid"]
 
 
-def evaluate(samples: torch.Tensor, dataset, *, metrics: list[str] | None = None, seed: int = 0,
-             batch_size: int = 256) -> dict[str, float]:
-    """Run each registered metric named in ``metrics`` (default: :func:`default_metrics`) on
-    ``samples`` (shaped like the dataset's items, in its value range) and merge their results.
-
-    ``batch_size`` only sets the feature pass's memory use; the numbers do not depend on it.
-    """
-    from zoo import plugins
-
-    samples = torch.as_tensor(samples)
+def check_samples(samples: torch.Tensor, dataset) -> None:
+    """Raise ``ValueError`` unless ``samples`` are shaped ``[n, *dataset.shape]``."""
     if samples.dim() != len(dataset.shape) + 1 or tuple(samples.shape[1:]) != dataset.shape:
         raise ValueError(f"samples of shape {tuple(samples.shape)} do not match dataset "
                          f"{dataset.name!r}, whose items have shape {dataset.shape}: expected "
                          f"[n, {', '.join(map(str, dataset.shape))}]")
-    names = default_metrics(dataset) if metrics is None else list(metrics)
-    if not names:
-        raise ValueError("no metrics to evaluate; give at least one metric name")
-    results: dict[str, float] = {}
-    sources: dict[str, str] = {}
-    for name in names:
-        metric = plugins.get("metrics", name)
-        if not isinstance(metric, Metric):
-            raise TypeError(f"metric {name!r} ({type(metric).__name__}) lacks name, kinds, "
-                            "lower_is_better or compute")
-        if dataset.kind not in metric.kinds:
-            raise ValueError(f"metric {name!r} applies to {' or '.join(metric.kinds)} datasets; "
-                             f"dataset {dataset.name!r} is of kind {dataset.kind!r}")
-        options = {"batch_size": batch_size} if _takes(metric.compute, "batch_size") else {}
-        for key, value in metric.compute(samples, dataset, seed=seed, **options).items():
-            if key in results:
-                raise ValueError(f"metrics {sources[key]!r} and {name!r} both report {key!r}")
-            results[key], sources[key] = value, name
-    return results
+
+
+class Evaluation:
+    """The registered ``metrics`` (default: :func:`default_metrics`) of samples fed batch by
+    batch (:meth:`add`), e.g. while a bench row samples 50,000 images. Metrics with a
+    ``stream`` method (feature spaces, :class:`FidelityMetric`) keep only the features; the
+    others get all samples at :meth:`result`. Extractors and references are set up once, so one
+    evaluation serves many rows (:meth:`reset` between them).
+
+    ``ref``: a reference file for the feature-space metrics
+    (:func:`zoo.metrics.fidelity.read_reference`) instead of the dataset; ``distributed``: every
+    rank feeds the same batches and extracts features of its share (:class:`FeatureStream`).
+    ``batch_size`` only sets the feature pass's memory use; the numbers do not depend on it.
+    """
+
+    def __init__(self, dataset, metrics: list[str] | None = None, *, seed: int = 0,
+                 batch_size: int = 256, ref=None, distributed: bool = False):
+        from zoo import plugins
+
+        names = default_metrics(dataset) if metrics is None else list(metrics)
+        if not names:
+            raise ValueError("no metrics to evaluate; give at least one metric name")
+        self.dataset, self.seed, self.batch_size = dataset, seed, batch_size
+        self.metrics: list[tuple[str, Metric]] = []
+        for name in names:
+            metric = plugins.get("metrics", name)
+            if not isinstance(metric, Metric):
+                raise TypeError(f"metric {name!r} ({type(metric).__name__}) lacks name, kinds, "
+                                "lower_is_better or compute")
+            if dataset.kind not in metric.kinds:
+                raise ValueError(f"metric {name!r} applies to "
+                                 f"{' or '.join(metric.kinds)} datasets; dataset "
+                                 f"{dataset.name!r} is of kind {dataset.kind!r}")
+            self.metrics.append((name, metric))
+        if ref is not None and not any(hasattr(m, "stream") for _, m in self.metrics):
+            raise ValueError(f"--ref applies to feature-space metrics (e.g. fid, fd-digits); "
+                             f"{', '.join(names)} take none")
+        self.streams = {i: m.stream(dataset, ref=ref, batch_size=batch_size,
+                                    distributed=distributed)
+                        for i, (_, m) in enumerate(self.metrics) if hasattr(m, "stream")}
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget the samples fed so far."""
+        for stream in self.streams.values():
+            stream.reset()
+        self.samples: list[torch.Tensor] = []
+
+    def add(self, samples: torch.Tensor) -> None:
+        """Feed a batch shaped like the dataset's items, in its value range."""
+        samples = torch.as_tensor(samples)
+        check_samples(samples, self.dataset)
+        for stream in self.streams.values():
+            stream.add(samples)
+        if len(self.streams) < len(self.metrics):
+            self.samples.append(samples.detach().cpu())
+
+    def result(self) -> dict[str, float]:
+        """Every metric's results for the samples fed since :meth:`reset`, merged."""
+        results: dict[str, float] = {}
+        sources: dict[str, str] = {}
+        for i, (name, metric) in enumerate(self.metrics):
+            if i in self.streams:
+                values = self.streams[i].result(self.seed)
+            else:
+                samples = torch.cat(self.samples)
+                options = ({"batch_size": self.batch_size}
+                           if _takes(metric.compute, "batch_size") else {})
+                values = metric.compute(samples, self.dataset, seed=self.seed, **options)
+            for key, value in values.items():
+                if key in results:
+                    raise ValueError(f"metrics {sources[key]!r} and {name!r} both report {key!r}")
+                results[key], sources[key] = value, name
+        return results
+
+
+def evaluate(samples: torch.Tensor, dataset, *, metrics: list[str] | None = None, seed: int = 0,
+             batch_size: int = 256, ref=None) -> dict[str, float]:
+    """Run each registered metric named in ``metrics`` (default: :func:`default_metrics`) on
+    ``samples`` (shaped like the dataset's items, in its value range) and merge their results;
+    see :class:`Evaluation`."""
+    samples = torch.as_tensor(samples)
+    check_samples(samples, dataset)
+    evaluation = Evaluation(dataset, metrics, seed=seed, batch_size=batch_size, ref=ref)
+    evaluation.add(samples)
+    return evaluation.result()
 
 
 def lower_is_better(name: str) -> bool | None:

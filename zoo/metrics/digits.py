@@ -14,7 +14,6 @@ this file. Importing this module registers it with torch-fidelity as the feature
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import torch
@@ -111,12 +110,6 @@ def load_classifier(path: Path | None = None) -> DigitsClassifier:
     model = DigitsClassifier()
     model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
     return model.eval().requires_grad_(False)
-
-
-def weights_fingerprint() -> str:
-    """Short sha256 of the shipped weights: part of the reference-statistics cache key."""
-    load_classifier()  # the clear error when missing
-    return hashlib.sha256(WEIGHTS.read_bytes()).hexdigest()[:12]
 
 
 class DigitsFeatureExtractor(FeatureExtractorBase):
