@@ -26,6 +26,9 @@ class TrainConfig:
     dataset_options: dict = setting({}, 'Dataset options as JSON, e.g. \'{"path": "imgs/"}\'.')
     network: str = setting("mlp", "Registered network name.")
     network_kwargs: dict = setting({}, "Network constructor overrides as JSON.")
+    num_classes: int = setting(
+        0, "Classes of a class-conditional model: the dataset's number (digits, cifar10: 10; "
+        "imagenet64: 1000); 0 = unconditional.")
     batch_size: int = setting(512, "Global batch size (split across processes).")
     iterations: int = setting(10_000, "Training iterations.")
     optimizer: str = setting("adam", "adam or radam.")
@@ -63,12 +66,26 @@ class TrainConfig:
     channels_last: bool = setting(False, "Channels-last memory format for 4D weights and inputs.")
     compile: bool = setting(False, "torch.compile the trained network (its online passes).")
     tf32: bool = setting(False, "Allow TF32 matmuls and convolutions on CUDA during training.")
+    tensorboard: bool = setting(
+        False, "Also write the log's scalars, sample grids and metrics to RUN_DIR/tensorboard "
+        "(needs the tensorboard package: pip install tensorboard)."
+    )
+    sample_every_kimg: float = setting(
+        0.0, "Write a grid of samples from fixed seeds with the EMA weights to "
+        "RUN_DIR/samples/ every this many thousand samples; 0 = off."
+    )
+    sample_n: int = setting(0, "Samples in each grid; 0 = 64 images or 1000 points.")
+    eval_every_kimg: float = setting(
+        0.0, "Measure the dataset's default metrics (FID, FD-digits, W2) on samples of the EMA "
+        "weights every this many thousand samples, into RUN_DIR/metrics.jsonl; 0 = off."
+    )
+    eval_n: int = setting(0, "Samples per measurement; 0 = 5000 for FID, else 2000 (W2, FD).")
 
     #: Settings that define a run: a resumed run refuses to change them (its checkpoint, data
     #: order and noise were made with them). Methods extend this with their own.
     RESUME_FIXED: ClassVar[tuple[str, ...]] = (
-        "method", "dataset", "dataset_options", "network", "network_kwargs", "batch_size",
-        "seed", "optimizer",
+        "method", "dataset", "dataset_options", "network", "network_kwargs", "num_classes",
+        "batch_size", "seed", "optimizer",
     )
 
     def validate(self) -> None:
@@ -80,13 +97,16 @@ class TrainConfig:
         for name, valid in choices.items():
             if getattr(self, name) not in valid:
                 raise ValueError(f"{name}={getattr(self, name)!r} is not one of {', '.join(valid)}")
+        if self.num_classes < 0:
+            raise ValueError(f"num_classes must be >= 0 (0: unconditional), got {self.num_classes}")
         positive = ("batch_size", "iterations", "checkpoint_every", "log_every")
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         non_negative = (
             "lr_warmup", "ema_halflife_kimg", "ema_rampup", "snapshot_every_kimg",
-            "snapshot_keep", "threads", "grad_clip",
+            "snapshot_keep", "threads", "grad_clip", "sample_every_kimg", "sample_n",
+            "eval_every_kimg", "eval_n",
         )
         for name in non_negative:
             if not getattr(self, name) >= 0:  # also refuses NaN

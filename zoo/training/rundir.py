@@ -67,10 +67,11 @@ def remove_stale_temporaries(run_dir) -> list[Path]:
     return stale
 
 
-def trim_log(run_dir, step: int) -> int:
-    """Keep the log rows up to ``step`` (the checkpoint a resume continues from), so replayed
-    steps are not logged twice; torn last lines are dropped. Returns the rows removed."""
-    path = Path(run_dir) / LOG_NAME
+def trim_log(run_dir, step: int, name: str = LOG_NAME) -> int:
+    """Keep the rows of the log ``name`` up to ``step`` (the checkpoint a resume continues from),
+    so replayed steps are not logged twice; torn last lines are dropped. Returns the rows
+    removed."""
+    path = Path(run_dir) / name
     if not path.exists():
         return 0
     kept, removed = [], 0

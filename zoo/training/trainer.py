@@ -3,12 +3,14 @@
 A method hands the trainer a :class:`TrainingTask` (the module to optimise and its loss); the
 trainer owns everything else: the one data loader, optimiser and learning-rate schedule, the
 evaluation EMA, gradient clipping, progress, atomic checkpoints, resume, DDP (started by
-:func:`zoo.distributed.init_distributed`), bf16 autocast, channels-last, torch.compile and TF32.
+:func:`zoo.distributed.init_distributed`), bf16 autocast, channels-last, torch.compile and TF32,
+and the telemetry: ``log.jsonl`` (and TensorBoard) scalars, sample grids and periodic metrics.
 """
 
 from __future__ import annotations
 
 import abc
+import contextlib
 import json
 import math
 import signal
@@ -17,14 +19,17 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.distributed as dist
+from PIL import Image
 from torch import nn
 from tqdm.auto import tqdm
 
 import zoo
 from zoo import distributed
 from zoo.data import BatchLoader
+from zoo.metrics import default_metrics, evaluate
 from zoo.training.checkpoint import (
     CHECKPOINT_NAME,
     PREVIOUS_NAME,
@@ -42,6 +47,35 @@ from zoo.training.rundir import (
     trim_log,
 )
 from zoo.training.threads import choose_threads
+from zoo.viz import save_samples_picture
+
+METRICS_NAME = "metrics.jsonl"
+SAMPLES_DIR = "samples"
+TENSORBOARD_DIR = "tensorboard"
+
+
+def summary_writer_class():
+    """torch's TensorBoard ``SummaryWriter``, or a clear error naming the package to install."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise RuntimeError(
+            "--tensorboard needs the tensorboard package, which is not installed: "
+            "pip install tensorboard (or pip install 'zoo[tensorboard]'), or drop --tensorboard"
+        ) from None
+    return SummaryWriter
+
+
+def grad_norm(parameters) -> torch.Tensor:
+    """The total 2-norm of the parameters' gradients (what ``clip_grad_norm_`` measures)."""
+    grads = [p.grad for p in parameters if p.grad is not None]
+    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+
+
+def dataset_record(dataset) -> dict:
+    """What a checkpoint records of its data (and what sampling needs: shape and kind)."""
+    return {"name": dataset.name, "checksum": dataset.checksum, "shape": list(dataset.shape),
+            "kind": dataset.kind}
 
 
 class NonFiniteLossError(RuntimeError):
@@ -139,8 +173,8 @@ class TrainingTask(abc.ABC):
 
     ``loss`` must call the ``net`` it is given (under DDP that is the wrapped module, which is
     what synchronises gradients), not ``self.net``. ``after_step`` runs after each optimiser
-    step (e.g. to update a target network); ``state_dict``/``load_state_dict`` carry any extra
-    state through checkpoints.
+    step (e.g. to update a target network); ``metrics`` adds the method's own scalars to the
+    log; ``state_dict``/``load_state_dict`` carry any extra state through checkpoints.
     """
 
     def __init__(self, net: nn.Module):
@@ -153,6 +187,11 @@ class TrainingTask(abc.ABC):
     def after_step(self, step: int) -> None:
         pass
 
+    def metrics(self, step: int) -> dict[str, float]:
+        """Method-specific scalars of training step ``step`` (0-based) for the log rows and
+        TensorBoard, e.g. a schedule's current values; none by default."""
+        return {}
+
     def state_dict(self) -> dict:
         return {}
 
@@ -164,12 +203,23 @@ class Trainer:
     """Runs a :class:`TrainingTask` for ``config.iterations`` steps, writing ``run_dir``:
     ``checkpoint.pt`` (atomic; the one before it kept as ``checkpoint-prev.pt``), ``config.json``
     (the settings of that checkpoint, written after it), ``log.jsonl`` and, when asked,
-    ``snapshots/`` of the EMA weights. One process owns the directory at a time (:class:`RunLock`).
+    ``snapshots/`` of the EMA weights, ``samples/`` grids, ``metrics.jsonl`` and ``tensorboard/``.
+    One process owns the directory at a time (:class:`RunLock`).
+
+    ``sample_fn(module, n, *, step, device)`` returns the samples of seeds 0…n−1 from ``module``
+    (the EMA denoiser) the way the method samples; the grids and metrics need it (a method's
+    :meth:`~zoo.methods.Method.make_trainer` passes it).
     """
 
     def __init__(self, task: TrainingTask, config: TrainConfig, dataset, run_dir, *, progress=True,
-                 echo=None):
+                 echo=None, sample_fn=None):
         config.validate()
+        if sample_fn is None and (config.sample_every_kimg or config.eval_every_kimg):
+            raise ValueError("sample_every_kimg and eval_every_kimg need the method's sampler: "
+                             "build the trainer with Method.make_trainer")
+        self.sample_fn = sample_fn
+        self.writer_class = summary_writer_class() if config.tensorboard else None
+        self.writer = None
         self.task, self.config, self.dataset = task, config, dataset
         self.run_dir = Path(run_dir)
         self.rank, self.world_size = distributed.rank(), distributed.world_size()
@@ -229,12 +279,7 @@ class Trainer:
             "step": self.step,
             "method": self.config.method,
             "config": config_to_dict(self.config),
-            "dataset": {
-                "name": self.dataset.name,
-                "checksum": self.dataset.checksum,
-                "shape": list(self.dataset.shape),
-                "kind": self.dataset.kind,
-            },
+            "dataset": dataset_record(self.dataset),
             "zoo_version": zoo.__version__,
         }
 
@@ -269,8 +314,10 @@ class Trainer:
                 old.unlink()
         return path
 
-    def _snapshot_due(self) -> bool:
-        every = self.config.snapshot_every_kimg * 1000
+    def _due(self, every_kimg: float) -> bool:
+        """Whether this step ends an interval of ``every_kimg`` thousand samples (0: never), or
+        is the last step."""
+        every = every_kimg * 1000
         if not every:
             return False
         b = self.config.batch_size
@@ -351,12 +398,14 @@ class Trainer:
         if exists:
             path = self.restore()
             self.echo(f"resuming {self.run_dir} from step {self.step} ({path.name})")
-            if self.rank == 0 and trim_log(self.run_dir, self.step):
-                self.echo(f"{LOG_NAME}: dropped the rows after step {self.step}")
+            for name in (LOG_NAME, METRICS_NAME):
+                if self.rank == 0 and trim_log(self.run_dir, self.step, name):
+                    self.echo(f"{name}: dropped the rows after step {self.step}")
             return path
         if self.rank == 0:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            (self.run_dir / LOG_NAME).unlink(missing_ok=True)  # it belonged to no checkpoint
+            for name in (LOG_NAME, METRICS_NAME):  # they belonged to no checkpoint
+                (self.run_dir / name).unlink(missing_ok=True)
         self.save()  # step 0: the run is resumable (and its settings recorded) from the start
         return None
 
@@ -377,6 +426,44 @@ class Trainer:
                 "or a shorter --ema-halflife-kimg."
             )
 
+    @contextlib.contextmanager
+    def _engine(self):
+        """The network as it trains (DDP, torch.compile, train mode), the autocast context, the
+        thread policy and TF32, all undone on exit; yields ``(net, autocast, threads, reason)``."""
+        c = self.config
+        threads_before = torch.get_num_threads()
+        threads, why = choose_threads(c.threads, sum(p.numel() for p in self.net.parameters()),
+                                      self.device)
+        fp32_precision = (
+            torch.backends.cuda.matmul.fp32_precision,
+            torch.backends.cudnn.conv.fp32_precision,
+        )
+        torch.set_num_threads(threads)
+        try:
+            net = self.net
+            if self.world_size > 1:
+                net = nn.parallel.DistributedDataParallel(
+                    self.net,
+                    device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                )
+            if c.compile:
+                net = torch.compile(net)
+            net.train()
+            autocast = torch.autocast(self.device.type, torch.bfloat16,
+                                      enabled=c.precision == "bf16")
+            if c.tf32:
+                torch.backends.cuda.matmul.fp32_precision = "tf32"
+                torch.backends.cudnn.conv.fp32_precision = "tf32"
+            yield net, autocast, threads, why
+        finally:
+            torch.backends.cuda.matmul.fp32_precision = fp32_precision[0]
+            torch.backends.cudnn.conv.fp32_precision = fp32_precision[1]
+            torch.set_num_threads(threads_before)
+
+    def _log_step(self, step: int) -> bool:
+        """Whether the log gets a row after ``step`` steps."""
+        return step % self.config.log_every == 0 or step == self.config.iterations
+
     def _fit(self, resume: bool, on_step) -> dict:
         c = self.config
         resumed_from = self._start(resume)
@@ -388,91 +475,159 @@ class Trainer:
             distributed.barrier()
             return {"step": self.step, "loss": None}
         self._warn_ema()
-        threads_before = torch.get_num_threads()
-        threads, why = choose_threads(c.threads, sum(p.numel() for p in self.net.parameters()),
-                                      self.device)
-        torch.set_num_threads(threads)
-        net = self.net
-        if self.world_size > 1:
-            net = nn.parallel.DistributedDataParallel(
-                self.net, device_ids=[self.device.index] if self.device.type == "cuda" else None
-            )
-        if c.compile:
-            net = torch.compile(net)
-        net.train()
-        autocast = torch.autocast(self.device.type, torch.bfloat16, enabled=c.precision == "bf16")
-        fp32_precision = (
-            torch.backends.cuda.matmul.fp32_precision,
-            torch.backends.cudnn.conv.fp32_precision,
-        )
-        if c.tf32:
-            torch.backends.cuda.matmul.fp32_precision = "tf32"
-            torch.backends.cudnn.conv.fp32_precision = "tf32"
-        log = open(self.run_dir / LOG_NAME, "a") if self.rank == 0 else None
-        if log is not None:
-            start = {"event": "start", "step": self.step, "threads": threads,
-                     "threads_reason": why, "world_size": self.world_size,
-                     "device": str(self.device), "resumed_from": resumed_from and resumed_from.name,
-                     "zoo_version": zoo.__version__}
-            log.write(json.dumps(start) + "\n")
-            log.flush()
-        bar = tqdm(
-            total=c.iterations,
-            initial=self.step,
-            disable=not self.progress,
-            desc=f"train {c.method} on {c.dataset}",
-            dynamic_ncols=True,
-        )
-        last_loss, window_loss, window_n, t0 = float("nan"), 0.0, 0, time.perf_counter()
-        try:
-            with StopSignals(self.echo) as stop:
-                while self.step < c.iterations:
-                    last_loss = self._train_step(net, autocast)
-                    window_loss += last_loss
-                    window_n += 1
-                    bar.update(1)
-                    if self.step % c.log_every == 0 or self.step == c.iterations:
-                        rate = window_n * c.batch_size / (time.perf_counter() - t0)
-                        if self.world_size > 1:  # log the global batch's loss, not rank 0's share
-                            window = torch.tensor(window_loss / self.world_size,
-                                                  device=self.device)
-                            dist.all_reduce(window)
-                            window_loss = window.item()
-                        bar.set_postfix(loss=f"{window_loss / window_n:.4g}",
-                                        samples_s=f"{rate:.0f}")
-                        if log is not None:
-                            row = {
-                                "step": self.step,
-                                "loss": window_loss / window_n,
-                                "samples_per_s": rate,
-                                "lr": self.lr_at(self.step - 1),
-                            }
-                            log.write(json.dumps(row) + "\n")
-                            log.flush()
-                        window_loss, window_n, t0 = 0.0, 0, time.perf_counter()
-                    if self._snapshot_due():
-                        self.save_snapshot()
-                    signum = distributed.all_max(stop.signum or 0)
-                    if signum or self.step % c.checkpoint_every == 0 or self.step == c.iterations:
-                        self.save()
-                    if signum:
-                        raise TrainingInterrupted(signum, self.step, self.checkpoint_path)
-                    if on_step is not None:
-                        on_step(self.step, last_loss)
-        finally:
-            torch.backends.cuda.matmul.fp32_precision = fp32_precision[0]
-            torch.backends.cudnn.conv.fp32_precision = fp32_precision[1]
-            torch.set_num_threads(threads_before)
-            bar.close()
+        with self._engine() as (net, autocast, threads, why):
+            log = open(self.run_dir / LOG_NAME, "a") if self.rank == 0 else None
+            if self.writer_class is not None and self.rank == 0:
+                # purge_step: TensorBoard drops what a killed run logged after this checkpoint
+                self.writer = self.writer_class(str(self.run_dir / TENSORBOARD_DIR),
+                                                purge_step=self.step)
             if log is not None:
-                log.close()
+                start = {"event": "start", "step": self.step, "threads": threads,
+                         "threads_reason": why, "world_size": self.world_size,
+                         "device": str(self.device),
+                         "resumed_from": resumed_from and resumed_from.name,
+                         "zoo_version": zoo.__version__}
+                log.write(json.dumps(start) + "\n")
+                log.flush()
+            bar = tqdm(
+                total=c.iterations,
+                initial=self.step,
+                disable=not self.progress,
+                desc=f"train {c.method} on {c.dataset}",
+                dynamic_ncols=True,
+            )
+            last_loss, window_loss, window_n, t0 = float("nan"), 0.0, 0, time.perf_counter()
+            try:
+                with StopSignals(self.echo) as stop:
+                    while self.step < c.iterations:
+                        logged = self._log_step(self.step + 1)
+                        last_loss, norm = self._train_step(net, autocast, *next(self.loader),
+                                                           measure_grad=logged)
+                        window_loss += last_loss
+                        window_n += 1
+                        bar.update(1)
+                        if logged:
+                            rate = window_n * c.batch_size / (time.perf_counter() - t0)
+                            if self.world_size > 1:  # the global batch's loss, not rank 0's share
+                                window = torch.tensor(window_loss / self.world_size,
+                                                      device=self.device)
+                                dist.all_reduce(window)
+                                window_loss = window.item()
+                            bar.set_postfix(loss=f"{window_loss / window_n:.4g}",
+                                            samples_s=f"{rate:.0f}")
+                            if log is not None:
+                                self._write_row(log, {
+                                    "step": self.step,
+                                    "loss": window_loss / window_n,
+                                    "samples_per_s": rate,
+                                    "lr": self.lr_at(self.step - 1),
+                                    "grad_norm": norm.item(),
+                                }, "train", self.task.metrics(self.step - 1))
+                            window_loss, window_n, t0 = 0.0, 0, time.perf_counter()
+                        paused = time.perf_counter()
+                        if self._due(c.sample_every_kimg):
+                            self.write_grid()
+                        if self._due(c.eval_every_kimg):
+                            self.measure()
+                        t0 += time.perf_counter() - paused  # samples/s counts training only
+                        if self._due(c.snapshot_every_kimg):
+                            self.save_snapshot()
+                        signum = distributed.all_max(stop.signum or 0)
+                        if (signum or self.step % c.checkpoint_every == 0
+                                or self.step == c.iterations):
+                            self.save()
+                        if signum:
+                            raise TrainingInterrupted(signum, self.step, self.checkpoint_path)
+                        if on_step is not None:
+                            on_step(self.step, last_loss)
+            finally:
+                bar.close()
+                if log is not None:
+                    log.close()
+                if self.writer is not None:
+                    self.writer.close()
+                    self.writer = None
         distributed.barrier()  # rank 0's last checkpoint is on disk when fit returns anywhere
         return {"step": self.step, "loss": last_loss if math.isfinite(last_loss) else None}
 
-    def _train_step(self, net, autocast) -> float:
-        """One optimiser step at ``self.step`` (then ``self.step += 1``); returns the loss."""
+    def _write_row(self, file, row: dict, group: str, extra: dict | None = None) -> None:
+        """``row`` (with a method's ``extra`` scalars) as one JSON line of ``file`` and, with
+        TensorBoard, its numbers as the scalars ``group/NAME`` at ``row["step"]``."""
+        clash = sorted(set(extra or {}) & set(row))
+        if clash:
+            raise ValueError(f"the task's metrics reuse the log's names: {', '.join(clash)}")
+        row = {**row, **(extra or {})}
+        file.write(json.dumps(row) + "\n")
+        file.flush()
+        if self.writer is not None:
+            for name, value in row.items():
+                if name != "step" and isinstance(value, (int, float)):
+                    self.writer.add_scalar(f"{group}/{name}", value, row["step"])
+
+    def _sample(self, n: int) -> torch.Tensor:
+        """Seeds 0…n−1 from the EMA weights through the method's sampler (every rank calls it)."""
+        return self.sample_fn(self.ema.module, n, step=self.step, device=self.device)
+
+    def write_grid(self) -> Path | None:
+        """``samples/grid-stepNNNNNNN.png``: ``sample_n`` samples of fixed seeds from the EMA
+        weights (a scatter plot for points), also in TensorBoard; rank 0 writes it."""
+        kind = self.dataset.kind
+        x = self._sample(self.config.sample_n or (64 if kind == "image" else 1000))
+        if self.rank != 0:
+            return None
+        path = save_samples_picture(x, kind, self.run_dir / SAMPLES_DIR /
+                                    f"grid-step{self.step:07d}.png", title=f"step {self.step}")
+        if self.writer is not None:
+            picture = np.asarray(Image.open(path).convert("RGB"))
+            self.writer.add_image("samples", picture, self.step, dataformats="HWC")
+        return path
+
+    def measure(self) -> dict | None:
+        """The dataset's default metrics (:func:`zoo.metrics.evaluate`) on ``eval_n`` samples of
+        fixed seeds from the EMA weights, appended to ``metrics.jsonl`` (and TensorBoard) by
+        rank 0, which returns the row."""
+        c = self.config
+        n = c.eval_n or (5000 if "fid" in default_metrics(self.dataset) else 2000)
+        start = time.perf_counter()
+        x = self._sample(n)
+        if self.rank != 0:
+            return None
+        row = {"step": self.step, "kimg": self.step * c.batch_size / 1000, "n": n}
+        bad = int((~torch.isfinite(x.flatten(1))).any(1).sum())
+        if bad:
+            row["nonfinite_samples"] = bad
+            self.echo(f"warning: step {self.step}: {bad} of {n} samples are not finite; "
+                      "metrics skipped")
+        else:
+            row.update(evaluate(x, self.dataset))
+        row["seconds"] = time.perf_counter() - start
+        with open(self.run_dir / METRICS_NAME, "a") as f:
+            self._write_row(f, row, "eval")
+        return row
+
+    def throughput(self, steps: int = 5, warmup: int = 2) -> float:
+        """Samples per second of ``steps`` real training steps (after ``warmup`` untimed ones,
+        e.g. compilation) on random data of the dataset's shape, set up as :meth:`fit` trains.
+        Writes nothing; the weights and the step count do change."""
+        c = self.config
+        local = c.batch_size // self.world_size
+        gen = torch.Generator().manual_seed(c.seed)
+        x = (torch.rand(local, *self.dataset.shape, generator=gen) * 2 - 1).to(self.device)
+        labels = self.dataset.labels
+        if labels is not None:
+            labels = labels[torch.randint(len(labels), (local,), generator=gen)].to(self.device)
+        with self._engine() as (net, autocast, _, _):
+            for i in range(warmup + steps):
+                if i == warmup:
+                    start = time.perf_counter()
+                self._train_step(net, autocast, x, labels, measure_grad=False)  # syncs: .item()
+            return steps * c.batch_size / (time.perf_counter() - start)
+
+    def _train_step(self, net, autocast, x, labels, *, measure_grad: bool):
+        """One optimiser step at ``self.step`` on the batch ``(x, labels)`` (then
+        ``self.step += 1``); returns the loss and the gradients' total norm before clipping
+        (a tensor: always with ``grad_clip``, else only when ``measure_grad``; else None)."""
         c, step = self.config, self.step
-        x, labels = next(self.loader)
         if c.channels_last and x.ndim == 4:
             x = x.contiguous(memory_format=torch.channels_last)
         noise = BatchNoise(c.seed, step, c.batch_size, self.rank, self.world_size, self.device)
@@ -493,10 +648,13 @@ class Trainer:
             )
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        norm = None
         if c.grad_clip > 0:
-            nn.utils.clip_grad_norm_(self.net.parameters(), c.grad_clip)
+            norm = nn.utils.clip_grad_norm_(self.net.parameters(), c.grad_clip)
+        elif measure_grad:
+            norm = grad_norm(self.net.parameters())
         self.optimizer.step()
         self.ema.update(self.net, self.ema_beta_at(step))
         self.task.after_step(step)
         self.step = step + 1
-        return loss.item()
+        return loss.item(), norm
