@@ -5,7 +5,14 @@ the same evaluator (:func:`zoo.metrics.evaluate`, the dataset's default metrics)
 on other data than the dataset as it is now (checksums differ) are refused. Methods come from the
 registry; each names the runs it needs (:meth:`~zoo.methods.Method.bench_configs`) and the rows
 a run gives (:meth:`~zoo.methods.Method.bench_rows`). Outputs: the table (terminal, Markdown,
-CSV, JSON), the primary metric against NFE as a PNG, and one sample picture per row.
+CSV, JSON), the primary metric against NFE as a PNG, one sample picture per row (its first
+samples) and, asked for, every sample for external evaluators (:mod:`zoo.sample_export`).
+
+Real image datasets follow the published FID protocol: FID-50k (50,000 samples, Heusel et al.
+2017, as EDM and the CM paper report it) against the training set or a ``--ref`` file. Rows are
+sampled batch by batch; each batch goes to the exports and the metrics' feature extractors,
+which keep only features, so memory does not grow with n beyond the feature matrix; under
+torchrun each rank samples and extracts its share of every batch.
 """
 
 from __future__ import annotations
@@ -20,18 +27,23 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
 from tqdm.auto import tqdm
 
 import zoo
+from zoo import distributed, plugins
 from zoo import metrics as zoo_metrics
-from zoo import plugins
 from zoo.data import Dataset, load_dataset
 from zoo.methods import BenchRow, Method
 from zoo.training import CheckpointError, load_checkpoint
 from zoo.training.checkpoint import CHECKPOINT_NAME
 
-# Samples per row unless asked: points, five W2 sets of 2000 (zoo.metrics.W2Metric); images 2000.
-DEFAULT_N = {"points": 10_000, "image": 2_000}
+# Samples per row unless asked, by the dataset's default metric: points, five W2 sets of 2000
+# (zoo.metrics.W2Metric); digits 2000; Inception FID on real images: the published FID-50k.
+DEFAULT_N = {"w2": 10_000, "fd-digits": 2_000, "fid": 50_000}
+PUBLISHED_N = DEFAULT_N["fid"]
+#: Samples shown in each row's picture (the grid; a scatter plot shows every point).
+PICTURE_N = 64
 
 
 class BenchError(ValueError):
@@ -61,6 +73,8 @@ class BenchReport:
     batch_size: int
     device: str
     results: list[RowResult] = field(default_factory=list)
+    note: str = ""
+    ref: str | None = None
 
     @property
     def metric_names(self) -> list[str]:
@@ -106,12 +120,13 @@ def training_order(methods: dict[str, Method]) -> list[str]:
 def _record(run_dir: Path) -> dict:
     state = load_checkpoint(run_dir)
     return {"step": state["step"], "iterations": state["config"]["iterations"],
-            "checksum": state["dataset"]["checksum"], "data": state["dataset"]["name"]}
+            "checksum": state["dataset"]["checksum"], "data": state["dataset"]["name"],
+            "imported": "imported_from" in state}
 
 
 def run_problem(method: Method, run_dir: Path) -> str | None:
     """Why ``run_dir`` cannot be benched yet (missing, or a checkpoint short of its iterations);
-    None when every checkpoint its rows load is complete."""
+    None when every checkpoint its rows load is complete (an imported run is complete)."""
     if not run_dir.exists():
         return "is missing"
     try:
@@ -127,7 +142,7 @@ def run_problem(method: Method, run_dir: Path) -> str | None:
             record = _record(row_dir)
         except CheckpointError as exc:
             return f"has an unreadable checkpoint ({exc})"
-        if record["step"] < record["iterations"]:
+        if not record["imported"] and record["step"] < record["iterations"]:
             return f"stopped at step {record['step']} of {record['iterations']} ({row_dir})"
     return None
 
@@ -190,15 +205,21 @@ def prepare_runs(methods: dict[str, Method], dataset: str, data: Dataset, runs_r
                  train_missing: bool, device: str, progress: bool, echo=print, settings=None):
     """Train (with ``train_missing``) or refuse absent runs, requirements first, and refuse runs
     on other data before anything is trained from them; runs to train take the ``--set``
-    ``settings`` (:func:`parse_settings`) over their presets. Returns the benched methods' rows
-    as ``[(method name, BenchRow)]`` and each row's run record (step, checksum)."""
+    ``settings`` (:func:`parse_settings`) over their presets; a run without a config (a dataset
+    without training presets, e.g. LSUN-256) must be imported. Returns the benched methods'
+    rows as ``[(method name, BenchRow)]`` and each row's run record (step, checksum)."""
     rows, records = [], {}
     for name in training_order(methods):
         method = methods.get(name) or plugins.get("methods", name)
         for run_name, config in method.bench_configs(dataset, runs_root).items():
-            config = apply_settings(name, config, settings or {})
             run_dir = Path(runs_root) / dataset / run_name
             problem = run_problem(method, run_dir)
+            if problem and config is None:
+                raise BenchError(f"{name} run {run_dir} {problem}, and dataset {dataset} has no "
+                                 f"{name} training preset: import a released checkpoint there "
+                                 "(zoo import-openai or zoo import-edm, docs/reproduce.md)")
+            if config is not None:
+                config = apply_settings(name, config, settings or {})
             if problem:
                 command = train_command(name, method, config, dataset, run_dir)
                 if not train_missing:
@@ -224,13 +245,18 @@ def prepare_runs(methods: dict[str, Method], dataset: str, data: Dataset, runs_r
 
 
 def check_same_data(rows: list[BenchRow], dataset: str, data: Dataset) -> dict[Path, dict]:
-    """Refuse any row whose run was trained on data with another checksum than ``data``'s."""
+    """Refuse any row whose run was trained on data with another checksum than ``data``'s; a run
+    imported without its data (checksum None) needs only the dataset's name."""
     records = {}
     for row in rows:
         run_dir = Path(row.run_dir)
         if run_dir not in records:
             records[run_dir] = record = _record(run_dir)
-            if record["checksum"] != data.checksum:
+            unchecked = record["imported"] and record["checksum"] is None
+            if unchecked and record["data"] != data.name:
+                raise BenchError(f"run {run_dir} was imported for dataset {record['data']}, not "
+                                 f"{dataset} ({data.name})")
+            if not unchecked and record["checksum"] != data.checksum:
                 raise BenchError(
                     f"run {run_dir} was trained on {record['data']} with checksum "
                     f"{record['checksum']}, but dataset {dataset} ({data.name}) has checksum "
@@ -246,20 +272,42 @@ def sort_rows(rows, methods: list[str]):
     return sorted(rows, key=lambda mr: (methods.index(mr[0]), labels.index(mr[1].label), mr[1].nfe))
 
 
+def default_n(data: Dataset) -> int:
+    """Samples per row unless ``--n`` says: :data:`DEFAULT_N` of the dataset's default metric."""
+    return DEFAULT_N[zoo_metrics.default_metrics(data)[0]]
+
+
+def protocol_note(data: Dataset, n: int) -> str:
+    """The table's warning when a real image dataset is benched with other than FID-50k."""
+    if zoo_metrics.default_metrics(data)[0] != "fid" or n == PUBLISHED_N:
+        return ""
+    size = f"{n // 1000}k" if n % 1000 == 0 else str(n)
+    return f"FID-{size}, not comparable to published FID-{PUBLISHED_N // 1000}k"
+
+
 def run_bench(models: list[str], dataset: str, *, runs_root="runs", train_missing=False,
               n=None, seed=0, batch_size=500, out=None, device="cpu", inception_weights=None,
               progress=True, echo=print, weights="ema", settings=None,
-              metrics=None) -> BenchReport:
+              metrics=None, ref=None, save_samples="none") -> BenchReport:
     """Prepare the runs (training missing ones with ``settings``, see :func:`prepare_runs`),
     sample and evaluate every row with the runs' ``weights`` (``"ema"`` or ``"raw"``) through
-    the registered ``metrics`` (default: the dataset's, :func:`zoo.metrics.default_metrics`), and
-    write the outputs into ``out`` (default ``bench/<dataset>``); ``n`` defaults by data kind
-    (:data:`DEFAULT_N`). Returns the report."""
+    the registered ``metrics`` (default: the dataset's, :func:`zoo.metrics.default_metrics`;
+    feature spaces against ``ref``, a reference file, when given), and write the outputs into
+    ``out`` (default ``bench/<dataset>``; rank 0 alone under torchrun, except the PNG exports);
+    ``n`` defaults by the dataset's metric (:func:`default_n`); ``save_samples`` (one of
+    :data:`zoo.sample_export.FORMATS`) exports every sample. Returns the report."""
+    from zoo.sample_export import FORMATS
+
+    if save_samples not in FORMATS:
+        raise BenchError(f"--save-samples {save_samples!r}: accepted: {', '.join(FORMATS)}")
     methods = resolve_methods(models)
     data = load_dataset(dataset)
-    n = DEFAULT_N[data.kind] if n is None else n
+    n = default_n(data) if n is None else n
     if n < 2:
         raise BenchError(f"--n must be >= 2, got {n}")
+    if save_samples != "none" and data.kind != "image":
+        raise BenchError(f"--save-samples {save_samples} writes images; dataset {dataset} holds "
+                         f"{data.kind}")
     if inception_weights:
         from zoo.metrics import fidelity
 
@@ -267,28 +315,75 @@ def run_bench(models: list[str], dataset: str, *, runs_root="runs", train_missin
     rows, records = prepare_runs(methods, dataset, data, Path(runs_root),
                                  train_missing=train_missing, device=device, progress=progress,
                                  echo=echo, settings=settings)
-    report = BenchReport(dataset, data.checksum, n, seed, batch_size, device)
+    report = BenchReport(dataset, data.checksum, n, seed, batch_size, device,
+                         note=protocol_note(data, n), ref=str(ref) if ref else None)
+    evaluation = zoo_metrics.Evaluation(data, metrics, seed=seed, batch_size=batch_size,
+                                        ref=ref, distributed=True)
     out = Path(out) if out else Path("bench") / dataset
     for name, row in tqdm(sort_rows(rows, list(methods)), desc=f"bench {dataset}",
                           disable=not progress, dynamic_ncols=True):
         method = methods[name]
         run = method.load(row.run_dir, device=device, ema=weights == "ema")
         method.sample(run, 1, seed=seed, batch_size=1, device=device, **row.options)  # warm-up
-        start = time.perf_counter()
-        samples = method.sample(run, n, seed=seed, batch_size=batch_size, device=device,
-                                **row.options)
-        rate = n / (time.perf_counter() - start)
-        if samples.nfe != row.nfe:
-            raise BenchError(f"{name} row {row.label!r} promises NFE {row.nfe} but its sampler "
-                             f"used {samples.nfe}")
-        values = zoo_metrics.evaluate(samples.x, data, seed=seed, metrics=metrics)
+        picture, rate = bench_row(method, run, row, data, n, seed=seed, batch_size=batch_size,
+                                  device=device, evaluation=evaluation, save_samples=save_samples,
+                                  stem=out / "samples" / row_stem(row), progress=progress)
         record = records[Path(row.run_dir)]
-        result = RowResult(name, row, values, rate, record["checksum"], record["step"],
-                           weights=weights)
-        result.samples_picture = str(save_row_samples(result, samples.x, data, out))
+        result = RowResult(name, row, evaluation.result(), rate, record["checksum"],
+                           record["step"], weights=weights)
+        if distributed.is_main():
+            result.samples_picture = str(save_row_samples(result, picture, data, out))
         report.results.append(result)
-    write_outputs(report, out)
+    if distributed.is_main():
+        write_outputs(report, out)
     return report
+
+
+def bench_row(method: Method, run, row: BenchRow, data: Dataset, n: int, *, seed: int,
+              batch_size: int, device: str, evaluation, save_samples: str, stem: Path,
+              progress: bool = False):
+    """Sample one row's ``n`` samples in steps of ``batch_size`` per rank, each step fed to
+    ``evaluation`` (reset first) and the exports, and return the first samples (the picture:
+    :data:`PICTURE_N` images, or every point) and the sampling rate (samples/s, sampling only).
+    Sample i comes from seed ``seed + i`` whatever the steps, so the samples equal one call's."""
+    from zoo.metrics.fidelity import to_uint8
+    from zoo.sample_export import SampleExport
+
+    evaluation.reset()
+    keep = PICTURE_N if data.kind == "image" else n
+    picture, elapsed = [], 0.0
+    export = None
+    if save_samples != "none":
+        export = SampleExport(stem, n, data.shape, save_samples, npz=distributed.is_main())
+        distributed.barrier()  # rank 0 has emptied the PNG folder
+    step = batch_size * distributed.world_size()
+    try:
+        for start in tqdm(range(0, n, step), desc=row.label, leave=False,
+                          disable=not progress or not distributed.is_main(), dynamic_ncols=True):
+            count = min(step, n - start)
+            began = time.perf_counter()
+            samples = method.sample(run, count, seed=seed + start, batch_size=batch_size,
+                                    device=device, **row.options)
+            elapsed += time.perf_counter() - began
+            if samples.nfe != row.nfe:
+                raise BenchError(f"{method.name} row {row.label!r} promises NFE {row.nfe} but its "
+                                 f"sampler used {samples.nfe}")
+            evaluation.add(samples.x)
+            if sum(map(len, picture)) < keep:
+                picture.append(samples.x[: keep - sum(map(len, picture))].cpu())
+            if export is not None:
+                u8 = to_uint8(samples.x.float().cpu(), data.data_range or (-1.0, 1.0))
+                export.add_npz(u8, samples.labels)
+                mine = distributed.shard(list(range(count)))
+                export.add_png(u8[mine], [start + i for i in mine])
+    except BaseException:
+        if export is not None:
+            export.abort()
+        raise
+    if export is not None:
+        export.close()
+        distributed.barrier()
+    return torch.cat(picture), n / elapsed
 
 
 # ---------------------------------------------------------------- outputs
@@ -297,12 +392,19 @@ def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
 
 
+def row_stem(row: BenchRow) -> str:
+    """A row's file name without extension: ``cd-l2-nfe1``."""
+    return f"{_slug(row.label)}-nfe{row.nfe}"
+
+
 def save_row_samples(result: RowResult, x, data: Dataset, out: Path) -> Path:
+    """The row's picture: a grid of its first samples (at most :data:`PICTURE_N`) or a scatter
+    plot of its points."""
     from zoo.viz import save_image_grid, save_scatter
 
-    path = out / "samples" / f"{_slug(result.row.label)}-nfe{result.row.nfe}.png"
+    path = out / "samples" / f"{row_stem(result.row)}.png"
     if data.kind == "image":
-        return save_image_grid(x[:64], path)
+        return save_image_grid(x[:PICTURE_N], path)
     title = f"{result.row.label}  NFE={result.row.nfe}"
     return save_scatter(x, path, title, reference=data.x[: len(x)])
 
@@ -341,13 +443,14 @@ def format_table(report: BenchReport) -> str:
         if i and result.row.label != report.results[i - 1].row.label:
             lines.append(rule)
         lines.append(line(row))
-    return "\n".join(lines)
+    return "\n".join(lines + [f"note: {report.note}"] * bool(report.note))
 
 
 def format_markdown(report: BenchReport) -> str:
     header, cells = table_rows(report)
     align = ["---", *["---:"] * (len(header) - 1)]
-    return "\n".join("| " + " | ".join(r) + " |" for r in [header, align, *cells]) + "\n"
+    table = "\n".join("| " + " | ".join(r) + " |" for r in [header, align, *cells]) + "\n"
+    return table + (f"\n{report.note}.\n" if report.note else "")
 
 
 def git_commit() -> str | None:
@@ -415,6 +518,7 @@ def write_outputs(report: BenchReport, out: Path) -> dict[str, Path]:
         "dataset": report.dataset, "dataset_checksum": report.checksum, "n": report.n,
         "seeds": [report.seed, report.seed + report.n - 1], "batch_size": report.batch_size,
         "device": report.device, "zoo_version": zoo.__version__, "git_commit": git_commit(),
+        "note": report.note, "reference": report.ref or "dataset",
         "metrics": {k: {"lower_is_better": zoo_metrics.lower_is_better(k)} for k in names},
         "rows": [{"method": r.method, "label": r.row.label, "nfe": r.row.nfe,
                   "metrics": r.metrics, "samples_per_s": r.samples_per_s,

@@ -55,11 +55,16 @@ def _write_atomic(path, write) -> Path:
     return path
 
 
+#: The most images a grid shows (the first ones): a picture of 50,000 samples helps nobody.
+MAX_GRID = 100
+
+
 def save_image_grid(x: torch.Tensor, path, nrow: int | None = None) -> Path:
-    """Save images in [−1, 1] (N, C, H, W) as one PNG grid, upscaled so small images are legible."""
+    """Save the first :data:`MAX_GRID` images in [−1, 1] (N, C, H, W) as one PNG grid, upscaled
+    so small images are legible."""
     from torchvision.utils import make_grid, save_image
 
-    x = x.detach().float().cpu().clamp(-1, 1)
+    x = x[:MAX_GRID].detach().float().cpu().clamp(-1, 1)
     nrow = nrow or max(1, int(math.ceil(math.sqrt(len(x)))))
     scale = max(1, 64 // x.shape[-1])
     if scale > 1:

@@ -264,12 +264,25 @@ class ConsistencyModels(Method):
         return Samples(x, nfe, info)
 
     def bench_configs(self, dataset: str, runs_root=DEFAULT_RUNS_ROOT) -> dict[str, CMConfig]:
-        teacher = str(Path(runs_root) / dataset / "edm")
-        configs = [self.configure(dataset, mode=m, teacher=teacher) for m in ("cd", "ct")]
-        return {self.run_name(c): c for c in configs}
+        """``cm-cd`` and ``cm-ct``; where runs ``cm-cd-DISTANCE`` exist (e.g. openai's released
+        CD-L2 and CD-LPIPS, imported side by side), those instead of ``cm-cd``. A dataset without
+        training presets (released checkpoints only, e.g. LSUN-256) gives no configs (None):
+        its runs must be imported."""
+        root = Path(runs_root) / dataset
+        trainable = preset_scale(dataset) in PRESETS
+
+        def config(**settings):
+            return self.configure(dataset, teacher=str(root / "edm"), **settings) if trainable \
+                else None
+
+        cd = {f"cm-cd-{d}": config(mode="cd", distance=d) for d in DISTANCES
+              if (root / f"cm-cd-{d}").is_dir()}
+        return {**(cd or {"cm-cd": config(mode="cd")}), "cm-ct": config(mode="ct")}
 
     def bench_rows(self, run_dir) -> list[BenchRow]:
-        """"CD (L2)" / "CT (LPIPS)" / … at NFE 1 and 2 (the run's default σ)."""
+        """"CD (L2)" / "CT (LPIPS)" / … at NFE 1 and 2 (the run's default σ, e.g. openai's
+        two-step schedule for an imported run; NFE 2 only where it has two σ)."""
         config = json.loads((Path(run_dir) / "config.json").read_text())
         label = f"{MODE_LABELS[config['mode']]} ({config['distance'].upper()})"
-        return [BenchRow(label, k, Path(run_dir), {"nfe": k}) for k in (1, 2)]
+        steps = len(parse_sigmas(config["sample_sigmas"]))
+        return [BenchRow(label, k, Path(run_dir), {"nfe": k}) for k in (1, 2) if k <= steps]

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import inspect
+import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import click
 
@@ -11,7 +13,7 @@ from zoo.augment import AUGMENT_DIM, augment
 from zoo.diffusion import SIGMA_DATA, SIGMA_MAX, SIGMA_MIN, Denoiser, append_zero, karras_sigmas
 from zoo.diffusion.precond import expand_sigma
 from zoo.diffusion.samplers import generate, get_sampler, sample_edm_stochastic
-from zoo.methods import BenchRow, Method, Samples, preset_scale
+from zoo.methods import DEFAULT_RUNS_ROOT, BenchRow, Method, Samples, preset_scale
 from zoo.training import TrainingTask
 from zoo.training.config import TrainConfig, setting
 
@@ -224,9 +226,21 @@ class EDM(Method):
 
     #: Heun steps in the bench table: NFE 2N-1 = 1, 3, 5, 9, 19, 35 (one step is Euler).
     bench_steps = (1, 2, 3, 5, 10, 18)
+    #: The papers' Heun steps by preset scale, added to the table: the CM paper's EDM teachers
+    #: on ImageNet-64 and LSUN-256 use 40 steps, 79 NFE (Song et al. 2023, Tables 2 and 3;
+    #: openai/consistency_models scripts/launch.sh ``--sampler heun --steps 40``).
+    paper_steps = {"imagenet64": 40, "lsun256": 40}
+
+    def bench_configs(self, dataset: str, runs_root=DEFAULT_RUNS_ROOT) -> dict:
+        """The ``edm`` run; no config (it must be imported) where the dataset has no preset."""
+        if preset_scale(dataset) in PRESETS:
+            return super().bench_configs(dataset, runs_root)
+        return {self.name: None}
 
     def bench_rows(self, run_dir):
+        dataset = json.loads((Path(run_dir) / "config.json").read_text())["dataset"]
+        paper = self.paper_steps.get(preset_scale(dataset))
         return [
             BenchRow("EDM (Heun)", 2 * n - 1, run_dir, {"steps": n, "sampler": "heun"})
-            for n in self.bench_steps
+            for n in sorted({*self.bench_steps, *([paper] if paper else [])})
         ]

@@ -121,6 +121,9 @@ def read_reference(path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"--ref {path}: no such file; expected {REFERENCE_FORMATS}")
+    if not zipfile.is_zipfile(path):
+        raise ValueError(f"--ref {path} is not a readable .npz file (not a zip archive); "
+                         f"expected {REFERENCE_FORMATS}")
     try:
         with np.load(path, allow_pickle=False) as npz:
             keys = set(npz.files)

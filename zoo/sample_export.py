@@ -1,0 +1,127 @@
+"""Bench samples written for external evaluators, batch by batch (memory bounded by one batch).
+
+- ``png``: a folder of ``{i:06d}.png`` (sample i, drawn from seed SEED+i), what EDM's ``fid.py
+  calc --images=FOLDER`` (github.com/NVlabs/edm) and clean-fid's ``compute_fid(FOLDER, ...)``
+  read;
+- ``npz``: openai's evaluator batch (github.com/openai/guided-diffusion, evaluations/
+  evaluator.py): ``arr_0`` uint8 ``[N, H, W, C]`` and, for class-conditional samples, ``arr_1``
+  int64 labels, uncompressed, its ``arr_0`` member written as the batches come.
+
+Every file is written under a temporary name and renamed when complete.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+#: ``--save-samples`` choices.
+FORMATS = ("none", "png", "npz", "both")
+
+
+def _npy_header(shape, dtype) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    np.lib.format.write_array_header_1_0(
+        buffer, {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False,
+                 "shape": tuple(shape)})
+    return buffer.getvalue()
+
+
+class NpzWriter:
+    """openai's evaluator npz of ``n`` uint8 images ``[H, W, C]`` written in sample order."""
+
+    def __init__(self, path, n: int, shape_hwc):
+        self.path, self.n, self.written, self.labels = Path(path), n, 0, []
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, self.tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.stem}.",
+                                        suffix=".npz")
+        os.close(fd)
+        self.zip = zipfile.ZipFile(self.tmp, "w", zipfile.ZIP_STORED, allowZip64=True)
+        self.member = self.zip.open("arr_0.npy", "w", force_zip64=True)
+        self.member.write(_npy_header((n, *shape_hwc), np.uint8))
+
+    def add(self, images: np.ndarray, labels=None) -> None:
+        """Append uint8 ``[B, H, W, C]`` (and their labels)."""
+        self.member.write(np.ascontiguousarray(images, dtype=np.uint8).tobytes())
+        self.written += len(images)
+        if labels is not None:
+            self.labels.append(np.asarray(labels, dtype=np.int64))
+
+    def close(self) -> Path:
+        """Finish the file (``arr_1`` when labels came) and move it into place."""
+        self.member.close()
+        if self.written != self.n:
+            self.abort()
+            raise RuntimeError(f"{self.path}: {self.written} samples written, {self.n} declared")
+        if self.labels:
+            labels = np.concatenate(self.labels)
+            with self.zip.open("arr_1.npy", "w") as f:
+                f.write(_npy_header(labels.shape, labels.dtype) + labels.tobytes())
+        self.zip.close()
+        os.replace(self.tmp, self.path)
+        return self.path
+
+    def abort(self) -> None:
+        self.zip.close()
+        Path(self.tmp).unlink(missing_ok=True)
+
+
+def write_png(image: np.ndarray, path: Path) -> None:
+    """One uint8 ``[H, W, C]`` image as a PNG (grayscale for one channel), written atomically."""
+    from PIL import Image
+
+    tmp = path.with_name(f".{path.name}")
+    Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(tmp, format="PNG")
+    os.replace(tmp, path)
+
+
+class SampleExport:
+    """A bench row's samples as ``STEM/`` (PNG folder) and/or ``STEM.npz`` (``formats``, one of
+    :data:`FORMATS`). ``npz``: this process writes the npz (rank 0 under torchrun; the others
+    pass False). Each process writes the PNGs of the samples :meth:`add` gives it; the folder
+    is emptied first."""
+
+    def __init__(self, stem, n: int, shape_chw, formats: str, *, npz: bool = True):
+        if formats not in FORMATS:
+            raise ValueError(f"--save-samples {formats!r}: accepted: {', '.join(FORMATS)}")
+        stem = Path(stem)
+        self.folder = stem if formats in ("png", "both") else None
+        self.npz = None
+        if formats in ("npz", "both") and npz:
+            c, h, w = shape_chw
+            self.npz = NpzWriter(stem.with_suffix(".npz"), n, (h, w, c))
+        if self.folder is not None and npz:
+            shutil.rmtree(self.folder, ignore_errors=True)
+            self.folder.mkdir(parents=True)
+
+    @staticmethod
+    def nhwc(u8: torch.Tensor) -> np.ndarray:
+        return u8.permute(0, 2, 3, 1).cpu().numpy()
+
+    def add_npz(self, u8: torch.Tensor, labels=None) -> None:
+        """Append uint8 ``[B, C, H, W]`` images of the whole batch, in sample order."""
+        if self.npz is not None:
+            self.npz.add(self.nhwc(u8), None if labels is None else torch.as_tensor(labels))
+
+    def add_png(self, u8: torch.Tensor, indices) -> None:
+        """Write uint8 ``[B, C, H, W]`` images as ``{index:06d}.png``."""
+        if self.folder is not None:
+            for image, i in zip(self.nhwc(u8), indices, strict=True):
+                write_png(image, self.folder / f"{i:06d}.png")
+
+    def close(self) -> list[Path]:
+        """The files written (npz completed here)."""
+        done = [self.npz.close()] if self.npz is not None else []
+        return done + ([self.folder] if self.folder is not None else [])
+
+    def abort(self) -> None:
+        if self.npz is not None:
+            self.npz.abort()
