@@ -235,6 +235,38 @@ def test_zoo_edit_command(digits_runs, tmp_path):
         assert result.exit_code == 0, result.output
         assert (tmp_path / f"{args[1]}.png").exists()
 
+    # what each task wrote (raw values, [panels, C, H, W]) against the task's defining property
+    def panels(task):
+        return torch.from_numpy(np.load(tmp_path / f"{task}.npz")["samples"][0]).float()
+
+    loaded = get("methods", "cm").load(digits_runs / "cm")
+    f, sigma_max = loaded.denoiser.eval(), loaded.config.sigma_max
+    low = read_image(tmp_path / "low.png", 1, (4, 4))
+    shown, result = panels("superres")
+    torch.testing.assert_close(shown, low.repeat_interleave(2, 1).repeat_interleave(2, 2))
+    # every 2×2 patch of the result averages to its low-resolution pixel
+    torch.testing.assert_close(nn.functional.avg_pool2d(result, 2), low, atol=1e-5, rtol=0)
+    assert result.std() > 0 and not torch.allclose(result, shown)
+    y = read_image(inputs / "d1.png", 1, (8, 8))[None]
+    noisy, clean = panels("denoise")
+    with torch.no_grad():  # denoising is one evaluation f(y, σ) with the given σ
+        torch.testing.assert_close(clean, f(y, torch.tensor([0.3]))[0].clamp(-1, 1),
+                                   atol=1e-5, rtol=0)
+    strokes, stroked = panels("stroke")
+    torch.testing.assert_close(strokes, y[0])
+    assert stroked.abs().max() <= 1 and not torch.allclose(stroked, y[0], atol=0.05)
+    # from σ = σ_min, SDEdit is f(y + σ_min·z, σ_min) = y + σ_min·z by the boundary condition
+    result = zoo_edit("--task", "stroke", "--input", str(inputs / "d1.png"), "--sigma",
+                      str(loaded.config.sigma_min), "--out", str(tmp_path / "stroke.png"))
+    assert result.exit_code == 0, result.output
+    assert (panels("stroke")[1] - y[0]).abs().max() < 10 * loaded.config.sigma_min
+    frames = panels("interpolate")  # the end frames are one-step samples of seeds 0 and 1
+    z = StackedGenerator([0, 1]).randn((1, 8, 8))
+    with torch.no_grad():
+        ends = f(sigma_max * z, torch.full((2,), sigma_max)).clamp(-1, 1)
+    assert frames.shape == (5, 1, 8, 8)
+    torch.testing.assert_close(frames[[0, -1]], ends, atol=1e-5, rtol=0)
+
     bad = {
         ("--task", "superres", "--input", str(tmp_path / "low.png"), "--scale", "3"):
             "scale factor 3 does not divide",
