@@ -158,8 +158,28 @@ def _overrides(config_class, params: dict) -> dict:
     return out
 
 
+def _duration(seconds: float) -> str:
+    """``2d 3h 4m``, ``5h 6m`` or ``7m 8s``."""
+    m, s = divmod(round(seconds), 60)
+    h, m = divmod(m, 60)
+    d, h = divmod(h, 24)
+    return f"{d}d {h}h {m}m" if d else f"{h}h {m}m" if h else f"{m}m {s}s"
+
+
+def _print_dry_run(report: dict) -> None:
+    c = report["config"]
+    click.echo("settings (as the run's config.json would record them):")
+    click.echo(json.dumps(c, indent=2, sort_keys=True))
+    click.echo(f"run directory: {report['run_dir']} (not created)")
+    click.echo(f"parameters: {report['parameters']:,}")
+    click.echo(f"samples/s: {report['samples_per_s']:,.1f} (training steps on "
+               f"{report['device']}, random data of shape {report['data_shape']})")
+    click.echo(f"projected wall time: {_duration(report['projected_s'])} for {c['iterations']:,} "
+               f"iterations of {c['batch_size']} samples (training steps only)")
+
+
 def _make_train_command(name, method):
-    def callback(dataset, run_dir, runs_root, resume, progress, **params):
+    def callback(dataset, run_dir, runs_root, resume, progress, dry_run, **params):
         from zoo.training import TrainingInterrupted
 
         overrides = _overrides(method.config_class, params)
@@ -169,6 +189,14 @@ def _make_train_command(name, method):
                 preset = method.configure(dataset or "toy", **overrides)
                 run_dir = method.default_run_dir(preset, runs_root)
             run_dir = Path(run_dir)
+            if dry_run:
+                if resume:
+                    raise UserError("--dry-run describes a new run; it does not take --resume")
+                config = method.configure(dataset or "toy", **overrides)
+                report = method.dry_run(config, run_dir)
+                if distributed.is_main():
+                    _print_dry_run(report)
+                return
             if resume:
                 echo(f"resuming {name} in {run_dir}")
                 if dataset is not None:
@@ -209,6 +237,12 @@ def _make_train_command(name, method):
             "refused).",
         ),
         click.Option(["--progress/--no-progress"], default=True, help="Show a progress bar."),
+        click.Option(
+            ["--dry-run"],
+            is_flag=True,
+            help="Print the resolved settings, the parameter count, the samples/s of a few real "
+            "training steps on random data and the projected wall time; write nothing.",
+        ),
         *config_options(method.config_class),
     ]
     return click.Command(

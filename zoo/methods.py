@@ -16,10 +16,11 @@ import torch
 
 from zoo.data import Dataset, load_dataset
 from zoo.diffusion import Denoiser
-from zoo.nets import build_network
+from zoo.nets import build_network, count_parameters
 from zoo.training import CheckpointError, Trainer, TrainingTask, load_checkpoint
 from zoo.training.checkpoint import load_latest_checkpoint
-from zoo.training.config import TrainConfig, config_from_dict, resume_config
+from zoo.training.config import TrainConfig, config_from_dict, config_to_dict, resume_config
+from zoo.training.trainer import dataset_record
 
 DEFAULT_RUNS_ROOT = Path("runs")
 SCALES = ("toy", "digits", "cifar10")
@@ -126,18 +127,48 @@ class Method(abc.ABC):
         """The table rows of one trained run: one per sampling setting (e.g. per NFE)."""
         return []
 
+    def make_trainer(self, task: TrainingTask, config: TrainConfig, dataset, run_dir, *,
+                     progress=True) -> Trainer:
+        """The shared trainer for ``task``, sampling its grids and metrics through
+        :meth:`sample` with this method's default options."""
+        record, run_dir = dataset_record(dataset), Path(run_dir)
+
+        def sample_fn(module, n, *, step, device):
+            return self.sample(Run(run_dir, config, module, record, step), n, device=device).x
+
+        return Trainer(task, config, dataset, run_dir, progress=progress, sample_fn=sample_fn)
+
+    def _trainer(self, config: TrainConfig, run_dir, progress) -> Trainer:
+        config.method = self.name
+        dataset = load_dataset(config.dataset, **config.dataset_options)
+        run_dir = Path(run_dir) if run_dir else self.default_run_dir(config)
+        return self.make_trainer(self.make_task(config, dataset), config, dataset, run_dir,
+                                 progress=progress)
+
     def train(
         self, config: TrainConfig, run_dir=None, *, resume=False, progress=True, on_step=None
     ):
         """Train ``config`` into ``run_dir`` with the shared trainer; returns the run directory."""
-        config.method = self.name
-        dataset = load_dataset(config.dataset, **config.dataset_options)
-        run_dir = Path(run_dir) if run_dir else self.default_run_dir(config)
-        task = self.make_task(config, dataset)
-        Trainer(task, config, dataset, run_dir, progress=progress).fit(
-            resume=resume, on_step=on_step
-        )
-        return run_dir
+        trainer = self._trainer(config, run_dir, progress)
+        trainer.fit(resume=resume, on_step=on_step)
+        return trainer.run_dir
+
+    def dry_run(self, config: TrainConfig, run_dir=None, *, steps: int = 5) -> dict:
+        """What training ``config`` would do, without writing anything: the settings the run
+        would record, the trained parameters, the samples/s of ``steps`` real training steps on
+        random data of the dataset's shape, and the projected wall time of all iterations
+        (training steps only: no checkpoints, grids or metrics)."""
+        trainer = self._trainer(config, run_dir, progress=False)
+        rate = trainer.throughput(steps)
+        return {
+            "run_dir": str(trainer.run_dir),
+            "config": config_to_dict(config),
+            "parameters": count_parameters(trainer.net),
+            "device": str(trainer.device),
+            "data_shape": list(trainer.dataset.shape),
+            "samples_per_s": rate,
+            "projected_s": config.iterations * config.batch_size / rate,
+        }
 
     def saved_config(self, run_dir) -> dict:
         """The settings a run was last checkpointed with (the truth when it is resumed)."""

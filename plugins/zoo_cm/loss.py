@@ -237,6 +237,10 @@ class ConsistencyLoss(CMTask):
             b_target.copy_(b)
         self.k = step + 1
 
+    def metrics(self, step: int) -> dict[str, float]:
+        """N and μ of iteration k = ``step`` (CT: the schedules N(k), μ(k); CD: constants)."""
+        return {"num_scales": self.num_scales(step), "target_ema": self.target_ema(step)}
+
     def state_dict(self) -> dict:
         return {**super().state_dict(), "target": self.target.state_dict(), "k": self.k}
 

@@ -32,7 +32,7 @@ from zoo.diffusion.precond import expand_sigma
 from zoo.diffusion.samplers import euler_step, generate
 from zoo.methods import DEFAULT_RUNS_ROOT, BenchRow, Method, Samples, preset_scale
 from zoo.plugins import get
-from zoo.training import CheckpointError, Trainer, TrainingTask, load_checkpoint
+from zoo.training import CheckpointError, TrainingTask, load_checkpoint
 from zoo.training.checkpoint import CHECKPOINT_NAME
 from zoo.training.config import TrainConfig, config_from_dict, save_config, setting
 
@@ -260,7 +260,7 @@ class ProgressiveDistillation(Method):
                     print(f"PD stage {stage}: {2 * steps} → {steps} steps -> {stage_dir}",
                           file=sys.stderr)
                 task = self.make_task(stage_config, dataset)
-                Trainer(task, stage_config, dataset, stage_dir, progress=progress).fit(
+                self.make_trainer(task, stage_config, dataset, stage_dir, progress=progress).fit(
                     resume=True, on_step=on_step)
             teacher = stage_dir
         return root
