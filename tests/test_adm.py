@@ -48,12 +48,13 @@ def openai_adm_kwargs(kwargs: dict) -> dict:
                 num_head_channels=kwargs["num_head_channels"],
                 use_scale_shift_norm=kwargs["use_scale_shift_norm"],
                 resblock_updown=kwargs["resblock_updown"], dropout=kwargs["dropout"],
-                num_classes=kwargs["num_classes"], noise_label_scale=1000.0)
+                noise_label_scale=1000.0)
 
 
 def openai_adm(reference) -> ADMUNet:
     ref = reference["openai"]
-    net = build_network("adm", (3, 8, 8), **openai_adm_kwargs(ref["kwargs"])).eval()
+    net = build_network("adm", (3, 8, 8), ref["kwargs"]["num_classes"],
+                        **openai_adm_kwargs(ref["kwargs"])).eval()
     net.load_state_dict(make_adm_fixture.fixture_parameters(ref["shapes"]), strict=True)
     return net
 
@@ -106,7 +107,8 @@ def imported_cd_run(reference, tmp_path):
     checkpoint = tmp_path / "cd_tiny.pt"
     torch.save(make_adm_fixture.fixture_parameters(ref["shapes"]), checkpoint)
     preset = dataclasses.replace(OPENAI_PRESETS["cd-imagenet64-l2"], shape=(3, 8, 8),
-                                 network_kwargs=openai_adm_kwargs(ref["kwargs"]))
+                                 network_kwargs=openai_adm_kwargs(ref["kwargs"]),
+                                 num_classes=ref["kwargs"]["num_classes"])
     run = import_openai_run(checkpoint, tmp_path / "run", preset, method="cm",
                             check_data=False)
     return zoo.plugins.get("methods", "cm").load(run)
@@ -149,12 +151,14 @@ def test_imported_run_records_the_data_without_needing_it(imported_cd_run):
 
 def test_presets_follow_openai_launch_script():
     imagenet, bedroom = OPENAI_PRESETS["cd-imagenet64-lpips"], OPENAI_PRESETS["ct-lsun-bedroom256"]
-    assert imagenet.network_kwargs["num_classes"] == 1000 and imagenet.shape == (3, 64, 64)
+    assert imagenet.num_classes == 1000 and imagenet.shape == (3, 64, 64)
+    assert bedroom.num_classes == 0
     assert bedroom.network_kwargs["use_scale_shift_norm"] is False
     assert OPENAI_PRESETS["edm-imagenet64"].network_kwargs["dropout"] == 0.1
     assert OPENAI_PRESETS["ct-imagenet64"].method_fields["sample_sigmas"] == (
         f"{karras_sigma(0, 201)!r},{karras_sigma(106, 201)!r}")
     # the ImageNet-64 network has openai's parameter count for these flags (296M for 192 ch.)
     with torch.device("meta"):
-        net = build_network("adm", imagenet.shape, **imagenet.network_kwargs)
+        net = build_network("adm", imagenet.shape, imagenet.num_classes,
+                            **imagenet.network_kwargs)
     assert 290e6 < sum(p.numel() for p in net.parameters()) < 300e6

@@ -244,10 +244,9 @@ def tiny_openai_checkpoint(path):
     k = ref["kwargs"]
     kwargs = dict(model_channels=k["model_channels"], channel_mult=k["channel_mult"],
                   num_res_blocks=k["num_res_blocks"], attn_resolutions=[8, 4],
-                  num_head_channels=k["num_head_channels"], resblock_updown=True,
-                  num_classes=10)
+                  num_head_channels=k["num_head_channels"], resblock_updown=True)
     preset = dataclasses.replace(OPENAI_PRESETS["edm-imagenet64"], shape=(3, 8, 8),
-                                 network_kwargs=kwargs)
+                                 network_kwargs=kwargs, num_classes=10)
     torch.save(state, path)
     return state, preset
 

@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from zoo.data.images import IMAGENET64_CLASSES
 from zoo.nets.adm import ADMUNet, dhariwal_state_dict_to_adm, dhariwal_to_adm_kwargs
 from zoo.nets.songunet import SongUNet
 
@@ -342,12 +343,16 @@ def dataset_record(name: str, shape, check_data: bool) -> dict:
     otherwise only the name, shape and kind are kept (checksum ``None``): sampling and editing
     do not need the data."""
     from zoo import plugins
-    from zoo.data import load_dataset
+    from zoo.data import DatasetNotFoundError, load_dataset
 
     shape = [int(n) for n in shape]
     if not check_data or name not in plugins.registry("datasets"):
         return {"name": name, "checksum": None, "shape": shape, "kind": "image"}
-    data = load_dataset(name)
+    try:
+        data = load_dataset(name)
+    except DatasetNotFoundError as exc:
+        raise DatasetNotFoundError(f"{exc}; or import with --no-check-data (sampling and "
+                                   "editing need no data)") from None
     if list(data.shape) != shape:
         raise ValueError(f"the network is for images {tuple(shape)}, but dataset {name} holds "
                          f"{tuple(data.shape)}")
@@ -396,8 +401,7 @@ def import_edm_run(pickle_path, run_dir, dataset: str = "cifar10", method: str =
     network = read_edm_pickle(pickle_path)
     name, kwargs, state_dict = network.zoo_network()
     shape = (kwargs.pop("in_channels"), kwargs["img_resolution"], kwargs.pop("img_resolution"))
-    if label_dim := kwargs.pop("label_dim", 0):
-        kwargs["num_classes"] = label_dim
+    num_classes = kwargs.pop("label_dim", 0)
     if kwargs.get("out_channels", shape[0]) != shape[0]:
         raise ValueError(f"{pickle_path}: {kwargs['out_channels']} output channels for "
                          f"{shape[0]} input channels")
@@ -405,7 +409,8 @@ def import_edm_run(pickle_path, run_dir, dataset: str = "cifar10", method: str =
     imported = {"file": str(pickle_path), "sha256": sha256_file(pickle_path),
                 "format": "edm-pickle", "precond_kwargs": network.precond_kwargs}
     return write_imported_run(run_dir, method,
-                              {"sigma_data": network.precond_kwargs.get("sigma_data", 0.5)},
+                              {"sigma_data": network.precond_kwargs.get("sigma_data", 0.5),
+                               "num_classes": num_classes},
                               name, kwargs, state_dict, data, imported)
 
 
@@ -415,11 +420,12 @@ def import_edm_run(pickle_path, run_dir, dataset: str = "cifar10", method: str =
 #: for ImageNet-64 (``--class_cond True --num_channels 192 --num_res_blocks 3
 #: --attention_resolutions 32,16,8 --num_head_channels 64 --resblock_updown True
 #: --use_scale_shift_norm True --use_fp16 True --image_size 64``); channel_mult (1, 2, 3, 4) is
-#: cm/script_util.py create_model's default for image_size 64, 1000 classes its NUM_CLASSES.
+#: cm/script_util.py create_model's default for image_size 64; its 1000 classes (NUM_CLASSES)
+#: are the run's ``num_classes``.
 ADM_IMAGENET64 = dict(model_channels=192, channel_mult=[1, 2, 3, 4], num_res_blocks=3,
                       attn_resolutions=[32, 16, 8], num_head_channels=64,
                       use_scale_shift_norm=True, resblock_updown=True, use_fp16=True,
-                      num_classes=1000, noise_label_scale=1000.0)
+                      noise_label_scale=1000.0)
 #: LSUN-256 flags of scripts/launch.sh (``--class_cond False --num_channels 256
 #: --num_res_blocks 2 --attention_resolutions 32,16,8 --num_head_channels 64
 #: --resblock_updown True --use_scale_shift_norm False --use_fp16 True --image_size 256``);
@@ -446,7 +452,7 @@ def _two_step_sigmas(ts_middle: int, steps: int) -> str:
 
 @dataclass(frozen=True)
 class OpenAIPreset:
-    """The settings of one released file: method, data, network and CM sampling."""
+    """The settings of one released file: method, data, network, classes and CM sampling."""
 
     file: str
     method: str
@@ -454,11 +460,13 @@ class OpenAIPreset:
     shape: tuple
     network_kwargs: dict
     method_fields: dict
+    num_classes: int = 0
 
 
 def _cm(file, dataset, shape, net, mode, distance, sigmas):
     fields = dict(mode=mode, distance=distance, init="random", teacher="", sample_sigmas=sigmas)
-    return OpenAIPreset(file, "cm", dataset, shape, dict(net, dropout=0.0), fields)
+    return OpenAIPreset(file, "cm", dataset, shape, dict(net, dropout=0.0), fields,
+                        IMAGENET64_CLASSES if dataset == "imagenet64" else 0)
 
 
 #: ``--dropout``: 0.1 for the EDM teachers, 0.0 for the CM students (scripts/launch.sh); the
@@ -466,7 +474,7 @@ def _cm(file, dataset, shape, net, mode, distance, sigmas):
 #: no published two-step schedule, so its default is one step (pass ``--sigmas`` for more).
 OPENAI_PRESETS = {
     "edm-imagenet64": OpenAIPreset("edm_imagenet64_ema.pt", "edm", "imagenet64", (3, 64, 64),
-                                   dict(ADM_IMAGENET64, dropout=0.1), {}),
+                                   dict(ADM_IMAGENET64, dropout=0.1), {}, IMAGENET64_CLASSES),
     "cd-imagenet64-l2": _cm("cd_imagenet64_l2.pt", "imagenet64", (3, 64, 64), ADM_IMAGENET64,
                             "cd", "l2", _two_step_sigmas(22, 40)),
     "cd-imagenet64-lpips": _cm("cd_imagenet64_lpips.pt", "imagenet64", (3, 64, 64),
@@ -530,7 +538,8 @@ def import_openai_run(checkpoint, run_dir, preset: str | OpenAIPreset, method: s
                          f"use --method {preset.method} or another --preset")
     state_dict = load_openai_state_dict(checkpoint)
     data = dataset_record(dataset or preset.dataset, preset.shape, check_data)
-    fields = dict(sigma_data=0.5, sigma_min=0.002, sigma_max=80.0, **preset.method_fields)
+    fields = dict(sigma_data=0.5, sigma_min=0.002, sigma_max=80.0,
+                  num_classes=preset.num_classes, **preset.method_fields)
     imported = {"file": f"{checkpoint} (preset for {preset.file})",
                 "sha256": sha256_file(checkpoint), "format": "openai-consistency-models",
                 "source": OPENAI_DOWNLOADS + preset.file}

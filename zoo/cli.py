@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
 import sys
 from pathlib import Path
@@ -305,7 +306,8 @@ def _not_finite(x, run, settings: list[str], kept: Path) -> str | None:
 
 def _make_sample_command(name, method):
     def callback(
-        run, dataset, runs_root, n, seed, batch_size, out, samples_out, device, weights, **opts
+        run, dataset, runs_root, n, seed, batch_size, out, samples_out, device, weights,
+        class_label, **opts
     ):
         from zoo.viz import PICTURE_SUFFIXES, check_output, save_samples_file, save_samples_picture
 
@@ -316,6 +318,11 @@ def _make_sample_command(name, method):
             if run is None:
                 run = method.default_run_dir(method.configure(dataset), runs_root)
             loaded = method.load(run, device=device, ema=weights == "ema")
+            if class_label is not None:
+                if "class_label" not in inspect.signature(method.sample).parameters:
+                    raise ValueError(f"--class: method {name!r} does not sample "
+                                     "class-conditionally")
+                opts["class_label"] = class_label
             samples = method.sample(
                 loaded, n, seed=seed, batch_size=batch_size, device=device, progress=True, **opts
             )
@@ -329,6 +336,8 @@ def _make_sample_command(name, method):
             "seeds": [seed, seed + n - 1],
             "n": n,
         }
+        if samples.labels is not None:
+            info["labels"] = samples.labels.tolist()
         npz = save_samples_file(samples.x, info, npz)
         settings = _given(ctx, ["weights", *(o.name for o in method.sample_options)])
         error = _not_finite(samples.x, loaded, settings, npz)
@@ -387,6 +396,13 @@ def _make_sample_command(name, method):
         ),
         click.Option(["--device"], default="cpu", show_default=True),
         click.Option(["--weights"], **WEIGHTS_OPTION),
+        click.Option(
+            ["--class", "class_label"],
+            type=int,
+            default=None,
+            help="Class K of a class-conditional run (0 <= K < its num_classes) for every "
+            "sample [default: one label per sample drawn uniformly from its seed].",
+        ),
         *method.sample_options,
     ]
     return click.Command(

@@ -23,13 +23,14 @@ from zoo.training.config import TrainConfig, config_from_dict, config_to_dict, r
 from zoo.training.trainer import dataset_record
 
 DEFAULT_RUNS_ROOT = Path("runs")
-SCALES = ("toy", "digits", "cifar10")
+SCALES = ("toy", "digits", "cifar10", "imagenet64", "lsun256")
 
 
-def preset_scale(dataset: str) -> str:
+def preset_scale(dataset: str, presets: dict | None = None) -> str:
     """The preset family of a dataset: ``toy`` (2D points, CPU minutes), ``digits`` (small images,
-    CPU) or ``cifar10`` (the paper's settings, GPU). A dataset loader declares it as its ``scale``
-    attribute; undeclared ones get the small-image presets."""
+    CPU), ``cifar10``, ``imagenet64`` or ``lsun256`` (the papers' settings, GPU). A dataset loader
+    declares it as its ``scale`` attribute; undeclared ones get the small-image presets. Given a
+    method's ``presets`` (by scale), a scale it has none for is an error naming those it has."""
     from zoo.plugins import get
 
     scale = getattr(get("datasets", dataset), "scale", "digits")
@@ -37,16 +38,58 @@ def preset_scale(dataset: str) -> str:
         raise ValueError(
             f"dataset {dataset!r} declares scale {scale!r}; valid: {', '.join(SCALES)}"
         )
+    if presets is not None and scale not in presets:
+        raise ValueError(
+            f"no training presets for dataset {dataset!r} (scale {scale}); this method has "
+            f"presets for the scales {', '.join(presets)}. Import a released checkpoint "
+            "(zoo import-openai, docs/reproduce.md) or train on another dataset"
+        )
     return scale
+
+
+def check_num_classes(config: TrainConfig, dataset: Dataset) -> None:
+    """Refuse a class-conditional ``config`` whose ``num_classes`` is not ``dataset``'s."""
+    if config.num_classes and config.num_classes != dataset.num_classes:
+        has = (f"{dataset.num_classes} classes" if dataset.num_classes and
+               dataset.labels is not None else "no class labels")
+        raise ValueError(
+            f"num_classes={config.num_classes} asks for a class-conditional model, but dataset "
+            f"{dataset.name!r} has {has}; use num_classes="
+            f"{dataset.num_classes if dataset.labels is not None else 0} (0: unconditional)"
+        )
+
+
+def draw_labels(seeds, num_classes: int, class_label: int | None = None):
+    """One class label per seed for sampling a model of ``num_classes`` classes: ``class_label``
+    for every sample when given, else drawn uniformly from the sample's own seed (a numpy
+    ``SeedSequence`` stream ``[seed, 1]``, independent of its noise and of the batch), so every
+    bench row and every batch size get the same labels. ``None`` for an unconditional model."""
+    import numpy as np
+
+    seeds = [int(s) for s in seeds]
+    if not num_classes:
+        if class_label is not None:
+            raise ValueError(f"--class {class_label}: this run is unconditional (num_classes=0); "
+                             "--class needs a class-conditional run")
+        return None
+    if class_label is not None:
+        if not 0 <= class_label < num_classes:
+            raise ValueError(f"--class {class_label} is out of range: this run has "
+                             f"{num_classes} classes, 0..{num_classes - 1}")
+        return torch.full((len(seeds),), class_label, dtype=torch.int64)
+    return torch.tensor([int(np.random.default_rng([s, 1]).integers(num_classes))
+                         for s in seeds], dtype=torch.int64)
 
 
 @dataclass
 class Samples:
-    """Generated samples with what produced them: ``nfe`` per sample, ``info`` for the record."""
+    """Generated samples with what produced them: ``nfe`` per sample, ``info`` for the record,
+    the class ``labels`` they were conditioned on (``None`` for an unconditional model)."""
 
     x: torch.Tensor
     nfe: int
     info: dict = field(default_factory=dict)
+    labels: torch.Tensor | None = None
 
 
 @dataclass
@@ -97,7 +140,8 @@ class Method(abc.ABC):
     def sample(
         self, run: Run, n: int, *, seed: int = 0, batch_size: int = 256, **options
     ) -> Samples:
-        """``n`` samples from a loaded run, sample i drawn from seed ``seed + i``."""
+        """``n`` samples from a loaded run, sample i drawn from seed ``seed + i``; a
+        class-conditional run takes ``class_label`` (see :func:`draw_labels`)."""
 
     def configure(self, dataset: str, **overrides) -> TrainConfig:
         """The preset for ``dataset`` with ``overrides`` applied; unknown settings are an error."""
@@ -192,13 +236,14 @@ class Method(abc.ABC):
             echo(f"warning: resuming with {name}={new!r} instead of the run's {old!r}")
         return self.train(config, run_dir, resume=True, progress=progress, on_step=on_step)
 
-    def build_net(self, config: TrainConfig, data_shape, num_classes: int = 0):
-        """The raw network F chosen by ``config.network`` through the registry, initialised from
-        ``config.seed`` (whatever the global RNG state)."""
+    def build_net(self, config: TrainConfig, data_shape):
+        """The raw network F chosen by ``config.network`` through the registry, conditional on
+        ``config.num_classes`` classes, initialised from ``config.seed`` (whatever the global
+        RNG state)."""
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.seed)
             return build_network(
-                config.network, tuple(data_shape), num_classes, **config.network_kwargs
+                config.network, tuple(data_shape), config.num_classes, **config.network_kwargs
             )
 
     def load(self, run_dir, *, device="cpu", ema: bool = True) -> Run:

@@ -204,12 +204,13 @@ class ConsistencyLoss(CMTask):
         return self.config.target_ema
 
     @abc.abstractmethod
-    def x_smaller(self, x, z, x_next, t_next, t) -> torch.Tensor:
-        """x̂_{t_n}, the point paired with x_{t_{n+1}} = x + t_{n+1}·z."""
+    def x_smaller(self, x, z, x_next, t_next, t, labels) -> torch.Tensor:
+        """x̂_{t_n}, the point paired with x_{t_{n+1}} = x + t_{n+1}·z (class ``labels``)."""
 
     def loss(self, net, x, labels, noise):
         """λ(t_n)·d(f_θ(x_{t_{n+1}}, t_{n+1}), f_θ⁻(x̂_{t_n}, t_n)), n ~ U{1, …, N−1} (Eq. 7 and
-        Algorithm 2 for CD, Eq. 10 and Algorithm 3 for CT). Only the online branch has a graph."""
+        Algorithm 2 for CD, Eq. 10 and Algorithm 3 for CT). Only the online branch has a graph;
+        the class labels condition the online and target networks and the teacher alike."""
         c = self.config
         sigmas = karras_sigmas(self.num_scales(self.k), c.sigma_min, c.sigma_max, c.rho)
         sigmas = sigmas.to(x.device, x.dtype)
@@ -219,12 +220,12 @@ class ConsistencyLoss(CMTask):
         x_next = x + expand_sigma(t_next, x) * z
         seed = int(torch.randint(2**62, ()))
         with torch.no_grad():
-            x_hat = self.x_smaller(x, z, x_next, t_next, t)
+            x_hat = self.x_smaller(x, z, x_next, t_next, t, labels)
             self.target.train(net.training)
             torch.manual_seed(seed)
-            target = self.target(x_hat, t)
+            target = self.target(x_hat, t, labels)
         torch.manual_seed(seed)
-        online = net(x_next, t_next)
+        online = net(x_next, t_next, labels)
         lam = weighting(c.weighting, t, c.sigma_min, c.sigma_max, c.rho)
         return lam * self.distance(online, target)
 
@@ -254,8 +255,8 @@ class ConsistencyDistillation(ConsistencyLoss):
     """CD (Algorithm 2): x̂_{t_n} is one step of the teacher's probability-flow ODE solver (the
     core's Heun or Euler step) from t_{n+1} to t_n; N and μ are fixed."""
 
-    def x_smaller(self, x, z, x_next, t_next, t):
-        return SOLVERS[self.config.solver](self.teacher, x_next, t_next, t)
+    def x_smaller(self, x, z, x_next, t_next, t, labels):
+        return SOLVERS[self.config.solver](self.teacher, x_next, t_next, t, labels)
 
 
 class ConsistencyTraining(ConsistencyLoss):
@@ -270,7 +271,7 @@ class ConsistencyTraining(ConsistencyLoss):
         c = self.config
         return ct_target_ema(k, c.iterations, c.s0, c.s1, c.mu0, c.ct_mu_form)
 
-    def x_smaller(self, x, z, x_next, t_next, t):
+    def x_smaller(self, x, z, x_next, t_next, t, labels):
         return x + expand_sigma(t, x) * z
 
 
@@ -291,15 +292,15 @@ class ContinuousConsistency(CMTask):
     continuous-time loss without stop-gradient (the limit of (N−1)²·L^N): what the log shows.
     """
 
-    def velocity(self, x, z, x_t, t) -> torch.Tensor:
-        """dx/dt of the probability-flow ODE at (x_t, t)."""
+    def velocity(self, x, z, x_t, t, labels) -> torch.Tensor:
+        """dx/dt of the probability-flow ODE at (x_t, t) (the teacher sees the class labels)."""
         if self.teacher is None:
             return z
-        return ode_derivative(self.teacher(x_t, t), x_t, t)
+        return ode_derivative(self.teacher(x_t, t, labels), x_t, t)
 
-    def tangent(self, x_t, t, v):
-        """(f_θ⁻(x_t, t), ∂f_θ⁻/∂t + ∂f_θ⁻/∂x·v) by one JVP along (v, 1)."""
-        return jvp(self.net, (x_t, t), (v, torch.ones_like(t)))
+    def tangent(self, x_t, t, v, labels=None):
+        """(f_θ⁻(x_t, t), ∂f_θ⁻/∂t + ∂f_θ⁻/∂x·v) by one JVP along (v, 1), at fixed labels."""
+        return jvp(lambda x, s: self.net(x, s, labels), (x_t, t), (v, torch.ones_like(t)))
 
     def loss(self, net, x, labels, noise):
         c = self.config
@@ -308,12 +309,12 @@ class ContinuousConsistency(CMTask):
         x_t = x + expand_sigma(t, x) * z
         seed = int(torch.randint(2**62, ()))
         with torch.no_grad():
-            v = self.velocity(x, z, x_t, t)
+            v = self.velocity(x, z, x_t, t, labels)
             torch.manual_seed(seed)
-            f_target, df_dt = self.tangent(x_t, t, v)
+            f_target, df_dt = self.tangent(x_t, t, v, labels)
             g_df = metric_hvp(self.distance, f_target, df_dt)
         torch.manual_seed(seed)
-        online = net(x_t, t)
+        online = net(x_t, t, labels)
         lam = weighting(c.weighting, t, c.sigma_min, c.sigma_max, c.rho)
         surrogate = ((online - online.detach()) * g_df).flatten(1).sum(1)
         value = 0.5 * dt_du * (df_dt * g_df).flatten(1).sum(1)

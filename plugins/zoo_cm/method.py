@@ -8,9 +8,11 @@ from pathlib import Path
 
 import click
 
+from zoo.checkpoint_import import ADM_IMAGENET64, _two_step_sigmas
+from zoo.data.images import IMAGENET64_CLASSES
 from zoo.diffusion import SIGMA_DATA, SIGMA_MAX, SIGMA_MIN, Denoiser
 from zoo.diffusion.samplers import generate, parse_sigmas, sample_consistency
-from zoo.methods import DEFAULT_RUNS_ROOT, BenchRow, Method, Samples, preset_scale
+from zoo.methods import DEFAULT_RUNS_ROOT, BenchRow, Method, Samples, draw_labels, preset_scale
 from zoo.plugins import get
 from zoo.training.config import TrainConfig, config_from_dict, config_to_dict, setting
 from zoo_cm.loss import (
@@ -159,6 +161,29 @@ PRESETS = {
         "ct-cont": dict(distance="l2", lr=1e-3, network_kwargs={"dropout": 0.3},
                         weighting="uniform-u"),
     },
+    # The class-conditional ImageNet-64 runs of openai/consistency_models scripts/launch.sh
+    # (cm_train.py; :25 CD-LPIPS, :22 CD-L2 with --distance l2, :38 CT): the teacher's ADM with
+    # dropout 0 (--teacher_dropout 0.1 is the teacher's), batch 2048, RAdam
+    # (cm/train_util.py:82) at a constant lr, weight decay 0, λ ≡ 1 (--weight_schedule
+    # uniform), EMA 0.9999432189950708 (the last of --ema_rate); fp16 becomes bf16 autocast.
+    # Two-step σ: launch.sh:74 (CD, --ts 0,22,39 --steps 40) and :80 (CT, --ts 0,106,200
+    # --steps 201).
+    "imagenet64": {
+        "common": dict(network="adm", network_kwargs={**ADM_IMAGENET64, "dropout": 0.0,
+                                                      "use_fp16": False},
+                       num_classes=IMAGENET64_CLASSES, batch_size=2048, optimizer="radam",
+                       lr_warmup=0, distance="lpips", weighting="uniform",
+                       ema_rate=0.9999432189950708, precision="bf16", device="cuda",
+                       checkpoint_every=5000),
+        # --start_scales 40 fixed, --start_ema 0.95 fixed, 600k steps, lr 8e-6; the teacher
+        # takes Heun steps (cm/karras_diffusion.py:193-196)
+        "cd": dict(num_scales=40, target_ema=0.95, solver="heun", iterations=600_000, lr=8e-6,
+                   sample_sigmas=_two_step_sigmas(22, 40)),
+        # --start_scales 2 --end_scales 200 progressive, --start_ema 0.95 adaptive
+        # (μ = exp(s0·log μ0 / N(k)): the paper's form), 800k steps, lr 1e-4, random init
+        "ct": dict(init="random", s0=2, s1=200, mu0=0.95, ct_mu_form="paper",
+                   iterations=800_000, lr=1e-4, sample_sigmas=_two_step_sigmas(106, 201)),
+    },
 }
 
 
@@ -178,7 +203,10 @@ class ConsistencyModels(Method):
     def preset(self, dataset: str, mode: str = "cd") -> CMConfig:
         if mode not in MODES:
             raise ValueError(f"mode={mode!r} is not one of {', '.join(MODES)}")
-        presets = PRESETS[preset_scale(dataset)]
+        presets = PRESETS[preset_scale(dataset, PRESETS)]
+        if mode not in presets:
+            raise ValueError(f"no {mode} preset for dataset {dataset!r}; presets there: "
+                             f"{', '.join(m for m in presets if m != 'common')}")
         teacher = str(DEFAULT_RUNS_ROOT / dataset / "edm")
         config = CMConfig(method=self.name, dataset=dataset, mode=mode, teacher=teacher,
                           **presets["common"])
@@ -228,7 +256,8 @@ class ConsistencyModels(Method):
             # The student is the teacher's network (architecture and weights) under the
             # consistency parameterisation; the run's config records that architecture.
             # The config's network_kwargs (e.g. the student's dropout) override the teacher's.
-            config.network = teacher.config.network
+            # A conditional teacher makes a conditional student over the same classes.
+            config.network, config.num_classes = teacher.config.network, teacher.config.num_classes
             config.network_kwargs = {**teacher.config.network_kwargs, **config.network_kwargs}
         else:
             config.teacher = ""  # the run's config says what was used: no teacher
@@ -246,7 +275,7 @@ class ConsistencyModels(Method):
         return sigmas[:nfe]
 
     def sample(self, run, n, *, seed=0, batch_size=256, nfe=1, sigmas=None, device="cpu",
-               progress=False):
+               progress=False, class_label=None):
         """Algorithm 1: f(σ_0·z, σ_0), then re-noise to each further σ with √(σ² − ε²) and apply
         f again, clipping images to [−1, 1] after every step."""
         c = run.config
@@ -256,12 +285,13 @@ class ConsistencyModels(Method):
         else:
             sigmas = self.default_sigmas(c, nfe)
         clip = (-1.0, 1.0) if run.dataset["kind"] == "image" else None
+        labels = draw_labels(range(seed, seed + n), c.num_classes, class_label)
         x, nfe = generate(run.denoiser, sample_consistency, sigmas, run.dataset["shape"],
-                          range(seed, seed + n), batch_size=batch_size, device=device,
-                          progress=progress, sigma_min=c.sigma_min, clip=clip)
+                          range(seed, seed + n), labels=labels, batch_size=batch_size,
+                          device=device, progress=progress, sigma_min=c.sigma_min, clip=clip)
         info = {"method": self.name, "mode": c.mode, "sampler": "consistency", "nfe": nfe,
                 "sigmas": sigmas}
-        return Samples(x, nfe, info)
+        return Samples(x, nfe, info, labels)
 
     def bench_configs(self, dataset: str, runs_root=DEFAULT_RUNS_ROOT) -> dict[str, CMConfig]:
         """``cm-cd`` and ``cm-ct``; where runs ``cm-cd-DISTANCE`` exist (e.g. openai's released

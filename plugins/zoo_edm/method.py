@@ -10,10 +10,19 @@ from pathlib import Path
 import click
 
 from zoo.augment import AUGMENT_DIM, augment
+from zoo.checkpoint_import import ADM_IMAGENET64
+from zoo.data.images import IMAGENET64_CLASSES
 from zoo.diffusion import SIGMA_DATA, SIGMA_MAX, SIGMA_MIN, Denoiser, append_zero, karras_sigmas
 from zoo.diffusion.precond import expand_sigma
 from zoo.diffusion.samplers import generate, get_sampler, sample_edm_stochastic
-from zoo.methods import DEFAULT_RUNS_ROOT, BenchRow, Method, Samples, preset_scale
+from zoo.methods import (
+    DEFAULT_RUNS_ROOT,
+    BenchRow,
+    Method,
+    Samples,
+    draw_labels,
+    preset_scale,
+)
 from zoo.training import TrainingTask
 from zoo.training.config import TrainConfig, setting
 
@@ -85,6 +94,25 @@ PRESETS = {
         snapshot_every_kimg=2500.0,  # training_loop.py: snapshot_ticks 50 × kimg_per_tick 50
         device="cuda",
     ),
+    # The class-conditional EDM teacher of openai/consistency_models' ImageNet-64 runs,
+    # scripts/launch.sh:5 (edm_train.py): the ADM U-Net of its released files, dropout 0.1,
+    # batch 4096, lr 1e-4 constant (lr_anneal_steps 0), RAdam (cm/train_util.py:82), weight
+    # decay 0, EMA 0.9999432189950708 (the last of its --ema_rate list; the zoo keeps one).
+    # Its fp16 mixed precision is bf16 autocast here (fp32 weights). The script sets no length
+    # (it trains until stopped): 600k iterations as its CD runs.
+    "imagenet64": dict(
+        network="adm",
+        network_kwargs={**ADM_IMAGENET64, "dropout": 0.1, "use_fp16": False},
+        num_classes=IMAGENET64_CLASSES,
+        batch_size=4096,
+        iterations=600_000,
+        optimizer="radam",
+        lr=1e-4,
+        ema_rate=0.9999432189950708,
+        precision="bf16",
+        checkpoint_every=5000,
+        device="cuda",
+    ),
 }
 
 
@@ -111,7 +139,9 @@ class AugmentedDenoiser(Denoiser):
 class EDMLoss(TrainingTask):
     """EDM's loss: σ = exp(N(P_mean, P_std²)), λ(σ) = (σ² + σ_d²)/(σ·σ_d)², error ‖D(x+σn, σ) − x‖²
     averaged over the data dimensions; with ``augment_p`` > 0, x is first augmented
-    (:func:`zoo.augment.augment`) and the network told how (EDM's training/loss.py)."""
+    (:func:`zoo.augment.augment`) and the network told how (EDM's training/loss.py). The class
+    labels go to the network as ``class_labels`` (EDM's ``EDMLoss``: ``net(y + n, sigma,
+    labels, augment_labels=...)``)."""
 
     def __init__(self, denoiser: Denoiser, config: EDMConfig):
         super().__init__(denoiser)
@@ -124,7 +154,8 @@ class EDMLoss(TrainingTask):
         options = {}
         if self.augment_p:
             x, options["augment_labels"] = augment(x, self.augment_p, noise)
-        denoised = net(x + expand_sigma(sigma, x) * noise.randn_like(x), sigma, **options)
+        denoised = net(x + expand_sigma(sigma, x) * noise.randn_like(x), sigma, labels,
+                       **options)
         return weight * (denoised - x).square().flatten(1).mean(1)
 
 
@@ -161,7 +192,8 @@ class EDM(Method):
     )
 
     def preset(self, dataset: str) -> EDMConfig:
-        return EDMConfig(method=self.name, dataset=dataset, **PRESETS[preset_scale(dataset)])
+        return EDMConfig(method=self.name, dataset=dataset,
+                         **PRESETS[preset_scale(dataset, PRESETS)])
 
     def build_denoiser(self, config: EDMConfig, data_shape) -> Denoiser:
         return AugmentedDenoiser(
@@ -190,6 +222,7 @@ class EDM(Method):
         sampler="heun",
         device="cpu",
         progress=False,
+        class_label=None,
         **sampler_opts,
     ):
         if steps < 1:
@@ -203,12 +236,14 @@ class EDM(Method):
             raise ValueError(f"{flags}: only used by --sampler edm-stochastic, not {sampler!r}")
         opts = {k: v for k, v in sampler_opts.items() if k in accepted}
         sigmas = self.sigmas(run.config, steps)
+        labels = draw_labels(range(seed, seed + n), run.config.num_classes, class_label)
         x, nfe = generate(
             run.denoiser,
             fn,
             sigmas,
             run.dataset["shape"],
             range(seed, seed + n),
+            labels=labels,
             batch_size=batch_size,
             device=device,
             progress=progress,
@@ -222,7 +257,7 @@ class EDM(Method):
             "sigmas": [float(s) for s in sigmas],
             **opts,
         }
-        return Samples(x, nfe, info)
+        return Samples(x, nfe, info, labels)
 
     #: Heun steps in the bench table: NFE 2N-1 = 1, 3, 5, 9, 19, 35 (one step is Euler).
     bench_steps = (1, 2, 3, 5, 10, 18)

@@ -30,7 +30,7 @@ from zoo.data import load_dataset
 from zoo.diffusion import SIGMA_DATA, SIGMA_MAX, SIGMA_MIN, Denoiser, karras_sigmas
 from zoo.diffusion.precond import expand_sigma
 from zoo.diffusion.samplers import euler_step, generate
-from zoo.methods import DEFAULT_RUNS_ROOT, BenchRow, Method, Samples, preset_scale
+from zoo.methods import DEFAULT_RUNS_ROOT, BenchRow, Method, Samples, draw_labels, preset_scale
 from zoo.plugins import get
 from zoo.training import CheckpointError, TrainingTask, load_checkpoint
 from zoo.training.checkpoint import CHECKPOINT_NAME
@@ -38,7 +38,7 @@ from zoo.training.config import TrainConfig, config_from_dict, save_config, sett
 
 #: The distilled architecture and preconditioning are the teacher's (the student starts from it);
 #: the config's network_kwargs override the teacher's (e.g. the student's dropout).
-TEACHER_FIELDS = ("network", "sigma_data")
+TEACHER_FIELDS = ("network", "num_classes", "sigma_data")
 
 
 @dataclass
@@ -139,7 +139,8 @@ class PDLoss(TrainingTask):
     """Salimans & Ho 2022, Algorithm 2, in σ-space. For a student step i ~ U{0..M−1} of M steps:
     x_t = x + σ_t·z at σ_t = σ_{2i} of the teacher's 2M-step grid; the teacher takes two Euler
     steps σ_{2i} → σ_{2i+1} → σ_{2i+2} = σ_s (no grad); the loss is
-    max(1/σ_t², 1)·‖D_student(x_t, σ_t) − x̃‖² with x̃ = :func:`pd_target`, averaged over dims."""
+    max(1/σ_t², 1)·‖D_student(x_t, σ_t) − x̃‖² with x̃ = :func:`pd_target`, averaged over dims;
+    teacher and student see the same class labels."""
 
     def __init__(self, student: Denoiser, teacher: Denoiser, teacher_sigmas: torch.Tensor):
         super().__init__(student)
@@ -155,10 +156,10 @@ class PDLoss(TrainingTask):
         sigma_t, sigma_mid, sigma_s = sigmas[2 * i], sigmas[2 * i + 1], sigmas[2 * i + 2]
         x_t = x + expand_sigma(sigma_t, x) * noise.randn_like(x)
         with torch.no_grad():
-            x_mid = euler_step(self.teacher, x_t, sigma_t, sigma_mid)
-            x_s = euler_step(self.teacher, x_mid, sigma_mid, sigma_s)
+            x_mid = euler_step(self.teacher, x_t, sigma_t, sigma_mid, labels)
+            x_s = euler_step(self.teacher, x_mid, sigma_mid, sigma_s, labels)
         target = pd_target(x_t, x_s, sigma_t, sigma_s)
-        error = (net(x_t, sigma_t) - target).square().flatten(1).mean(1)
+        error = (net(x_t, sigma_t, labels) - target).square().flatten(1).mean(1)
         return truncated_snr_weight(sigma_t) * error
 
 
@@ -185,7 +186,8 @@ class ProgressiveDistillation(Method):
     )
 
     def preset(self, dataset: str) -> PDConfig:
-        return PDConfig(method=self.name, dataset=dataset, **PRESETS[preset_scale(dataset)])
+        return PDConfig(method=self.name, dataset=dataset,
+                        **PRESETS[preset_scale(dataset, PRESETS)])
 
     def teacher_dir(self, config: PDConfig, runs_root=DEFAULT_RUNS_ROOT) -> Path:
         return Path(config.teacher) if config.teacher else Path(runs_root) / config.dataset / "edm"
@@ -290,7 +292,8 @@ class ProgressiveDistillation(Method):
             run_dir = stages[min(stages)]
         return super().load(run_dir, device=device, ema=ema)
 
-    def sample(self, run, n, *, seed=0, batch_size=256, nfe=None, device="cpu", progress=False):
+    def sample(self, run, n, *, seed=0, batch_size=256, nfe=None, device="cpu", progress=False,
+               class_label=None):
         steps = run.config.teacher_steps // 2
         if nfe is not None and nfe != steps:
             stages = self.stage_dirs(run.path.parent)
@@ -300,12 +303,13 @@ class ProgressiveDistillation(Method):
             run, steps = self.load(stages[nfe], device=device, ema=run.ema), nfe
         c = run.config
         sigmas = pd_sigmas(steps, c.sigma_min, c.sigma_max, c.rho)
+        labels = draw_labels(range(seed, seed + n), c.num_classes, class_label)
         x, count = generate(run.denoiser, sample_pd_euler, sigmas, run.dataset["shape"],
-                            range(seed, seed + n), batch_size=batch_size, device=device,
-                            progress=progress)
+                            range(seed, seed + n), labels=labels, batch_size=batch_size,
+                            device=device, progress=progress)
         info = {"method": self.name, "sampler": "euler", "steps": steps, "nfe": count,
                 "stage_run": str(run.path), "sigmas": [float(s) for s in sigmas]}
-        return Samples(x, count, info)
+        return Samples(x, count, info, labels)
 
     def bench_rows(self, run_dir):
         """One row per stage of the run's plan (its ``config.json``), NFE N_0/2 ... 1; ``zoo bench``

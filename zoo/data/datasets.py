@@ -31,15 +31,17 @@ class DataCacheError(RuntimeError):
 
 @dataclass
 class Dataset:
-    """A whole dataset in memory.
+    """A dataset: its data, labels (int64 ``[N]``, 0..``num_classes``−1) and record.
 
-    Images are float32 ``[N, C, H, W]`` in [-1, 1]; points float32 ``[N, D]``. ``checksum`` is
+    Images are float32 ``[N, C, H, W]`` in [-1, 1], a tensor in memory or, for datasets too large
+    for it, :class:`~zoo.data.hdf5.StreamedImages` read from the HDF5 cache on indexing; points
+    float32 ``[N, D]``. ``checksum`` is
     the sha256 of the stored data (and labels), so two runs on equal checksums saw equal data.
     ``sample_true(n, seed)`` (toy data only) draws fresh points from the true distribution.
     """
 
     name: str
-    x: torch.Tensor
+    x: torch.Tensor  # or zoo.data.hdf5.StreamedImages
     labels: torch.Tensor | None
     checksum: str
     kind: str

@@ -6,6 +6,8 @@ batch ``s`` is stream positions ``[s·B, (s+1)·B)`` (so ``B`` may exceed the da
 ``r`` of ``W`` gets the ``r``-th contiguous ``B/W`` of it. Horizontal flips are drawn from the
 same per-epoch generator, one per stream position. Batches therefore depend only on
 ``(seed, step)`` and the dataset: not on the method, the world size or where training resumed.
+Images in memory are indexed there (on ``device``); streamed ones
+(:class:`~zoo.data.hdf5.StreamedImages`) read only the batch's rows from their HDF5 file.
 """
 
 from __future__ import annotations
@@ -48,7 +50,7 @@ class BatchLoader:
         self.hflip = hflip
         self.device = torch.device(device)
         self.step = 0
-        self._x = dataset.x.to(self.device)
+        self._x = dataset.x.to(self.device) if isinstance(dataset.x, torch.Tensor) else dataset.x
         self._labels = None if dataset.labels is None else dataset.labels.to(self.device)
         self._epochs: dict[int, tuple[torch.Tensor, torch.Tensor | None]] = {}
 
@@ -80,8 +82,8 @@ class BatchLoader:
         """This rank's share of global batch ``step``; a pure function of ``step``."""
         start = step * self.batch_size + self.rank * self.local_batch_size
         indices, flips = self._stream(start, start + self.local_batch_size)
+        x = self._x[indices.to(self._x.device)].to(self.device)
         indices = indices.to(self.device)
-        x = self._x[indices]
         if flips is not None:
             x = torch.where(flips.to(self.device).view(-1, 1, 1, 1), x.flip(-1), x)
         return x, None if self._labels is None else self._labels[indices]

@@ -236,6 +236,7 @@ def generate(
     shape,
     seeds,
     *,
+    labels: torch.Tensor | None = None,
     batch_size: int = 256,
     device="cpu",
     progress: bool = False,
@@ -244,20 +245,26 @@ def generate(
 ):
     """Draw one sample per seed: x_T = σ_0·z with z from the sample's own seed, then the sampler.
 
-    Returns ``(x0, nfe)``, NFE per sample. Samples do not depend on ``batch_size``. Under
-    torch.distributed (and ``distributed=True``; every rank must then call it) each rank samples
-    its contiguous share of the seeds and all get every sample, in seed order: the same samples
-    as one process.
+    ``labels`` (int64, one per seed; :func:`zoo.methods.draw_labels`) condition a
+    class-conditional model: the sampler gets them as ``class_labels``. Returns ``(x0, nfe)``,
+    NFE per sample. Samples do not depend on ``batch_size``. Under torch.distributed (and
+    ``distributed=True``; every rank must then call it) each rank samples its contiguous share
+    of the seeds and all get every sample, in seed order: the same samples as one process.
     """
     seeds = list(seeds)
     total = len(seeds)
+    if labels is not None and len(labels) != total:
+        raise ValueError(f"{len(labels)} class labels for {total} seeds")
     if distributed:
         seeds = shard(seeds)
+        labels = None if labels is None else shard(labels)
     sigma_0 = float(sigmas[0])
     outs, nfe = [torch.empty(0, *shape)], 0
     for start in tqdm(range(0, len(seeds), batch_size), disable=not progress, desc="sampling"):
         gen = StackedGenerator(seeds[start : start + batch_size], device)
         x = gen.randn(shape).to(device) * sigma_0
+        if labels is not None:
+            opts["class_labels"] = labels[start : start + batch_size].to(device)
         out, nfe = run_sampler(sampler, denoiser, x, sigmas, generator=gen, **opts)
         outs.append(out.cpu())
     x0 = torch.cat(outs)

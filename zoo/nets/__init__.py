@@ -88,14 +88,8 @@ def _check_options(name: str, cls, kwargs: dict, fixed: tuple[str, ...]) -> None
 def _unet_factory(name: str, cls, preset):
     fixed = ("img_resolution", "in_channels", "label_dim")
 
-    def factory(data_shape, label_dim: int = 0, num_classes: int = 0, **kwargs):
-        """``label_dim`` comes from the data, or from the option ``num_classes`` (an imported
-        class-conditional network records its class count with its architecture); when both are
-        given they must agree."""
-        if label_dim and num_classes and num_classes != label_dim:
-            raise ValueError(f"network {name!r}: num_classes={num_classes} in its options, but "
-                             f"the data has {label_dim} classes")
-        label_dim = label_dim or num_classes
+    def factory(data_shape, label_dim: int = 0, **kwargs):
+        """``label_dim``: the run's ``num_classes`` (0: unconditional)."""
         data_shape = tuple(data_shape)
         if len(data_shape) != 3 or data_shape[1] != data_shape[2]:
             raise ValueError(
