@@ -182,6 +182,14 @@ def test_num_classes_must_be_the_datasets():
         check_num_classes(edm.configure("toy", num_classes=3), toy)
 
 
+def test_training_refuses_another_number_of_classes(tmp_path):
+    edm = get("methods", "edm")
+    config = edm.configure("digits", num_classes=7, iterations=1, network_kwargs=DIGITS_NET)
+    with pytest.raises(ValueError, match="has 10 classes; use num_classes=10"):
+        edm.train(config, tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()
+
+
 def test_conditional_digits_run_trains_and_samples_a_class(tmp_path):
     runner = CliRunner()
     common = ["--dataset", "digits", "--iterations", "3", "--batch-size", "8",

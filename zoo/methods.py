@@ -175,6 +175,7 @@ class Method(abc.ABC):
                      progress=True) -> Trainer:
         """The shared trainer for ``task``, sampling its grids and metrics through
         :meth:`sample` with this method's default options."""
+        check_num_classes(config, dataset)
         record, run_dir = dataset_record(dataset), Path(run_dir)
 
         def sample_fn(module, n, *, step, device):
