@@ -324,3 +324,29 @@ def test_method_load_returns_the_ema_weights_unless_raw_is_asked_for(tmp_path):
         loaded = edm.load(tmp_path, ema=ema).denoiser.state_dict()
         assert loaded.keys() == state[part].keys()
         assert all(torch.equal(loaded[k], state[part][k]) for k in loaded)
+
+
+# ------------------------------------------------------------------ the evaluation EMA (survivors
+# of scripts/mutation.sh zoo/training/ema.py)
+
+
+def test_ema_beta_without_rate_or_half_life_copies_and_without_ramp_up_is_the_plain_half_life():
+    from zoo.training.ema import ema_beta
+
+    assert ema_beta(0.0, 0.0, 64) == 0.0  # no EMA: θ_ema ← θ every step
+    assert ema_beta(0.0, 50.0, 128) == pytest.approx(0.5 ** (128 / 50_000), rel=1e-12)
+    # a half-life of exactly one sample (ramp-up 1, one sample seen) halves per sample
+    assert ema_beta(0.0, 50.0, 1, rampup=1.0, nimg=1) == pytest.approx(0.5, rel=1e-12)
+
+
+def test_ema_is_frozen_and_copies_the_buffers():
+    from zoo.training.ema import EMA
+
+    net = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4))
+    ema = EMA(net)
+    assert not any(p.requires_grad for p in ema.module.parameters())
+    net(torch.randn(16, 3) * 5 + 2)  # training mode: the running statistics move
+    ema.update(net, 0.9)
+    for b_ema, b in zip(ema.module.buffers(), net.buffers(), strict=True):
+        assert torch.equal(b_ema, b)
+    assert not torch.equal(ema.module[1].running_mean, torch.zeros(4))
