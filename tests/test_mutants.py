@@ -193,7 +193,7 @@ def test_hdf5_cache_write_is_all_or_nothing(tmp_path):
         raise OSError("disk full")
 
     with pytest.raises(OSError, match="disk full"):
-        write_image_batches(path, dying_batches(), name="new")
+        write_image_batches(path, dying_batches(), count=6, name="new")
     cached = read_images(path, resolution=4, channels=1)
     assert cached.checksum == checksum and np.array_equal(cached.images, old)
     assert [p.name for p in tmp_path.iterdir()] == ["cache.h5"]
