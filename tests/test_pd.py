@@ -218,3 +218,14 @@ def test_cli_samples_a_stage_by_run_or_by_nfe(pd_run, tmp_path):
     assert result.exit_code == 0 and "NFE 4" in result.output, result.output
     result = runner.invoke(main, ["sample", "pd", "--run", str(pd_run), "--nfe", "3"])
     assert result.exit_code == 1 and "no PD stage with 3 steps" in result.output
+
+
+def test_dry_run_projects_every_stage_and_writes_nothing(teacher_run, tmp_path):
+    pd = zoo.plugins.get("methods", "pd")
+    config = pd.configure("toy", teacher=str(teacher_run), teacher_steps=8, iterations=10,
+                          batch_size=64)
+    report = pd.dry_run(config, tmp_path / "pd", steps=2)
+    assert report["iterations"] == 3 * 10  # stages 8→4, 4→2, 2→1
+    per_stage = 10 * 64 / report["samples_per_s"]
+    assert report["projected_s"] == pytest.approx(3 * per_stage)
+    assert not (tmp_path / "pd").exists()

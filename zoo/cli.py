@@ -175,7 +175,8 @@ def _print_dry_run(report: dict) -> None:
     click.echo(f"parameters: {report['parameters']:,}")
     click.echo(f"samples/s: {report['samples_per_s']:,.1f} (training steps on "
                f"{report['device']}, random data of shape {report['data_shape']})")
-    click.echo(f"projected wall time: {_duration(report['projected_s'])} for {c['iterations']:,} "
+    click.echo(f"projected wall time: {_duration(report['projected_s'])} for "
+               f"{report['iterations']:,} "
                f"iterations of {c['batch_size']} samples (training steps only)")
 
 

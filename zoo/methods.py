@@ -201,7 +201,7 @@ class Method(abc.ABC):
     def dry_run(self, config: TrainConfig, run_dir=None, *, steps: int = 5) -> dict:
         """What training ``config`` would do, without writing anything: the settings the run
         would record, the trained parameters, the samples/s of ``steps`` real training steps on
-        random data of the dataset's shape, and the projected wall time of all iterations
+        random data of the dataset's shape, and the projected wall time of its ``iterations``
         (training steps only: no checkpoints, grids or metrics)."""
         trainer = self._trainer(config, run_dir, progress=False)
         rate = trainer.throughput(steps)
@@ -212,6 +212,7 @@ class Method(abc.ABC):
             "device": str(trainer.device),
             "data_shape": list(trainer.dataset.shape),
             "samples_per_s": rate,
+            "iterations": config.iterations,
             "projected_s": config.iterations * config.batch_size / rate,
         }
 
@@ -255,7 +256,8 @@ class Method(abc.ABC):
             raise ValueError(f"{run_dir} is a {state['method']!r} run, not {self.name!r}")
         config = config_from_dict(self.config_class, state["config"])
         if not ema and "net" not in state:
-            raise ValueError(f"{run_dir} holds the EMA weights only (a snapshot): use --weights ema")
+            raise ValueError(f"{run_dir} holds the EMA weights only (a snapshot): use --weights "
+                             "ema")
         denoiser = self.build_denoiser(config, state["dataset"]["shape"])
         denoiser.load_state_dict(state["ema" if ema else "net"])
         denoiser.to(device).eval().requires_grad_(False)

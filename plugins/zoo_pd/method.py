@@ -34,7 +34,13 @@ from zoo.methods import DEFAULT_RUNS_ROOT, BenchRow, Method, Samples, draw_label
 from zoo.plugins import get
 from zoo.training import CheckpointError, TrainingTask, load_checkpoint
 from zoo.training.checkpoint import CHECKPOINT_NAME
-from zoo.training.config import TrainConfig, config_from_dict, save_config, setting
+from zoo.training.config import (
+    TrainConfig,
+    config_from_dict,
+    config_to_dict,
+    save_config,
+    setting,
+)
 
 #: The distilled architecture and preconditioning are the teacher's (the student starts from it);
 #: the config's network_kwargs override the teacher's (e.g. the student's dropout).
@@ -266,6 +272,19 @@ class ProgressiveDistillation(Method):
                     resume=True, on_step=on_step)
             teacher = stage_dir
         return root
+
+    def dry_run(self, config: PDConfig, run_dir=None, *, steps: int = 5) -> dict:
+        """Stage 0's throughput, projected over every stage's ``iterations`` (the stages train
+        the same network on the same batch size); the settings shown are the run's plan."""
+        config.method = self.name
+        config.teacher = str(self.teacher_dir(config))
+        report = super().dry_run(self.stage_config(config, 0, Path(config.teacher)), run_dir,
+                                 steps=steps)
+        report["config"] = config_to_dict(config)
+        stages = len(stage_plan(config.teacher_steps))
+        report["iterations"] = stages * config.iterations
+        report["projected_s"] *= stages
+        return report
 
     def saved_config(self, run_dir) -> dict:
         """A PD run's plan: the ``config.json`` of its folder (each stage checkpoints its own)."""
