@@ -1,4 +1,4 @@
-"""The loader: time to deliver one batch ÷ one training step. Target ≤ 0.05 (DESIGN.md §5).
+"""The loader: time to deliver one batch ÷ one training step. Target ≤ 0.05.
 
 The batch is ``next(BatchLoader)`` (the one loader every method trains on: per-epoch
 permutation, contiguous share of the global batch, flips for images); the step is the shared

@@ -1,6 +1,6 @@
 """Sampling overhead: time of k-NFE sampling ÷ (k × one bare network forward, same batch).
 
-Target ≤ 1.05 (DESIGN.md §5). Rows: EDM Heun, 18 steps = 35 NFE (Karras et al. 2022,
+Target ≤ 1.05. Rows: EDM Heun, 18 steps = 35 NFE (Karras et al. 2022,
 Algorithm 1), and consistency sampling with 1 and 2 steps (Song et al. 2023, Algorithm 1), each
 through ``zoo.diffusion.samplers.generate`` (per-sample seeded noise included). "Bare forward"
 is the raw network F(c_in·x, c_noise) alone, without preconditioning or solver.

@@ -1,5 +1,5 @@
 """Training-step efficiency: one step of the shared trainer ÷ the sum of its network passes timed
-alone. Target ≤ 1.10 (DESIGN.md §5).
+alone. Target ≤ 1.10.
 
 Per method, the passes of one step on the same batch (B samples of 8×8 digits, ddpmpp-small):
   EDM (Karras et al. 2022):        online forward + backward
