@@ -37,6 +37,7 @@ run_one() {
   local name=${module//\//_}
   local work
   work=$(mktemp -d "${TMPDIR:-/tmp}/zoo-mutation.XXXXXX")
+  trap 'rm -rf "$work"' EXIT  # also when the baseline fails (the tests fail unmutated)
   # tracked and untracked-but-not-ignored files: what the tests see in the working tree
   git ls-files -z --cached --others --exclude-standard | xargs -0 cp --parents -t "$work" 2>/dev/null || true
   cat > "$work/cosmic-ray.toml" <<TOML
