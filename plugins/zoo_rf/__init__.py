@@ -1,0 +1,35 @@
+"""The ``rf`` method: rectified flow / flow matching (Liu, Gong & Liu 2022) with Euler sampling
+and reflow (2-rectified flow)."""
+
+from zoo.hookspecs import hookimpl
+from zoo_rf.flow import (
+    RectifiedFlowLoss,
+    ReflowPairs,
+    VelocityField,
+    euler_grid,
+    interpolate,
+    make_pairs,
+    sample_rf_euler,
+    velocity_target,
+)
+from zoo_rf.method import RectifiedFlow, RFConfig
+
+ZOO_API_VERSION = 1
+
+__all__ = [
+    "RFConfig",
+    "RectifiedFlow",
+    "RectifiedFlowLoss",
+    "ReflowPairs",
+    "VelocityField",
+    "euler_grid",
+    "interpolate",
+    "make_pairs",
+    "sample_rf_euler",
+    "velocity_target",
+]
+
+
+@hookimpl
+def register_methods(register):
+    register("rf", RectifiedFlow())

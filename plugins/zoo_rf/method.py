@@ -1,0 +1,190 @@
+"""The ``rf`` method: rectified flow (1-RF) and one reflow round (2-RF), their presets per
+dataset scale, Euler sampling and bench rows. The math is in :mod:`zoo_rf.flow`."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import click
+
+from zoo.diffusion.samplers import generate
+from zoo.methods import DEFAULT_RUNS_ROOT, BenchRow, Method, Samples, draw_labels, preset_scale
+from zoo.training import TrainConfig, config_to_dict, setting
+from zoo_rf.flow import RectifiedFlowLoss, ReflowPairs, VelocityField, euler_grid, sample_rf_euler
+
+PAIRS_NAME = "reflow-pairs.pt"
+MODES = ("train", "reflow")
+#: Default Euler steps of ``zoo sample rf`` by mode: the ODE of 1-RF, one step of a reflowed flow.
+DEFAULT_NFE = {"train": 100, "reflow": 1}
+#: Settings the student of a reflow round takes from its teacher (it starts from its weights).
+TEACHER_FIELDS = ("network", "num_classes", "time_scale")
+
+
+@dataclass
+class RFConfig(TrainConfig):
+    mode: str = setting("train", "train: 1-rectified flow on the data (noise and data drawn "
+                        "independently); reflow: retrain on (noise, sample) pairs of --teacher.")
+    teacher: str = setting("", "reflow: the rf run whose ODE makes the pairs "
+                           "[default: runs/DATASET/rf].")
+    reflow_pairs: int = setting(50_000, "reflow: number of (Z_0, Z_1) pairs, made once and kept in "
+                                "the run directory.")
+    reflow_steps: int = setting(100, "reflow: Euler steps of the teacher's ODE per pair.")
+    reflow_seed: int = setting(1_000_000_000, "reflow: pair j starts from the noise of seed "
+                               "reflow_seed + j (far from the bench's seeds 0..n-1).")
+    reflow_init: str = setting("raw", "reflow: the student starts from the teacher's raw weights "
+                               "(the official code), its ema weights, or random (init).")
+    t_eps: float = setting(1e-3, "t ~ U[t_eps, 1] in training (official code 1e-3; the paper's "
+                           "text 0).")
+    time_scale: float = setting(999.0, "The network's noise label is time_scale·t (official: "
+                                "999·t for a positional embedding).")
+
+    RESUME_FIXED = (*TrainConfig.RESUME_FIXED, "mode", "teacher", "reflow_pairs", "reflow_steps",
+                    "reflow_seed", "reflow_init", "t_eps", "time_scale")
+
+    def validate(self) -> None:
+        super().validate()
+        if self.mode not in MODES:
+            raise ValueError(f"mode={self.mode!r} is not one of {', '.join(MODES)}")
+        if self.reflow_init not in ("raw", "ema", "random"):
+            raise ValueError(f"reflow_init={self.reflow_init!r} is not one of raw, ema, random")
+        if self.reflow_pairs < 1 or self.reflow_steps < 1:
+            raise ValueError(f"reflow_pairs and reflow_steps must be >= 1, got "
+                             f"{self.reflow_pairs}, {self.reflow_steps}")
+        if not 0 <= self.t_eps < 1:
+            raise ValueError(f"t_eps must be in [0, 1), got {self.t_eps}")
+
+
+PRESETS = {
+    # 2D points: the registry's MLP (positional embedding of 999·t), a few CPU minutes.
+    "toy": dict(network="mlp", batch_size=512, iterations=6000, lr=2e-3, lr_warmup=200,
+                lr_decay="linear", ema_halflife_kimg=50.0, checkpoint_every=2000),
+    # 8×8 digits: the small SongUNet, as EDM's digits preset.
+    "digits": dict(network="ddpmpp-small", batch_size=128, iterations=6000, lr=1e-3,
+                   lr_warmup=1000, ema_halflife_kimg=50.0, checkpoint_every=2000),
+    # The official CIFAR-10 1-RF, gnobitab/RectifiedFlow ImageGeneration/configs/rectified_flow/
+    # cifar10_rf_gaussian_ddpmpp.py over configs/default_cifar10_configs.py: score_sde's NCSN++
+    # class in its DDPM++ setting (nf 128, ch_mult 1,2,2,2, 4 res blocks, attention at 16,
+    # BigGAN blocks, no FIR, positional embedding) = the core's ddpmpp SongUNet with four levels,
+    # dropout 0.15, EMA 0.999999, batch 128, 1,300,001 iterations, Adam lr 2e-4 (betas 0.9,
+    # 0.999, eps 1e-8), warm-up 5000, gradient clipping 1, random flips; losses.py: t ~ U[1e-3, 1]
+    # and the label t·999. docs/methods/rf.md lists the deviations.
+    "cifar10": dict(network="ddpmpp", network_kwargs={"channel_mult": [1, 2, 2, 2],
+                                                      "dropout": 0.15},
+                    batch_size=128, iterations=1_300_000, optimizer="adam", lr=2e-4,
+                    lr_warmup=5000, grad_clip=1.0, ema_rate=0.999999, hflip=True,
+                    checkpoint_every=10_000, snapshot_every_kimg=6400.0, device="cuda"),
+}
+
+#: What a reflow round changes of the scale's preset (``--mode reflow``).
+REFLOW_PRESETS = {
+    # 2-RF on toy: fine-tunes 1-RF on 50k pairs of its 100-step ODE.
+    "toy": dict(iterations=3000, lr=1e-3, reflow_pairs=50_000, reflow_steps=100),
+    "digits": dict(iterations=3000, lr=5e-4, reflow_pairs=20_000, reflow_steps=100),
+    # cifar10_rf_gaussian_reflow_train.py: EMA 0.9999 and the default dropout 0.1; the README
+    # suggests >= 1M pairs ("For CIFAR10, we suggest to generate at least 1M pairs"), made with
+    # RK45 (tol 1e-5) in the official code, 1000 Euler steps here.
+    "cifar10": dict(ema_rate=0.9999, reflow_pairs=1_000_000, reflow_steps=1000,
+                    network_kwargs={"channel_mult": [1, 2, 2, 2], "dropout": 0.1}),
+}
+
+
+class RectifiedFlow(Method):
+    name = "rf"
+    description = ("Rectified flow / flow matching (Liu et al. 2022): Euler sampling; "
+                   "--mode reflow trains 2-rectified flow on a run's (noise, sample) pairs")
+    config_class = RFConfig
+    sample_options = (
+        click.Option(["--nfe"], type=click.IntRange(min=1), default=None,
+                     help="Euler steps (= NFE) [default: 100 for 1-RF, 1 for a reflowed run]."),
+    )
+
+    def preset(self, dataset: str) -> RFConfig:
+        return RFConfig(method=self.name, dataset=dataset,
+                        **PRESETS[preset_scale(dataset, PRESETS)])
+
+    def configure(self, dataset: str, **overrides) -> RFConfig:
+        """The preset, with the scale's reflow settings under ``mode=reflow``, then
+        ``overrides``."""
+        if overrides.get("mode") == "reflow":
+            overrides = {**REFLOW_PRESETS[preset_scale(dataset, PRESETS)], **overrides}
+        return super().configure(dataset, **overrides)
+
+    def run_name(self, config: RFConfig) -> str:
+        return "rf" if config.mode == "train" else "rf-reflow"
+
+    def teacher_dir(self, config: RFConfig, runs_root=DEFAULT_RUNS_ROOT) -> Path:
+        return Path(config.teacher) if config.teacher else Path(runs_root) / config.dataset / "rf"
+
+    def bench_configs(self, dataset, runs_root=DEFAULT_RUNS_ROOT):
+        """1-RF (``rf``), then the reflow round trained from it (``rf-reflow``)."""
+        flow = self.configure(dataset)
+        reflow = self.configure(dataset, mode="reflow")
+        reflow.teacher = str(Path(runs_root) / dataset / self.run_name(flow))
+        return {self.run_name(flow): flow, self.run_name(reflow): reflow}
+
+    def build_denoiser(self, config: RFConfig, data_shape) -> VelocityField:
+        return VelocityField(self.build_net(config, data_shape), config.time_scale)
+
+    def make_task(self, config: RFConfig, dataset) -> RectifiedFlowLoss:
+        velocity = self.build_denoiser(config, dataset.shape)
+        if config.mode == "train":
+            return RectifiedFlowLoss(velocity.to(config.device), config.t_eps)
+        teacher = self.load(self.teacher_dir(config), device=config.device)
+        if teacher.dataset["checksum"] != dataset.checksum:
+            raise ValueError(f"teacher {teacher.path} was trained on other data "
+                             f"({teacher.dataset['name']}) than {dataset.name}")
+        for name in TEACHER_FIELDS:
+            if getattr(config, name) != getattr(teacher.config, name):
+                raise ValueError(f"{name}={getattr(config, name)!r} differs from the teacher's "
+                                 f"{getattr(teacher.config, name)!r}")
+        if config.reflow_init != "random":
+            init = teacher if config.reflow_init == "ema" else self.load(teacher.path, ema=False)
+            velocity.load_state_dict(init.denoiser.state_dict())
+        spec = {"teacher": str(teacher.path), "teacher_step": teacher.step,
+                "pairs": config.reflow_pairs, "steps": config.reflow_steps,
+                "seed": config.reflow_seed}
+        pairs = ReflowPairs(teacher, spec, batch_size=max(config.batch_size, 1000),
+                            device=config.device, echo=lambda m: print(m, file=sys.stderr))
+        return RectifiedFlowLoss(velocity.to(config.device).train().requires_grad_(True),
+                                 config.t_eps, pairs)
+
+    def make_trainer(self, task, config, dataset, run_dir, *, progress=True):
+        """The shared trainer; a reflow task keeps its pairs in ``run_dir``."""
+        if task.pairs is not None:
+            task.pairs.path = Path(run_dir) / PAIRS_NAME
+        return super().make_trainer(task, config, dataset, run_dir, progress=progress)
+
+    def dry_run(self, config: RFConfig, run_dir=None, *, steps: int = 5) -> dict:
+        """A reflow step costs what a 1-RF step costs (one forward and backward), so its rate is
+        measured as 1-RF's; ``pair_nfe`` adds the one-off cost of making the pairs."""
+        if config.mode == "train":
+            return super().dry_run(config, run_dir, steps=steps)
+        report = super().dry_run(dataclasses.replace(config, mode="train"), run_dir, steps=steps)
+        report["config"] = config_to_dict(config)
+        report["pair_nfe"] = config.reflow_pairs * config.reflow_steps
+        return report
+
+    def sample(self, run, n, *, seed=0, batch_size=256, nfe=None, device="cpu", progress=False,
+               class_label=None) -> Samples:
+        """Euler sampling from Z_0 = z (seed ``seed + i`` for sample i) to t = 1 in ``nfe``
+        uniform steps (:func:`zoo_rf.flow.sample_rf_euler`)."""
+        steps = nfe or DEFAULT_NFE[run.config.mode]
+        sigmas = euler_grid(steps)
+        labels = draw_labels(range(seed, seed + n), run.config.num_classes, class_label)
+        x, count = generate(run.denoiser, sample_rf_euler, sigmas, run.dataset["shape"],
+                            range(seed, seed + n), labels=labels, batch_size=batch_size,
+                            device=device, progress=progress)
+        return Samples(x, count, {"method": self.name, "sampler": "rf-euler", "steps": steps,
+                                  "nfe": count}, labels)
+
+    #: Euler steps of the table's rows: 1-RF across NFE, the reflowed flow at 1 and 2.
+    bench_nfe = {"train": (1, 2, 4, 8, 16, 32, 100), "reflow": (1, 2)}
+
+    def bench_rows(self, run_dir) -> list[BenchRow]:
+        mode = json.loads((Path(run_dir) / "config.json").read_text())["mode"]
+        label = "1-RF" if mode == "train" else "2-RF"
+        return [BenchRow(label, k, Path(run_dir), {"nfe": k}) for k in self.bench_nfe[mode]]
