@@ -4,9 +4,13 @@ Consistency models (Song et al., 2023), the EDM teacher (Karras et al., 2022) an
 distillation (Salimans & Ho, 2022), each a pluggy plugin over one shared core.
 """
 
+from zoo.hookspecs import hookimpl  # the marker a plugin decorates its hook functions with
+
 __version__ = "0.1.0"
 
 #: Version of the plugin API (hook specifications and the public modules listed in
-#: docs/plugins.md). A plugin module may declare ``ZOO_API_VERSION``; a different major
+#: docs/plugin-api.md). A plugin module may declare ``ZOO_API_VERSION``; a different major
 #: version is refused at load time.
 API_VERSION = 1
+
+__all__ = ["API_VERSION", "__version__", "hookimpl"]

@@ -1,4 +1,5 @@
-"""The ``zoo`` command line: plugins, train, sample, bench, edit, import-edm and import-openai."""
+"""The ``zoo`` command line: plugins, train, sample, bench, edit, import-edm, import-openai,
+export and import-safetensors."""
 
 from __future__ import annotations
 
@@ -82,19 +83,24 @@ def main():
 @main.command("plugins")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
 def plugins_command(as_json):
-    """List loaded plugins (distribution, version, hooks), what they register, and failures."""
+    """List loaded plugins (distribution, version, hooks), what they register, those disabled by
+    ZOO_DISABLE_PLUGINS, and failures."""
     infos = zoo_plugins.plugins()
     regs = {
         k: {n: zoo_plugins.registry(k).source(n) for n in zoo_plugins.registry(k).names()}
         for k in zoo_plugins.KINDS
     }
-    fails = zoo_plugins.failures()
+    fails, off = zoo_plugins.failures(), zoo_plugins.disabled()
     if as_json:
         click.echo(
             json.dumps(
                 {
                     "plugins": [dataclasses.asdict(i) for i in infos],
                     "registered": regs,
+                    "disabled": [
+                        {"name": i.name, "distribution": i.distribution, "version": i.version}
+                        for i in off
+                    ],
                     "failures": [dataclasses.asdict(f) for f in fails],
                 },
                 indent=2,
@@ -105,6 +111,9 @@ def plugins_command(as_json):
         click.echo(
             f"{info.name}  ({info.distribution} {info.version})  hooks: {', '.join(info.hooks)}"
         )
+    for info in off:
+        click.echo(f"{info.name}  ({info.distribution} {info.version})  disabled "
+                   f"({zoo_plugins.DISABLE_ENV})")
     click.echo()
     for kind, names in regs.items():
         click.echo(f"{kind}: {', '.join(names) or '-'}")
@@ -757,6 +766,39 @@ def import_openai_command(checkpoint, preset, method, out, dataset, check_data):
     run_dir = _import(lambda: import_openai_run(checkpoint, out, preset, method=method,
                                                 dataset=dataset, check_data=check_data))
     click.echo(f"imported {checkpoint} -> {run_dir / 'checkpoint.pt'}")
+
+
+# ---------------------------------------------------------------- weights out
+
+
+@main.command("export")
+@click.argument("run", type=click.Path(exists=True))
+@click.option("--format", "fmt", type=click.Choice(["safetensors"]), default="safetensors",
+              show_default=True, help="File format of the weights.")
+@click.option("--out", required=True, type=click.Path(dir_okay=False),
+              help="The file to write, e.g. cd-toy.safetensors.")
+@click.option("--weights", **WEIGHTS_OPTION)
+def export_command(run, fmt, out, weights):
+    """Write a run's weights (a run directory, checkpoint or snapshot) as a safetensors file,
+    with the run's method, config, dataset record and step in its metadata; `zoo
+    import-safetensors` turns it back into a run."""
+    from zoo.export import export_safetensors
+
+    path = _import(lambda: export_safetensors(run, out, weights=weights))
+    click.echo(f"exported the {weights} weights of {run} -> {path}")
+
+
+@main.command("import-safetensors")
+@click.argument("file", type=click.Path(dir_okay=False, exists=True))
+@click.option("--out", required=True, type=click.Path(file_okay=False),
+              help="Run directory to create, e.g. runs/toy/cm-cd.")
+def import_safetensors_command(file, out):
+    """Turn a file written by `zoo export` back into a run that `zoo sample --run`, `zoo edit`
+    and `zoo bench` load (its weights, config, dataset record and step; no optimizer state)."""
+    from zoo.export import import_safetensors
+
+    run_dir = _import(lambda: import_safetensors(file, out))
+    click.echo(f"imported {file} -> {run_dir / 'checkpoint.pt'}")
 
 
 if __name__ == "__main__":

@@ -2,12 +2,15 @@
 
 Each hook receives a ``register`` callable. A plugin calls it once per thing it adds::
 
+    import zoo
+
     @zoo.hookimpl
     def register_methods(register):
         register("cm", ConsistencyModels())
 
 The name is the key users type on the command line; registering a name twice is an error that
-names both sources.
+names both sources. ``zoo.hookimpl`` (this module's ``hookimpl``) marks the implementations;
+docs/plugin-api.md is the reference of every hook and of what it registers.
 """
 
 import pluggy
@@ -32,7 +35,12 @@ def register_networks(register):
 
 @hookspec
 def register_datasets(register):
-    """Register datasets: ``register(name, loader)``, ``loader(**options) -> zoo.data.Dataset``."""
+    """Register datasets: ``register(name, loader)``, ``loader(**options) -> zoo.data.Dataset``.
+
+    The loader may declare ``loader.scale`` (the methods' preset family: ``toy``, ``digits``,
+    ``cifar10``, ...) and ``loader.sigma_data`` (the data's standard deviation σ_data, which
+    method presets use unless the user passes ``--sigma-data``).
+    """
 
 
 @hookspec

@@ -3,7 +3,8 @@
 Plugins are found through the ``zoo`` entry-point group, first-party ones included. A plugin
 whose import or hook raises, that registers a name already taken, or that was built against
 another plugin API version is reported (:func:`failures`) and the others keep working.
-Set ``ZOO_DISABLE_PLUGINS=name1,name2`` to skip plugins by entry-point name.
+Set ``ZOO_DISABLE_PLUGINS=name1,name2`` to skip plugins by entry-point name; :func:`disabled`
+lists the plugins skipped that way.
 """
 
 from __future__ import annotations
@@ -98,6 +99,7 @@ class _State:
         self.pm.add_hookspecs(hookspecs)
         self.info: dict[str, PluginInfo] = {}
         self.failures: list[PluginFailure] = []
+        self.disabled: list[PluginInfo] = []
         self.registries: dict[str, Registry] | None = None
         self.loaded = False
 
@@ -137,9 +139,12 @@ def _load() -> None:
         _state.info[modname] = PluginInfo(modname, "zoo", zoo.__version__)
     blocked = _disabled()
     for ep in sorted(metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
-        if ep.name in blocked or _state.pm.has_plugin(ep.name):
+        if _state.pm.has_plugin(ep.name):
             continue
         dist, version = _dist_of(ep)
+        if ep.name in blocked:
+            _state.disabled.append(PluginInfo(ep.name, dist, version))
+            continue
         try:
             module = ep.load()
             _check_api(module, ep.name)
@@ -162,8 +167,21 @@ def plugin_manager() -> pluggy.PluginManager:
 
 
 def register_plugin(plugin, name: str) -> None:
-    """Register an in-process plugin (a module or object with hook implementations)."""
+    """Register an in-process plugin (a module or object with hook implementations).
+
+    Registering a plugin that is already registered (e.g. a module also loaded through its
+    installed entry point, under whatever name) does nothing; another plugin under a taken
+    name is a :class:`DuplicateNameError`."""
     _load()
+    if _state.pm.is_registered(plugin):
+        return
+    if _state.pm.has_plugin(name):
+        info = _state.info.get(name)
+        owner = f" (from {info.distribution})" if info else ""
+        raise DuplicateNameError(
+            f"plugin name {name!r} is taken by another plugin{owner}; register {plugin!r} under "
+            "another name, or unregister_plugin it first"
+        )
     _check_api(plugin, name)
     _state.pm.register(plugin, name=name)
     _state.info[name] = PluginInfo(name, "(in-process)", "")
@@ -221,6 +239,12 @@ def plugins() -> list[PluginInfo]:
     for kind in KINDS:
         registry(kind)
     return [_state.info[n] for n in _state.info]
+
+
+def disabled() -> list[PluginInfo]:
+    """Installed plugins skipped because ``ZOO_DISABLE_PLUGINS`` names them."""
+    _load()
+    return list(_state.disabled)
 
 
 def failures() -> list[PluginFailure]:

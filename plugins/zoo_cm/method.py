@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from zoo.checkpoint_import import ADM_IMAGENET64, _two_step_sigmas
+from zoo.data import dataset_sigma_data
 from zoo.data.images import IMAGENET64_CLASSES
 from zoo.diffusion import SIGMA_DATA, SIGMA_MAX, SIGMA_MIN, Denoiser
 from zoo.diffusion.samplers import generate, parse_sigmas, sample_consistency
@@ -209,7 +210,7 @@ class ConsistencyModels(Method):
                              f"{', '.join(m for m in presets if m != 'common')}")
         teacher = str(DEFAULT_RUNS_ROOT / dataset / "edm")
         config = CMConfig(method=self.name, dataset=dataset, mode=mode, teacher=teacher,
-                          **presets["common"])
+                          sigma_data=dataset_sigma_data(dataset), **presets["common"])
         return config_from_dict(CMConfig, {**config_to_dict(config), **presets[mode]})
 
     def configure(self, dataset: str, **overrides) -> CMConfig:

@@ -11,6 +11,7 @@ import click
 
 from zoo.augment import AUGMENT_DIM, augment
 from zoo.checkpoint_import import ADM_IMAGENET64
+from zoo.data import dataset_sigma_data
 from zoo.data.images import IMAGENET64_CLASSES
 from zoo.diffusion import SIGMA_DATA, SIGMA_MAX, SIGMA_MIN, Denoiser, append_zero, karras_sigmas
 from zoo.diffusion.precond import expand_sigma
@@ -192,7 +193,7 @@ class EDM(Method):
     )
 
     def preset(self, dataset: str) -> EDMConfig:
-        return EDMConfig(method=self.name, dataset=dataset,
+        return EDMConfig(method=self.name, dataset=dataset, sigma_data=dataset_sigma_data(dataset),
                          **PRESETS[preset_scale(dataset, PRESETS)])
 
     def build_denoiser(self, config: EDMConfig, data_shape) -> Denoiser:

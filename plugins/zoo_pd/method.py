@@ -26,7 +26,7 @@ from pathlib import Path
 import click
 import torch
 
-from zoo.data import load_dataset
+from zoo.data import dataset_sigma_data, load_dataset
 from zoo.diffusion import SIGMA_DATA, SIGMA_MAX, SIGMA_MIN, Denoiser, karras_sigmas
 from zoo.diffusion.precond import expand_sigma
 from zoo.diffusion.samplers import euler_step, generate
@@ -192,7 +192,7 @@ class ProgressiveDistillation(Method):
     )
 
     def preset(self, dataset: str) -> PDConfig:
-        return PDConfig(method=self.name, dataset=dataset,
+        return PDConfig(method=self.name, dataset=dataset, sigma_data=dataset_sigma_data(dataset),
                         **PRESETS[preset_scale(dataset, PRESETS)])
 
     def teacher_dir(self, config: PDConfig, runs_root=DEFAULT_RUNS_ROOT) -> Path:

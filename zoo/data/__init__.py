@@ -18,6 +18,7 @@ from zoo.data.datasets import (
     DatasetNotFoundError,
     DatasetOptionError,
     data_dir,
+    dataset_sigma_data,
     load_dataset,
     with_checked_options,
 )
@@ -46,6 +47,7 @@ __all__ = [
     "DatasetNotFoundError",
     "DatasetOptionError",
     "data_dir",
+    "dataset_sigma_data",
     "load_dataset",
 ]
 

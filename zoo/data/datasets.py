@@ -118,6 +118,26 @@ def with_checked_options(name: str, loader: Callable[..., Dataset]) -> Callable[
     return load
 
 
+def dataset_sigma_data(name: str) -> float:
+    """σ_data (the standard deviation of the data) of the dataset registered as ``name``: what
+    its loader declares as its ``sigma_data`` attribute (like ``scale``), else EDM's 0.5 (images
+    in [-1, 1]). Method presets take their σ_data from here; ``--sigma-data`` overrides it."""
+    import math
+
+    from zoo import plugins
+    from zoo.diffusion import SIGMA_DATA
+
+    value = getattr(plugins.get("datasets", name), "sigma_data", None)
+    if value is None:
+        return SIGMA_DATA
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
+        math.isfinite(value) and value > 0
+    ):
+        raise ValueError(f"dataset {name!r} declares sigma_data={value!r}; it must be a positive "
+                         "finite number")
+    return float(value)
+
+
 def load_dataset(name: str, **options) -> Dataset:
     """Load the dataset registered as ``name`` (e.g. ``"checkerboard"``, ``"digits"``)."""
     from zoo import plugins

@@ -9,6 +9,7 @@ from itertools import pairwise
 from pathlib import Path
 
 import click
+from zoo.data import dataset_sigma_data
 from zoo.diffusion import SIGMA_DATA, SIGMA_MAX, SIGMA_MIN, Denoiser
 from zoo.diffusion.samplers import generate, sample_consistency
 from zoo.methods import BenchRow, Method, Samples, preset_scale
@@ -82,7 +83,8 @@ class ImprovedConsistencyTrainingMethod(Method):
     )
 
     def preset(self, dataset: str) -> ICTConfig:
-        config = ICTConfig(method=self.name, dataset=dataset)
+        config = ICTConfig(method=self.name, dataset=dataset,
+                           sigma_data=dataset_sigma_data(dataset))
         return config_from_dict(ICTConfig, {**config_to_dict(config),
                                             **PRESETS[preset_scale(dataset)]})
 
