@@ -59,8 +59,8 @@ class RFConfig(TrainConfig):
 
 
 PRESETS = {
-    # 2D points: the registry's MLP (positional embedding of 999·t), a few CPU minutes.
-    "toy": dict(network="mlp", batch_size=512, iterations=6000, lr=2e-3, lr_warmup=200,
+    # 2D points: the registry's MLP (positional embedding of 999·t), ~8 min on a shared CPU.
+    "toy": dict(network="mlp", batch_size=512, iterations=3000, lr=2e-3, lr_warmup=200,
                 lr_decay="linear", ema_halflife_kimg=50.0, checkpoint_every=2000),
     # 8×8 digits: the small SongUNet, as EDM's digits preset.
     "digits": dict(network="ddpmpp-small", batch_size=128, iterations=6000, lr=1e-3,
@@ -81,8 +81,8 @@ PRESETS = {
 
 #: What a reflow round changes of the scale's preset (``--mode reflow``).
 REFLOW_PRESETS = {
-    # 2-RF on toy: fine-tunes 1-RF on 50k pairs of its 100-step ODE.
-    "toy": dict(iterations=3000, lr=1e-3, reflow_pairs=50_000, reflow_steps=100),
+    # 2-RF on toy: fine-tunes 1-RF on 20k pairs of its 100-step ODE.
+    "toy": dict(iterations=1500, lr=1e-3, reflow_pairs=20_000, reflow_steps=100),
     "digits": dict(iterations=3000, lr=5e-4, reflow_pairs=20_000, reflow_steps=100),
     # cifar10_rf_gaussian_reflow_train.py: EMA 0.9999 and the default dropout 0.1; the README
     # suggests >= 1M pairs ("For CIFAR10, we suggest to generate at least 1M pairs"), made with
