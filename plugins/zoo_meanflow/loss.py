@@ -28,8 +28,8 @@ def sample_times(noise, mean: float, std: float, ratio: float):
 
 def meanflow_target(u_fn, z, r, t, v):
     """(u_θ(z, r, t), u_tgt) with u_tgt = v − (t − r)·(v·∂_z u_θ + ∂_t u_θ) (Eq. 10): one
-    ``torch.func.jvp`` of ``u_fn(z, r, t)`` along (v, 0, 1) (r is held fixed)."""
-    u, du_dt = jvp(lambda z, t: u_fn(z, r, t), (z, t), (v, torch.ones_like(t)))
+    ``torch.func.jvp`` of ``u_fn(z, (r, t))`` along (v, 0, 1) (r is held fixed)."""
+    u, du_dt = jvp(lambda z, t: u_fn(z, (r, t)), (z, t), (v, torch.ones_like(t)))
     return u, v - expand_sigma(t - r, z) * du_dt
 
 
@@ -70,7 +70,7 @@ class MeanFlowLoss(TrainingTask):
         with torch.no_grad():
             torch.manual_seed(seed)
             _, u_tgt = meanflow_target(
-                lambda z, r, t: self.net(z, (r, t), labels, **options), z, r, t, eps - x)
+                lambda z, times: self.net(z, times, labels, **options), z, r, t, eps - x)
         torch.manual_seed(seed)
         u = net(z, (r, t), labels, **options)
         return adaptive_loss(u - u_tgt, c.norm_p, c.norm_eps)
