@@ -219,5 +219,6 @@ def test_zoo_bench_trains_and_tables_meanflow(tmp_path):
         "--no-progress", *[x for s in sets for x in ("--set", s)]])
     assert result.exit_code == 0, result.output
     rows = json.loads((tmp_path / "out" / "table.json").read_text())["rows"]
-    assert [(r["method"], r["nfe"]) for r in rows] == [("MeanFlow", 1), ("MeanFlow", 2)]
+    assert [(r["method"], r["label"], r["nfe"]) for r in rows] == [
+        ("meanflow", "MeanFlow", 1), ("meanflow", "MeanFlow", 2)]
     assert all(math.isfinite(r["metrics"]["W2"]) for r in rows)
