@@ -27,6 +27,12 @@ def use_tiny_presets(mp):
                 "checkpoint_every": 6})
 
 
+#: EDM's bench rows: Heun, then the fast samplers near 10 and 20 NFE (zoo_edm EDM.fast_bench).
+EDM_ROWS = [("EDM (Heun)", n) for n in (1, 3, 5, 9, 19, 35)] + [
+        (f"EDM ({label})", n) for label in ("DDIM", "DPM-Solver-3", "DPM-Solver++(2M)", "3-DEIS")
+        for n in ((10, 19) if label == "DPM-Solver-3" else (10, 20))]
+
+
 @pytest.fixture(autouse=True)
 def tiny_presets(monkeypatch):
     use_tiny_presets(monkeypatch)
@@ -48,12 +54,12 @@ def benched(tmp_path_factory):
 def test_train_missing_goes_from_nothing_to_all_outputs(benched):
     root, report = benched
     rows = [(r.method, r.row.label, r.row.nfe) for r in report.results]
-    assert rows == [("edm", "EDM (Heun)", n) for n in (1, 3, 5, 9, 19, 35)] + [
+    assert rows == [("edm", label, n) for label, n in EDM_ROWS] + [
         ("pd", "PD", n) for n in (1, 2, 4)]
     assert all(set(r.metrics) == {"W2", "W2 ±", "W2 floor"} and r.samples_per_s > 0
                for r in report.results)
     # even a briefly trained teacher is far better at 35 NFE than at 1 (which collapses to a mean)
-    edm = {r.row.nfe: r.metrics["W2"] for r in report.results if r.method == "edm"}
+    edm = {r.row.nfe: r.metrics["W2"] for r in report.results if r.row.label == "EDM (Heun)"}
     assert edm[35] < 0.6 * edm[1]
     # every row measured against the same reference and seeds: the floor is one number
     assert len({r.metrics["W2 floor"] for r in report.results}) == 1
@@ -61,6 +67,9 @@ def test_train_missing_goes_from_nothing_to_all_outputs(benched):
     for name in ("table.md", "table.csv", "table.json", "metric_vs_nfe.png"):
         assert (out / name).stat().st_size > 0
     pictures = [f"edm-heun-nfe{n}.png" for n in (1, 3, 5, 9, 19, 35)]
+    pictures += [f"edm-{name}-nfe{n}.png" for name, nfes in (
+        ("ddim", (10, 20)), ("dpm-solver-3", (10, 19)), ("dpm-solver-2m", (10, 20)),
+        ("3-deis", (10, 20))) for n in nfes]
     pictures += [f"pd-nfe{n}.png" for n in (1, 2, 4)]
     assert sorted(p.name for p in (out / "samples").iterdir()) == sorted(pictures)
     record = json.loads((out / "table.json").read_text())
@@ -70,10 +79,10 @@ def test_train_missing_goes_from_nothing_to_all_outputs(benched):
     assert record["metrics"]["W2"]["lower_is_better"] is True
     with open(out / "table.csv") as f:
         table = list(csv.DictReader(f))
-    assert [int(r["nfe"]) for r in table] == [1, 3, 5, 9, 19, 35, 1, 2, 4]
+    assert [int(r["nfe"]) for r in table] == [n for _, n in EDM_ROWS] + [1, 2, 4]
     markdown = (out / "table.md").read_text().splitlines()
     assert markdown[0].startswith("| METHOD | NFE | W2↓ |") and "samples/s" in markdown[0]
-    assert len(markdown) == 2 + 9
+    assert len(markdown) == 2 + len(EDM_ROWS) + 3
     text = format_table(report)
     assert text.splitlines()[0].split()[:3] == ["METHOD", "NFE", "W2↓"]
 

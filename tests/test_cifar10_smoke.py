@@ -134,7 +134,9 @@ def test_cifar10_bench_path_end_to_end_on_cpu(tiny_cifar10):
     record = json.loads((out / "table.json").read_text())
     rows = [(r["label"], r["nfe"]) for r in record["rows"]]
     assert rows == [("CD (L2)", 1), ("CD (L2)", 2), ("CT (L2)", 1), ("CT (L2)", 2)] + [
-        ("EDM (Heun)", n) for n in (1, 3, 5, 9, 19, 35)] + [("PD", 1), ("PD", 2)]
+        ("EDM (Heun)", n) for n in (1, 3, 5, 9, 19, 35)] + [
+        (f"EDM ({label})", n) for label in ("DDIM", "DPM-Solver-3", "DPM-Solver++(2M)", "3-DEIS")
+        for n in ((10, 19) if label == "DPM-Solver-3" else (10, 20))] + [("PD", 1), ("PD", 2)]
     for row in record["rows"]:
         assert set(row["metrics"]) == {"FID-standin", "IS-standin", "KID-standin",
                                        "precision-standin", "recall-standin"}

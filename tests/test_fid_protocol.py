@@ -206,6 +206,7 @@ def test_bench_streams_batches_and_exports_every_sample(tiny_cifar10, monkeypatc
     asked, seen = [], []
     sample, forward = type(edm).sample, RandomConvExtractor.forward
     monkeypatch.setattr(type(edm), "bench_steps", (1, 2))
+    monkeypatch.setattr(type(edm), "fast_bench", {})
     monkeypatch.setattr(type(edm), "sample",
                         lambda self, run, n, **kw: asked.append(n) or sample(self, run, n, **kw))
     monkeypatch.setattr(RandomConvExtractor, "forward",
@@ -270,6 +271,7 @@ def test_imported_openai_runs_give_the_papers_rows(tmp_path, monkeypatch):
     (root / "imagenet64" / "edm").mkdir()
     (root / "imagenet64" / "edm" / "config.json").write_text('{"dataset": "imagenet64"}')
     assert [r.nfe for r in edm.bench_rows(root / "imagenet64" / "edm")] == [1, 3, 5, 9, 19, 35,
-                                                                             79]
+                                                                             79, 10, 20, 10, 19,
+                                                                             10, 20, 10, 20]
     # cifar10 keeps its trainable presets and the one cm-cd run
     assert set(cm.bench_configs("cifar10", root)) == {"cm-cd", "cm-ct"}

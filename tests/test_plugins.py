@@ -135,7 +135,8 @@ def test_plugins_command_lists_plugins_and_hooks():
     result = CliRunner().invoke(main, ["plugins"])
     assert result.exit_code == 0, result.output
     assert "edm  (zoo" in result.output and "register_methods" in result.output
-    assert "samplers: consistency, edm-stochastic, euler, heun" in result.output
+    assert ("samplers: consistency, ddim, deis-3, dpm-solver++2m, dpm-solver-2, dpm-solver-3, "
+            "edm-stochastic, euler, heun, ipndm") in result.output
 
 
 def test_cli_unknown_method_lists_valid_ones():

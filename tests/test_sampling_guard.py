@@ -163,7 +163,8 @@ def test_npz_is_written_before_the_picture(edm_run, tmp_path, monkeypatch):
     (["--s-churn", "5"], "--s-churn: only used by --sampler edm-stochastic, not 'heun'"),
     (["--sampler", "consistency"],
      "sampler 'consistency' needs a consistency model, but this run is a diffusion model; "
-     "valid samplers for it: edm-stochastic, euler, heun"),
+     "valid samplers for it: ddim, deis-3, dpm-solver++2m, dpm-solver-2, dpm-solver-3, "
+     "edm-stochastic, euler, heun, ipndm"),
 ])
 def test_bad_sampler_settings_are_refused_before_sampling(edm_run, tmp_path, no_sampling, args,
                                                           message):
@@ -246,6 +247,7 @@ def test_bench_weights_raw_rows_measure_the_raw_weights(tmp_path, monkeypatch):
     run = edm.train(edm.configure("toy"), tmp_path / "runs" / "toy" / "edm", progress=False)
     make_weights_differ(run)
     monkeypatch.setattr(edm, "bench_steps", (1,))
+    monkeypatch.setattr(edm, "fast_bench", {})
     result = CliRunner().invoke(main, [
         "bench", "--models", "edm", "--dataset", "toy", "--runs-root", str(tmp_path / "runs"),
         "--n", "64", "--batch-size", "32", "--weights", "raw", "--out", str(tmp_path / "out"),

@@ -172,13 +172,16 @@ class EDM(Method):
             type=int,
             default=18,
             show_default=True,
-            help="Sampler steps N on the Karras grid (Heun: 2N-1 NFE).",
+            help="Sampler steps N on the Karras grid (N points, then 0): heun and "
+            "dpm-solver-2 2N-1 NFE, dpm-solver-3 3N-2, the others N.",
         ),
         click.Option(
             ["--sampler"],
             default="heun",
             show_default=True,
-            help="A registered sampler: heun, euler, edm-stochastic.",
+            help="A registered sampler: heun, euler, edm-stochastic, or a fast PF-ODE solver "
+            "(zoo.diffusion.fast_samplers): ddim, dpm-solver-2, dpm-solver-3, dpm-solver++2m, "
+            "ipndm, deis-3.",
         ),
         click.Option(
             ["--s-churn", "S_churn"],
@@ -267,6 +270,16 @@ class EDM(Method):
     #: openai/consistency_models scripts/launch.sh ``--sampler heun --steps 40``).
     paper_steps = {"imagenet64": 40, "lsun256": 40}
 
+    #: The CM paper's fast-sampler baselines for the teacher (Song et al. 2023, Table 1: DDIM,
+    #: DPM-Solver, 3-DEIS) and DPM-Solver++(2M), near 10 and 20 NFE on the same Karras grid as
+    #: Heun: label -> (registered sampler, ((steps, NFE), ...)); DPM-Solver-3 costs 3N-2 NFE.
+    fast_bench = {
+        "DDIM": ("ddim", ((10, 10), (20, 20))),
+        "DPM-Solver-3": ("dpm-solver-3", ((4, 10), (7, 19))),
+        "DPM-Solver++(2M)": ("dpm-solver++2m", ((10, 10), (20, 20))),
+        "3-DEIS": ("deis-3", ((10, 10), (20, 20))),
+    }
+
     def bench_configs(self, dataset: str, runs_root=DEFAULT_RUNS_ROOT) -> dict:
         """The ``edm`` run; no config (it must be imported) where the dataset has no preset."""
         if preset_scale(dataset) in PRESETS:
@@ -276,7 +289,11 @@ class EDM(Method):
     def bench_rows(self, run_dir):
         dataset = json.loads((Path(run_dir) / "config.json").read_text())["dataset"]
         paper = self.paper_steps.get(preset_scale(dataset))
-        return [
+        heun = [
             BenchRow("EDM (Heun)", 2 * n - 1, run_dir, {"steps": n, "sampler": "heun"})
             for n in sorted({*self.bench_steps, *([paper] if paper else [])})
+        ]
+        return heun + [
+            BenchRow(f"EDM ({label})", nfe, run_dir, {"steps": steps, "sampler": sampler})
+            for label, (sampler, settings) in self.fast_bench.items() for steps, nfe in settings
         ]

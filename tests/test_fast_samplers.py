@@ -1,0 +1,216 @@
+"""The fast PF-ODE samplers (zoo.diffusion.fast_samplers) against the papers: order of convergence
+on the closed-form PF-ODE of Gaussian data, exact NFE counts, batch independence, and the guard
+that keeps them to diffusion models."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from zoo.cli import main
+from zoo.diffusion import SIGMA_MAX, Denoiser, append_zero, karras_sigmas
+from zoo.diffusion.fast_samplers import (
+    FAST_SAMPLERS,
+    lagrange_integrals,
+    sample_deis,
+    sample_dpm_solver_pp_2m,
+    sample_ipndm,
+)
+from zoo.diffusion.samplers import generate, get_sampler, run_sampler, sample_euler
+from zoo.plugins import get
+
+S = 0.5  # data ~ N(0, S²)
+
+
+def gaussian_denoiser(x, sigma, class_labels=None):
+    """The ideal denoiser of data ~ N(0, S²): D(x, σ) = S²/(S² + σ²)·x."""
+    return S**2 / (S**2 + sigma**2) * x
+
+
+def karras(n):
+    """EDM's grid (ρ = 7) down to σ_min = 1e-5, then 0: the first-order step to 0 of the
+    single-step solvers then errs by σ_min²/(2S²) = 2e-10, below every error measured here."""
+    return append_zero(karras_sigmas(n, sigma_min=1e-5))
+
+
+def logsnr(n):
+    """n σ's equally spaced in λ = −ln σ from σ_max to 1e-5, then 0 (DPM-Solver's own grid)."""
+    return append_zero(torch.logspace(math.log10(SIGMA_MAX), -5, n, dtype=torch.float64))
+
+
+def ode_error(sampler, sigmas):
+    """Relative error at σ = 0 against the exact PF-ODE solution x(σ) ∝ √(S² + σ²) (float64)."""
+    x_T = torch.randn(16, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    x_T = x_T * SIGMA_MAX
+    exact = x_T * S / math.sqrt(S**2 + SIGMA_MAX**2)
+    out = sampler(gaussian_denoiser, x_T, sigmas)
+    return ((out - exact).abs() / exact.abs()).max().item()
+
+
+def deis(degree):
+    return lambda denoiser, x, sigmas: sample_deis(denoiser, x, sigmas, degree=degree)
+
+
+# (sampler, grid, steps, order). DPM-Solver-3's h³ terms change sign along EDM's grid here and
+# nearly cancel (it measures 4–5 there), so both single-step solvers use their paper's grid.
+# iPNDM's equal-step coefficients make it 2nd order on an uneven grid (4th on equal steps, where
+# it is 3-DEIS: test_ipndm_is_deis_3_on_equal_steps).
+ORDERS = [
+    ("ddim", karras, (16, 32, 64, 128), 1),
+    ("dpm-solver-2", logsnr, (16, 32, 64, 128), 2),
+    ("dpm-solver-3", logsnr, (32, 64, 128, 256), 3),
+    ("dpm-solver++2m", karras, (32, 64, 128, 256), 2),
+    ("ipndm", karras, (32, 64, 128, 256), 2),
+    ("deis-3", karras, (64, 128, 256, 512), 4),
+]
+
+
+@pytest.mark.parametrize("name, grid, steps, order", ORDERS, ids=[o[0] for o in ORDERS])
+def test_order_of_convergence_on_the_closed_form_ode(name, grid, steps, order):
+    errors = [ode_error(FAST_SAMPLERS[name], grid(n)) for n in steps]
+    slope = -np.polyfit(np.log(steps), np.log(errors), 1)[0]
+    assert abs(slope - order) < 0.3, (slope, errors)
+
+
+@pytest.mark.parametrize("degree", [1, 2])
+def test_deis_order_is_its_degree_plus_one(degree):
+    steps = (64, 128, 256, 512)
+    errors = [ode_error(deis(degree), karras(n)) for n in steps]
+    slope = -np.polyfit(np.log(steps), np.log(errors), 1)[0]
+    assert abs(slope - (degree + 1)) < 0.3, (slope, errors)
+
+
+def test_deis_degree_0_is_ddim_and_ddim_is_euler():
+    x = torch.randn(8, 2, dtype=torch.float64) * SIGMA_MAX
+    sigmas = append_zero(karras_sigmas(7))
+    torch.testing.assert_close(deis(0)(gaussian_denoiser, x, sigmas),
+                               sample_euler(gaussian_denoiser, x, sigmas))
+    assert get("samplers", "ddim") is sample_euler
+
+
+def test_ipndm_is_deis_3_on_equal_steps():
+    x = torch.randn(8, 2, dtype=torch.float64) * 3
+    sigmas = torch.linspace(3, 0, 13, dtype=torch.float64)
+    torch.testing.assert_close(sample_ipndm(gaussian_denoiser, x, sigmas),
+                               sample_deis(gaussian_denoiser, x, sigmas), rtol=1e-12, atol=1e-12)
+
+
+def test_lagrange_integrals_are_adams_bashforth_on_equal_steps():
+    # ∫ over the next step of the cubic through the last 4 equally spaced points: AB4 (×h)
+    assert lagrange_integrals([3.0, 2.0, 1.0, 0.0], 3.0, 4.0) == pytest.approx(
+        [55 / 24, -59 / 24, 37 / 24, -9 / 24], rel=1e-12)
+    # they integrate any cubic exactly on uneven nodes
+    nodes, a, b = [2.0, 1.5, 0.7, 0.2], 2.0, 3.1
+    poly = np.polynomial.Polynomial([0.3, -1.0, 2.0, 0.5])
+    exact = poly.integ()(b) - poly.integ()(a)
+    assert np.dot(lagrange_integrals(nodes, a, b), poly(np.array(nodes))) == pytest.approx(exact)
+
+
+def test_dpm_solver_pp_2m_ends_on_the_last_denoised_value():
+    calls = []
+
+    def spy(x, sigma, class_labels=None):
+        calls.append((x, sigma))
+        return gaussian_denoiser(x, sigma)
+
+    x = torch.randn(4, 2, dtype=torch.float64) * SIGMA_MAX
+    out = sample_dpm_solver_pp_2m(spy, x, append_zero(karras_sigmas(5)))
+    last_x, last_sigma = calls[-1]
+    assert last_sigma == pytest.approx(0.002) and torch.equal(out, gaussian_denoiser(last_x, 0.002))
+
+
+NFE = {
+    "ddim": lambda n: n,
+    "dpm-solver-2": lambda n: 2 * n - 1,
+    "dpm-solver-3": lambda n: 3 * n - 2,
+    "dpm-solver++2m": lambda n: n,
+    "ipndm": lambda n: n,
+    "deis-3": lambda n: n,
+}
+
+
+@pytest.mark.parametrize("name", NFE)
+def test_nfe_counted_exactly_and_nothing_evaluated_at_zero(name):
+    sigmas_seen = []
+
+    def spy(x, sigma, class_labels=None):
+        sigmas_seen.append(float(sigma))
+        return gaussian_denoiser(x, sigma)
+
+    for n in range(1, 8):
+        sigmas_seen.clear()
+        sigmas = append_zero(karras_sigmas(n))
+        _, nfe = run_sampler(name, spy, torch.randn(3, 2) * SIGMA_MAX, sigmas)
+        assert nfe == len(sigmas_seen) == NFE[name](n), (n, nfe)
+        assert min(sigmas_seen) > 0
+
+
+def small_denoiser(parameterization="edm"):
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(3, 32), torch.nn.SiLU(), torch.nn.Linear(32, 2))
+
+    def F(x, c_noise, labels=None):
+        return net(torch.cat([x, c_noise[:, None]], 1))
+
+    return Denoiser(F, parameterization)
+
+
+@pytest.mark.parametrize("name", FAST_SAMPLERS)
+def test_sample_does_not_depend_on_batch(name):
+    D = small_denoiser()
+    sigmas = append_zero(karras_sigmas(6))
+    together, _ = generate(D, name, sigmas, (2,), range(10, 18), batch_size=8)
+    alone, _ = generate(D, name, sigmas, (2,), [15], batch_size=1)
+    split, _ = generate(D, name, sigmas, (2,), range(10, 18), batch_size=3)
+    torch.testing.assert_close(alone[0], together[5], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(split, together, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", FAST_SAMPLERS)
+def test_a_consistency_model_is_refused_with_the_samplers_that_fit(name):
+    with pytest.raises(ValueError) as info:
+        get_sampler(name, small_denoiser("consistency"))
+    assert str(info.value) == (
+        f"sampler {name!r} needs a diffusion model, but this run is a consistency model; "
+        "valid samplers for it: consistency")
+    assert get_sampler(name, small_denoiser()) is FAST_SAMPLERS[name]
+
+
+def test_deis_degree_must_be_a_natural_number():
+    with pytest.raises(ValueError, match="degree must be an integer >= 0, got -1"):
+        sample_deis(gaussian_denoiser, torch.zeros(1, 2), [1.0, 0.0], degree=-1)
+
+
+@pytest.fixture(scope="module")
+def edm_run(tmp_path_factory):
+    """A 6-iteration EDM on 500 toy points."""
+    edm = get("methods", "edm")
+    config = edm.configure("toy", iterations=6, batch_size=32,
+                           network_kwargs={"hidden": 16, "num_layers": 1},
+                           dataset_options={"n": 500})
+    return edm.train(config, tmp_path_factory.mktemp("edm") / "run", progress=False)
+
+
+@pytest.mark.parametrize("name", NFE)
+def test_zoo_sample_edm_accepts_the_fast_samplers(edm_run, tmp_path, name):
+    out = tmp_path / "s.png"
+    result = CliRunner().invoke(main, ["sample", "edm", "--run", str(edm_run), "--n", "4",
+                                       "--steps", "3", "--sampler", name, "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    samples = np.load(out.with_suffix(".npz"))["samples"]
+    assert samples.shape == (4, 2) and np.isfinite(samples).all()
+    assert f"4 samples, NFE {NFE[name](3)}:" in result.output
+
+
+def test_edm_bench_rows_promise_the_samplers_nfe(edm_run):
+    edm = get("methods", "edm")
+    rows = [r for r in edm.bench_rows(edm_run) if r.options["sampler"] != "heun"]
+    assert [(r.label, r.nfe) for r in rows] == [
+        ("EDM (DDIM)", 10), ("EDM (DDIM)", 20), ("EDM (DPM-Solver-3)", 10),
+        ("EDM (DPM-Solver-3)", 19), ("EDM (DPM-Solver++(2M))", 10), ("EDM (DPM-Solver++(2M))", 20),
+        ("EDM (3-DEIS)", 10), ("EDM (3-DEIS)", 20)]
+    run = edm.load(edm_run)
+    for row in rows:
+        assert edm.sample(run, 2, **row.options).nfe == row.nfe
