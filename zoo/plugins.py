@@ -177,11 +177,10 @@ def register_plugin(plugin, name: str) -> None:
     if _state.pm.is_registered(plugin):
         return
     if _state.pm.has_plugin(name):
-        info = _state.info.get(name)
-        owner = f" (from {info.distribution})" if info else ""
+        dist = _state.info[name].distribution.strip("()") if name in _state.info else "?"
         raise DuplicateNameError(
-            f"plugin name {name!r} is taken by another plugin{owner}; register {plugin!r} under "
-            "another name, or unregister_plugin it first"
+            f"plugin name {name!r} is taken by another plugin ({dist}); register this one under "
+            f"another name, or unregister_plugin({name!r}) first"
         )
     _check_api(plugin, name)
     _state.pm.register(plugin, name=name)

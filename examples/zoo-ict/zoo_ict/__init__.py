@@ -5,7 +5,7 @@ An example of a plugin in its own distribution: its ``pyproject.toml`` declares 
 public API only (docs/plugins.md).
 """
 
-from zoo.hookspecs import hookimpl
+import zoo
 
 from zoo_ict.method import ICTConfig, ImprovedConsistencyTrainingMethod
 
@@ -15,6 +15,6 @@ ZOO_API_VERSION = 1
 __all__ = ["ICTConfig", "ImprovedConsistencyTrainingMethod"]
 
 
-@hookimpl
+@zoo.hookimpl
 def register_methods(register):
     register("ict", ImprovedConsistencyTrainingMethod())
