@@ -45,7 +45,9 @@ def register_datasets(register):
 
 @hookspec
 def register_samplers(register):
-    """Register samplers: ``register(name, fn)``, ``fn(denoiser, x, sigmas, *, generator, **o)``."""
+    """Register samplers: ``register(name, fn)``,
+    ``fn(denoiser, x, sigmas, *, generator=None, class_labels=None, **options) -> x0``;
+    ``zoo.diffusion.samplers.generate`` forwards the keywords it does not name as ``options``."""
 
 
 @hookspec
