@@ -144,7 +144,9 @@ def test_short_training_samples_and_resumes(ict, tmp_path):
     one, two = ict.sample(run, 64, nfe=1), ict.sample(run, 64, nfe=2)
     assert (one.nfe, two.nfe) == (1, 2) and one.x.shape == (64, 2)
     assert torch.isfinite(two.x).all()
-    assert torch.equal(ict.sample(run, 8, nfe=2, batch_size=3).x, two.x[:8])
+    # a sample does not depend on its batch (up to float rounding of batched matrix products)
+    torch.testing.assert_close(ict.sample(run, 8, nfe=2, batch_size=3).x, two.x[:8],
+                               rtol=1e-5, atol=1e-6)
     rows = ict.bench_rows(run_dir)
     assert [(r.label, r.nfe) for r in rows] == [("iCT", 1), ("iCT", 2)]
     with pytest.raises(ValueError, match="up to 2 steps"):
