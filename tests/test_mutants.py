@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from test_cm import FixedNoise, consistency_fn
 from torch import nn
 from zoo_cm.loss import ConsistencyTraining, ContinuousConsistency, karras_time, l2_distance
 from zoo_cm.method import CMConfig
@@ -22,7 +23,6 @@ from zoo.data.hdf5 import read_images, write_image_batches, write_images
 from zoo.diffusion import Denoiser, StackedGenerator
 from zoo.diffusion.samplers import sample_edm_stochastic
 from zoo.editing import edit_files
-from zoo.nets import MLPDenoiserNet
 from zoo.training import Trainer, load_checkpoint
 
 EPS, T, RHO = 0.002, 80.0, 7.0
@@ -36,29 +36,6 @@ def hand_tau(u):
 def hand_grid(n):
     """The Karras grid t_i = τ(1 − i/(n−1)), i = 0..n−1, from T down to ε, in float64."""
     return torch.tensor([hand_tau(1 - i / (n - 1)) for i in range(n)], dtype=torch.float64)
-
-
-def consistency_fn(dtype=torch.float64, seed=0, parameterization="consistency"):
-    torch.manual_seed(seed)
-    net = MLPDenoiserNet(2, hidden=32, num_layers=2)
-    nn.init.normal_(net.out.weight, std=0.5)
-    return Denoiser(net, parameterization).to(dtype)
-
-
-class FixedNoise:
-    """A BatchNoise stand-in returning given values."""
-
-    def __init__(self, n=None, u=None, z=None):
-        self.n, self.u, self.z = n, u, z
-
-    def randint(self, low, high):
-        return self.n
-
-    def rand(self):
-        return self.u
-
-    def randn_like(self, x):
-        return self.z
 
 
 def cm_config(**kw):
@@ -82,8 +59,8 @@ def cd_continuous_vs_discrete(u, delta_rel):
     """(∇ of the CD∞ loss, τ'(u)·∇d(f_θ(x_t, t), sg f_θ(x_t − Δ·v, t − Δ))/Δ) at Δ = delta_rel·t,
     with v = (x_t − D_φ(x_t, t))/t the teacher's velocity and τ' a finite difference of τ, both
     computed here; the discrete pair is CD's on a grid whose spacing at t is Δ (N → ∞ as Δ → 0)."""
-    f = consistency_fn(seed=5)
-    teacher = consistency_fn(seed=6, parameterization="edm").requires_grad_(False)
+    f = consistency_fn(torch.float64, seed=5)
+    teacher = consistency_fn(torch.float64, seed=6, parameterization="edm").requires_grad_(False)
     task = ContinuousConsistency(f, cm_config(mode="cd-cont", weighting="uniform"), l2_distance,
                                  teacher)
     generator = torch.Generator().manual_seed(1)
