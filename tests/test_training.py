@@ -152,3 +152,18 @@ def test_bad_settings_are_named():
         tiny_config(optimizer="sgd")
     with pytest.raises(ValueError, match="unknown edm settings: bogus"):
         edm().configure("toy", bogus=1)
+
+
+def test_device_auto_is_cuda_where_available_and_recorded_resolved(monkeypatch):
+    from click.testing import CliRunner
+
+    from zoo.cli import main
+
+    for available, expected in ((False, "cpu"), (True, "cuda")):
+        monkeypatch.setattr(torch.cuda, "is_available", lambda a=available: a)
+        assert edm().configure("toy").device == expected  # the default is auto
+        assert tiny_config(device="auto").device == expected
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert edm().configure("cifar10").device == "cpu"  # presets leave the device to auto
+    result = CliRunner().invoke(main, ["sample", "edm", "--device", "gpu0"])
+    assert result.exit_code == 2 and "accepted: auto, cpu, cuda, cuda:N" in result.output

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import click
+import torch
 
 from zoo import distributed
 from zoo import plugins as zoo_plugins
@@ -119,6 +120,16 @@ def plugins_command(as_json):
         click.echo(f"{kind}: {', '.join(names) or '-'}")
     for f in fails:
         click.echo(f"\nFAILED {f.name} ({f.distribution}): {f.error}")
+
+
+def _device(ctx, param, value: str) -> str:
+    """--device, with ``auto`` resolved and unknown names refused before any work."""
+    device = distributed.resolve_device(value)
+    try:
+        torch.device(device)
+    except RuntimeError:
+        raise click.BadParameter(f"{value!r}; accepted: auto, cpu, cuda, cuda:N") from None
+    return device
 
 
 # ---------------------------------------------------------------- train
@@ -404,7 +415,8 @@ def _make_sample_command(name, method):
             help="Samples file (.npz with the model, sampler and NFE), written before the "
             "picture [default: OUT with .npz].",
         ),
-        click.Option(["--device"], default="cpu", show_default=True),
+        click.Option(["--device"], default="auto", show_default=True, callback=_device,
+                     help="auto (CUDA where available, else cpu), cpu, cuda or cuda:N."),
         click.Option(["--weights"], **WEIGHTS_OPTION),
         click.Option(
             ["--class", "class_label"],
@@ -468,7 +480,8 @@ def sample():
     default=None,
     help="Output folder [default: bench/DATASET].",
 )
-@click.option("--device", default="cpu", show_default=True)
+@click.option("--device", default="auto", show_default=True, callback=_device,
+              help="auto (CUDA where available, else cpu), cpu, cuda or cuda:N.")
 @click.option(
     "--inception-weights",
     type=click.Path(dir_okay=False),
@@ -622,7 +635,8 @@ def bench_command(
     help="Output picture (.png, .jpg): input | [mask |] result; a folder for a folder of inputs. "
     "The raw results are written first to OUT with .npz (a folder: OUT.npz beside it).",
 )
-@click.option("--device", default="cpu", show_default=True)
+@click.option("--device", default="auto", show_default=True, callback=_device,
+              help="auto (CUDA where available, else cpu), cpu, cuda or cuda:N.")
 @click.option("--weights", **WEIGHTS_OPTION)
 def edit_command(
     run, task, inputs, mask, scale, sigma, sigmas, seed, seed2, frames, resize, out, device, weights

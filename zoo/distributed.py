@@ -62,6 +62,13 @@ def init_distributed(backend: str | None = None, timeout_s: float = 1800) -> tup
     return rank(), world_size()
 
 
+def resolve_device(device: str) -> str:
+    """``auto`` → ``cuda`` where CUDA is available, else ``cpu``; any other name unchanged."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
 def local_device(device) -> torch.device:
     """``device`` with this process's GPU index filled in (``cuda`` → ``cuda:LOCAL_RANK``)."""
     device = torch.device(device)

@@ -147,7 +147,7 @@ PRESETS = {
             distance="lpips",  # cifar10_ve_cd.py:20 loss_norm
             weighting="uniform",  # cifar10_ve_cd.py:25
             ema_rate=0.9999,  # cifar10_ve_cd.py:46 model.ema_rate (evaluation EMA)
-            device="cuda", checkpoint_every=5000, sample_sigmas="80,0.8",
+            checkpoint_every=5000, sample_sigmas="80,0.8",
             snapshot_every_kimg=2500.0),  # EMA snapshots as EDM keeps them (not in the CM code)
         # cifar10_ve_cd.py:24 solver heun; :68 num_scales 18; loss "consistency" has no target
         # EMA (jcm/losses.py:893-896): θ⁻ = stopgrad(θ)
@@ -174,7 +174,7 @@ PRESETS = {
                                                       "use_fp16": False},
                        num_classes=IMAGENET64_CLASSES, batch_size=2048, optimizer="radam",
                        lr_warmup=0, distance="lpips", weighting="uniform",
-                       ema_rate=0.9999432189950708, precision="bf16", device="cuda",
+                       ema_rate=0.9999432189950708, precision="bf16",
                        checkpoint_every=5000),
         # --start_scales 40 fixed, --start_ema 0.95 fixed, 600k steps, lr 8e-6; the teacher
         # takes Heun steps (cm/karras_diffusion.py:193-196)

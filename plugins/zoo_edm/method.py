@@ -93,7 +93,6 @@ PRESETS = {
         network_kwargs={"dropout": 0.13, "augment_dim": 9},
         checkpoint_every=5000,
         snapshot_every_kimg=2500.0,  # training_loop.py: snapshot_ticks 50 × kimg_per_tick 50
-        device="cuda",
     ),
     # The class-conditional EDM teacher of openai/consistency_models' ImageNet-64 runs,
     # scripts/launch.sh:5 (edm_train.py): the ADM U-Net of its released files, dropout 0.1,
@@ -112,7 +111,6 @@ PRESETS = {
         ema_rate=0.9999432189950708,
         precision="bf16",
         checkpoint_every=5000,
-        device="cuda",
     ),
 }
 

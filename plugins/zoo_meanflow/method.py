@@ -66,7 +66,7 @@ PRESETS = {
         network="ddpmpp", network_kwargs={"dropout": 0.2, "augment_dim": AUGMENT_DIM},
         batch_size=1024, iterations=800_000, optimizer="adam", lr=6e-4, lr_warmup=10_000,
         p_mean=-2.0, p_std=2.0, ratio=0.75, norm_p=0.75, norm_eps=1e-3, augment_p=0.12,
-        ema_halflife_kimg=500.0, device="cuda", checkpoint_every=5000,
+        ema_halflife_kimg=500.0, checkpoint_every=5000,
         snapshot_every_kimg=2500.0),
 }
 

@@ -90,7 +90,7 @@ PRESETS = {
                     iterations=50_000, teacher_steps=8192, optimizer="adam", lr=5e-5,
                     lr_warmup=0, lr_decay="linear", grad_clip=1.0, ema_rate=0.0,
                     ema_halflife_kimg=0.0, hflip=True, checkpoint_every=5000,
-                    snapshot_every_kimg=2500.0, device="cuda"),
+                    snapshot_every_kimg=2500.0),
 }
 
 

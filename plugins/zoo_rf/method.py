@@ -76,7 +76,7 @@ PRESETS = {
                                                       "dropout": 0.15},
                     batch_size=128, iterations=1_300_000, optimizer="adam", lr=2e-4,
                     lr_warmup=5000, grad_clip=1.0, ema_rate=0.999999, hflip=True,
-                    checkpoint_every=10_000, snapshot_every_kimg=6400.0, device="cuda"),
+                    checkpoint_every=10_000, snapshot_every_kimg=6400.0),
 }
 
 #: What a reflow round changes of the scale's preset (``--mode reflow``).

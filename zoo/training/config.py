@@ -56,7 +56,10 @@ class TrainConfig:
     seed: int = setting(0, "Seed of data order, noise and initialisation.")
     checkpoint_every: int = setting(1000, "Write the checkpoint every this many iterations.")
     log_every: int = setting(100, "Log loss and throughput every this many iterations.")
-    device: str = setting("cpu", "cpu, cuda or cuda:N.")
+    device: str = setting(
+        "auto", "auto (CUDA where available, else the CPU; the run records which), cpu, cuda or "
+        "cuda:N."
+    )
     threads: int = setting(
         0,
         "torch intra-op CPU threads; 0 = automatic (1 for networks under 5M parameters, which "
@@ -87,6 +90,11 @@ class TrainConfig:
         "method", "dataset", "dataset_options", "network", "network_kwargs", "num_classes",
         "batch_size", "seed", "optimizer",
     )
+
+    def __post_init__(self) -> None:
+        from zoo.distributed import resolve_device
+
+        self.device = resolve_device(self.device)
 
     def validate(self) -> None:
         choices = {
