@@ -105,11 +105,12 @@ def test_plugins_command_lists_disabled_plugins(monkeypatch):
     zoo.plugins.reset()
     result = CliRunner().invoke(main, ["plugins"])
     assert result.exit_code == 0, result.output
-    assert re.search(r"^pd  \(zoo \S+\)  disabled \(ZOO_DISABLE_PLUGINS\)$", result.output, re.M)
+    line = rf"^pd  \({zoo.DISTRIBUTION} \S+\)  disabled \(ZOO_DISABLE_PLUGINS\)$"
+    assert re.search(line, result.output, re.M)
     assert "methods: " in result.output and "pd" not in result.output.split("methods: ")[1]
     zoo.plugins.reset()
     report = json.loads(CliRunner().invoke(main, ["plugins", "--json"]).output)
-    assert report["disabled"] == [{"name": "pd", "distribution": "zoo",
+    assert report["disabled"] == [{"name": "pd", "distribution": zoo.DISTRIBUTION,
                                    "version": zoo.__version__}]
     assert "pd" not in {p["name"] for p in report["plugins"]}
     monkeypatch.delenv("ZOO_DISABLE_PLUGINS")

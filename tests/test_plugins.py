@@ -134,7 +134,7 @@ def test_in_process_plugin_and_unknown_names():
 def test_plugins_command_lists_plugins_and_hooks():
     result = CliRunner().invoke(main, ["plugins"])
     assert result.exit_code == 0, result.output
-    assert "edm  (zoo" in result.output and "register_methods" in result.output
+    assert f"edm  ({zoo.DISTRIBUTION}" in result.output and "register_methods" in result.output
     assert ("samplers: consistency, ddim, deis-3, dpm-solver++2m, dpm-solver-2, dpm-solver-3, "
             "edm-stochastic, euler, heun, ipndm") in result.output
 

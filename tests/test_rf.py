@@ -200,9 +200,10 @@ def test_the_plugin_is_found_through_its_entry_point():
     result = CliRunner().invoke(main, ["plugins", "--json"])
     assert result.exit_code == 0, result.output
     record = json.loads(result.output)
-    assert {"name": "rf", "distribution": "zoo", "version": zoo.__version__,
+    assert {"name": "rf", "distribution": zoo.DISTRIBUTION, "version": zoo.__version__,
             "hooks": ["register_methods"]} in record["plugins"]
-    assert record["registered"]["methods"]["rf"] == "rf (zoo)" and not record["failures"]
+    assert record["registered"]["methods"]["rf"] == f"rf ({zoo.DISTRIBUTION})"
+    assert not record["failures"]
 
 
 def test_zoo_bench_trains_1rf_then_its_reflow_and_tables_both(tmp_path):

@@ -8,6 +8,9 @@ from zoo.hookspecs import hookimpl  # the marker a plugin decorates its hook fun
 
 __version__ = "0.1.0"
 
+#: The distribution name (pip install fewstep-zoo): PyPI's `zoo` is an unrelated 2016 project.
+DISTRIBUTION = "fewstep-zoo"
+
 #: Version of the plugin API (hook specifications and the public modules listed in
 #: docs/plugin-api.md). A plugin module may declare ``ZOO_API_VERSION``; a different major
 #: version is refused at load time.

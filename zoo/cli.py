@@ -12,6 +12,7 @@ from pathlib import Path
 import click
 import torch
 
+import zoo
 from zoo import distributed
 from zoo import plugins as zoo_plugins
 
@@ -64,7 +65,7 @@ class MethodGroup(click.Group):
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(package_name="zoo")
+@click.version_option(package_name=zoo.DISTRIBUTION)
 def main():
     """zoo: few-step generative models (consistency models, EDM, progressive distillation).
 

@@ -137,7 +137,7 @@ def _load() -> None:
     for modname in CORE_MODULES:
         module = importlib.import_module(modname)
         _state.pm.register(module, name=modname)
-        _state.info[modname] = PluginInfo(modname, "zoo", zoo.__version__)
+        _state.info[modname] = PluginInfo(modname, zoo.DISTRIBUTION, zoo.__version__)
     blocked = _disabled()
     for ep in sorted(metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
         if _state.pm.has_plugin(ep.name):

@@ -61,7 +61,8 @@ def summary_writer_class():
     except ImportError:
         raise RuntimeError(
             "--tensorboard needs the tensorboard package, which is not installed: "
-            "pip install tensorboard (or pip install 'zoo[tensorboard]'), or drop --tensorboard"
+            "pip install tensorboard (or pip install 'fewstep-zoo[tensorboard]'), or drop "
+            "--tensorboard"
         ) from None
     return SummaryWriter
 
