@@ -120,8 +120,9 @@ def test_features_fed_batch_by_batch_equal_features_at_once(train, test):
     for i in range(0, len(test), 50):
         stream.add(test.x[i : i + 50])
     at_once = stream.extract(fidelity.to_uint8(test.x, (-1.0, 1.0)))
-    for layer, features in stream.features().items():
-        torch.testing.assert_close(features, at_once[layer], rtol=1e-5, atol=1e-6)
+    for layer, features in stream.features().items():  # float32 rounding of batched kernels
+        scale = at_once[layer].abs().max().item()
+        torch.testing.assert_close(features, at_once[layer], rtol=1e-5, atol=1e-5 * scale)
     streamed, whole = stream.result(0), evaluate(test.x, train)
     assert streamed.keys() == whole.keys()
     for key, value in whole.items():  # float32 features: batch sizes change the last bits
