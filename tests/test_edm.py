@@ -98,7 +98,7 @@ def test_cli_train_then_sample_records_sampler_and_nfe(tiny_edm_run, tmp_path):
 def test_cli_sample_errors_are_clear(tiny_edm_run, tmp_path):
     runner = CliRunner()
     bad = runner.invoke(main, ["sample", "edm", "--run", str(tiny_edm_run), "--sampler", "rk4"])
-    assert bad.exit_code == 1 and "unknown sampler 'rk4'; valid:" in bad.output
+    assert bad.exit_code == 2 and "'rk4' is not one of 'ddim'," in bad.output
     missing = runner.invoke(main, ["sample", "edm", "--run", str(tmp_path / "nothing")])
     assert missing.exit_code == 1 and "no checkpoint at" in missing.output
     data = runner.invoke(main, ["train", "edm", "--dataset", "mnist"])

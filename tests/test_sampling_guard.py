@@ -160,16 +160,26 @@ def test_npz_is_written_before_the_picture(edm_run, tmp_path, monkeypatch):
      "S_noise (--s-noise) must be a finite number >= 0, got nan"),
     (["--sampler", "edm-stochastic", "--s-tmin", "5", "--s-tmax", "1"],
      "S_tmax (--s-tmax) must be >= S_tmin=5.0"),
-    (["--s-churn", "5"], "--s-churn: only used by --sampler edm-stochastic, not 'heun'"),
-    (["--sampler", "consistency"],
-     "sampler 'consistency' needs a consistency model, but this run is a diffusion model; "
-     "valid samplers for it: ddim, deis-3, dpm-solver++2m, dpm-solver-2, dpm-solver-3, "
-     "edm-stochastic, euler, heun, ipndm"),
+    (["--s-churn", "5"], "sampler 'heun' takes no option S_churn; its options: (none)"),
 ])
 def test_bad_sampler_settings_are_refused_before_sampling(edm_run, tmp_path, no_sampling, args,
                                                           message):
     result = sample(edm_run, *args, "--out", str(tmp_path / "s.png"))
     assert result.exit_code == 1 and message in result.output, result.output
+    assert files(tmp_path) == []
+
+
+def test_a_sampler_for_another_model_kind_is_refused_before_sampling(edm_run, tmp_path,
+                                                                     no_sampling):
+    result = sample(edm_run, "--sampler", "consistency", "--out", str(tmp_path / "s.png"))
+    assert result.exit_code == 2, result.output  # not among --sampler's choices
+    assert "'consistency' is not one of 'ddim', 'deis-3'" in result.output
+    edm = get("methods", "edm")
+    with pytest.raises(ValueError, match="sampler 'consistency' needs a consistency model, but "
+                       "this run is a diffusion model; valid samplers for it: ddim, deis-3, "
+                       "dpm-solver\\+\\+2m, dpm-solver-2, dpm-solver-3, edm-stochastic, euler, "
+                       "heun, ipndm"):
+        edm.sample(edm.load(edm_run), 2, sampler="consistency")
     assert files(tmp_path) == []
 
 

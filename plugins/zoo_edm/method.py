@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +14,14 @@ from zoo.data import dataset_sigma_data
 from zoo.data.images import IMAGENET64_CLASSES
 from zoo.diffusion import SIGMA_DATA, SIGMA_MAX, SIGMA_MIN, Denoiser, append_zero, karras_sigmas
 from zoo.diffusion.precond import expand_sigma
-from zoo.diffusion.samplers import generate, get_sampler, sample_edm_stochastic
+from zoo.diffusion.samplers import (
+    check_sampler_options,
+    generate,
+    get_sampler,
+    sample_edm_stochastic,
+    sampler_names,
+    sampler_options,
+)
 from zoo.methods import (
     DEFAULT_RUNS_ROOT,
     BenchRow,
@@ -115,12 +121,6 @@ PRESETS = {
 }
 
 
-#: The options of EDM's stochastic sampler at their defaults (``--s-churn`` ... ``--s-noise``).
-STOCHASTIC_DEFAULTS = {k: p.default for k, p in
-                       inspect.signature(sample_edm_stochastic).parameters.items()
-                       if k.startswith("S_")}
-
-
 class AugmentedDenoiser(Denoiser):
     """EDM's denoiser whose network also sees the augmentation labels (EDMPrecond's
     ``augment_labels``): D(x, σ) = c_skip·x + c_out·F(c_in·x, c_noise, labels, augment_labels).
@@ -164,34 +164,48 @@ class EDM(Method):
         "EDM diffusion model (Karras et al. 2022): the teacher; Heun/Euler/stochastic sampling"
     )
     config_class = EDMConfig
-    sample_options = (
-        click.Option(
-            ["--steps"],
-            type=int,
-            default=18,
-            show_default=True,
-            help="Sampler steps N on the Karras grid (N points, then 0): heun and "
-            "dpm-solver-2 2N-1 NFE, dpm-solver-3 3N-2, the others N.",
-        ),
-        click.Option(
-            ["--sampler"],
-            default="heun",
-            show_default=True,
-            help="A registered sampler: heun, euler, edm-stochastic, or a fast PF-ODE solver "
-            "(zoo.diffusion.fast_samplers): ddim, dpm-solver-2, dpm-solver-3, dpm-solver++2m, "
-            "ipndm, deis-3.",
-        ),
-        click.Option(
-            ["--s-churn", "S_churn"],
-            type=float,
-            default=0.0,
-            show_default=True,
-            help="edm-stochastic: S_churn.",
-        ),
-        click.Option(["--s-tmin", "S_tmin"], type=float, default=0.0, show_default=True),
-        click.Option(["--s-tmax", "S_tmax"], type=float, default=float("inf"), show_default=True),
-        click.Option(["--s-noise", "S_noise"], type=float, default=1.0, show_default=True),
-    )
+    @property
+    def sample_options(self) -> tuple:
+        """``--steps``, ``--sampler`` (the registered samplers of diffusion models, read when the
+        command is built), ``--sampler-options`` and the stochastic sampler's options as flags."""
+        from zoo.plugins import get
+
+        names = sampler_names("edm")
+        by_sampler = "; ".join(
+            f"{n}: {', '.join(f'{o.name} ({o.type_name()}, default {o.default})' for o in opts)}"
+            for n in names if (opts := sampler_options(get("samplers", n)).values()))
+        return (
+            click.Option(
+                ["--steps"],
+                type=int,
+                default=18,
+                show_default=True,
+                help="Sampler steps N on the Karras grid (N points, then 0): heun and "
+                "dpm-solver-2 2N-1 NFE, dpm-solver-3 3N-2, the others N.",
+            ),
+            click.Option(
+                ["--sampler"],
+                type=click.Choice(names),
+                default="heun",
+                show_default=True,
+                help=f"A registered sampler of diffusion models: {', '.join(names)} "
+                "(docs/samplers.md).",
+            ),
+            click.Option(
+                ["--sampler-options"],
+                metavar="JSON",
+                default=None,
+                help="The sampler's options as a JSON object, e.g. '{\"S_churn\": 40}'; an "
+                f"option it does not take is an error. Options: {by_sampler or '(none)'}.",
+            ),
+            *(click.Option(
+                ["--" + o.name.lower().replace("_", "-"), o.name],
+                type=float,
+                default=None,
+                help=f"edm-stochastic: {o.help} Short for --sampler-options "
+                f"'{{\"{o.name}\": VALUE}}' [default: {o.default}].",
+            ) for o in sampler_options(sample_edm_stochastic).values()),
+        )
 
     def preset(self, dataset: str) -> EDMConfig:
         return EDMConfig(method=self.name, dataset=dataset, sigma_data=dataset_sigma_data(dataset),
@@ -225,18 +239,24 @@ class EDM(Method):
         device="cpu",
         progress=False,
         class_label=None,
-        **sampler_opts,
+        sampler_options=None,
+        **options,
     ):
+        """``sampler_options`` (a dict, or its JSON text) and ``options`` (e.g. ``S_churn``, the
+        ``--s-churn`` flag; None = not given) are the sampler's options, checked together by
+        :func:`~zoo.diffusion.samplers.check_sampler_options`."""
         if steps < 1:
             raise ValueError(f"--steps must be >= 1, got {steps}")
         fn = get_sampler(sampler, run.denoiser)
-        accepted = inspect.signature(fn).parameters
-        unused = [k for k, v in sampler_opts.items()
-                  if k not in accepted and v != STOCHASTIC_DEFAULTS.get(k)]
-        if unused:
-            flags = ", ".join("--" + k.lower().replace("_", "-") for k in unused)
-            raise ValueError(f"{flags}: only used by --sampler edm-stochastic, not {sampler!r}")
-        opts = {k: v for k, v in sampler_opts.items() if k in accepted}
+        if isinstance(sampler_options, str):
+            try:
+                sampler_options = json.loads(sampler_options)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"--sampler-options must be JSON: {exc}") from None
+        if not isinstance(sampler_options or {}, dict):
+            raise ValueError(f"--sampler-options must be a JSON object, got {sampler_options!r}")
+        given = {**(sampler_options or {}), **{k: v for k, v in options.items() if v is not None}}
+        opts = check_sampler_options(sampler, fn, given)
         sigmas = self.sigmas(run.config, steps)
         labels = draw_labels(range(seed, seed + n), run.config.num_classes, class_label)
         x, nfe = generate(

@@ -28,6 +28,7 @@ there. NFE with N positive σ's: DPM-Solver-2 2N−1, DPM-Solver-3 3N−2, the o
 from __future__ import annotations
 
 import math
+from typing import Annotated
 
 import numpy as np
 import torch
@@ -171,7 +172,8 @@ def lagrange_integrals(nodes, a: float, b: float) -> list[float]:
 
 
 @torch.no_grad()
-def sample_deis(denoiser, x, sigmas, *, generator=None, class_labels=None, degree: int = 3):
+def sample_deis(denoiser, x, sigmas, *, generator=None, class_labels=None,
+                degree: Annotated[int, "DEIS's r: degree of the ε polynomial (0 = DDIM)."] = 3):
     """tAB-DEIS (Zhang & Chen 2023), 1 NFE per step: ε extrapolated in t = σ by the degree-r
     polynomial through the last r+1 points and integrated exactly,
     x_{i+1} = x_i + Σ_j C_ij·ε_{i−j},  C_ij = ∫_{σ_i}^{σ_{i+1}} ℓ_j(τ) dτ

@@ -5,11 +5,20 @@ decreasing grid to follow; diffusion samplers expect it to end at 0 (:func:`appe
 Randomness comes from a :class:`~zoo.diffusion.random.StackedGenerator`, so a sample does not
 depend on its batch. Wrap the denoiser in :class:`NFECounter` (or use :func:`run_sampler`) to
 count network evaluations.
+
+A sampler's options are its keyword-only parameters after ``generator`` and ``class_labels``,
+each typed and explained in its signature: ``S_churn: Annotated[float, "help"] = 0.0``
+(:func:`sampler_options` reads them, :func:`check_sampler_options` validates given values).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import math
+import types
+import typing
+from typing import Annotated, Union
 
 import torch
 from tqdm.auto import tqdm
@@ -120,10 +129,10 @@ def sample_edm_stochastic(
     *,
     generator,
     class_labels=None,
-    S_churn: float = 0.0,
-    S_tmin: float = 0.0,
-    S_tmax: float = float("inf"),
-    S_noise: float = 1.0,
+    S_churn: Annotated[float, "Total churn: γ_i = min(S_churn/N, √2−1)."] = 0.0,
+    S_tmin: Annotated[float, "Churn only at σ_i >= S_tmin."] = 0.0,
+    S_tmax: Annotated[float, "Churn only at σ_i <= S_tmax."] = float("inf"),
+    S_noise: Annotated[float, "Scale of the added noise."] = 1.0,
 ):
     """EDM's stochastic sampler (Algorithm 2): add noise to raise σ_i to σ̂ = σ_i(1+γ_i), then Heun.
 
@@ -158,8 +167,8 @@ def sample_consistency(
     *,
     generator=None,
     class_labels=None,
-    sigma_min: float = SIGMA_MIN,
-    clip: tuple[float, float] | None = None,
+    sigma_min: Annotated[float, "ε of the re-noising √(σ² − ε²)."] = SIGMA_MIN,
+    clip: Annotated[tuple[float, float] | None, "Data range to clip to, e.g. [-1, 1]."] = None,
 ):
     """Multistep consistency sampling (Song et al. 2023, Algorithm 1); one NFE per σ.
 
@@ -197,25 +206,112 @@ def register_samplers(register):
         register(name, fn)
 
 
-def get_sampler(name: str, denoiser):
-    """The registered sampler ``name``, refusing one made for another kind of model than
-    ``denoiser`` (its ``parameterization``) with the samplers that fit it."""
+def _fits(sampler, parameterization) -> bool:
+    return getattr(sampler, "parameterization", parameterization) == parameterization
+
+
+def sampler_names(parameterization: str | None = None) -> list[str]:
+    """The registered samplers, those for a model of ``parameterization`` (a denoiser's
+    ``parameterization``: edm, consistency, ...) where given."""
     from zoo.plugins import registry
 
     samplers = registry("samplers")
-    fn = samplers.get(name)
+    return [n for n in samplers.names()
+            if parameterization is None or _fits(samplers.get(n), parameterization)]
+
+
+def get_sampler(name: str, denoiser):
+    """The registered sampler ``name``, refusing one made for another kind of model than
+    ``denoiser`` (its ``parameterization``) with the samplers that fit it."""
+    from zoo.plugins import get
+
+    fn = get("samplers", name)
     kind = getattr(denoiser, "parameterization", None)
-
-    def fits(sampler) -> bool:
-        return getattr(sampler, "parameterization", kind) == kind
-
-    if not fits(fn):
-        valid = [n for n in samplers.names() if fits(samplers.get(n))]
+    if not _fits(fn, kind):
+        valid = sampler_names(kind)
         need = fn.parameterization
         raise ValueError(
             f"sampler {name!r} needs a {MODEL_KINDS.get(need, need)}, but this run is a "
             f"{MODEL_KINDS.get(kind, kind)}; valid samplers for it: {', '.join(valid) or '(none)'}")
     return fn
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplerOption:
+    """One option of a sampler, read from its signature by :func:`sampler_options`."""
+
+    name: str
+    type: object
+    default: object
+    help: str
+
+    def type_name(self) -> str:
+        return getattr(self.type, "__name__", str(self.type))
+
+
+#: Keyword-only parameters of the house signature that are not options.
+HOUSE_KEYWORDS = ("generator", "class_labels")
+
+
+def sampler_options(fn) -> dict[str, SamplerOption]:
+    """A sampler's options: its keyword-only parameters other than :data:`HOUSE_KEYWORDS`, typed
+    by their annotation (``Annotated[type, "help"]`` adds the help), else by their default."""
+    hints = typing.get_type_hints(fn, include_extras=True)
+    options = {}
+    for name, p in inspect.signature(fn).parameters.items():
+        if p.kind is not p.KEYWORD_ONLY or name in HOUSE_KEYWORDS:
+            continue
+        tp, help_text = hints.get(name, type(p.default)), ""
+        if typing.get_origin(tp) is Annotated:
+            tp, *extras = typing.get_args(tp)
+            help_text = " ".join(e for e in extras if isinstance(e, str))
+        options[name] = SamplerOption(name, tp, p.default, help_text)
+    return options
+
+
+def _coerce(value, tp):
+    """``value`` as type ``tp`` (an int given for a float, a list for a tuple); TypeError if
+    it is not one."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (Union, types.UnionType):
+        for arg in args:
+            try:
+                return _coerce(value, arg)
+            except TypeError:
+                pass
+    elif origin is tuple:
+        if isinstance(value, (list, tuple)) and len(value) == len(args):
+            return tuple(_coerce(v, a) for v, a in zip(value, args))
+    elif tp is type(None):
+        if value is None:
+            return None
+    elif isinstance(value, bool):
+        if tp is bool:
+            return value
+    elif tp is float and isinstance(value, int):
+        return float(value)
+    elif isinstance(value, tp):
+        return value
+    raise TypeError
+
+
+def check_sampler_options(name: str, fn, options: dict) -> dict:
+    """``options`` for the sampler ``name`` (function ``fn``), typed; an option it does not take
+    or a value of the wrong type is an error naming what it accepts."""
+    accepted = sampler_options(fn)
+    unknown = [k for k in options if k not in accepted]
+    if unknown:
+        listed = ", ".join(f"{o.name} ({o.type_name()})" for o in accepted.values())
+        raise ValueError(f"sampler {name!r} takes no option {', '.join(unknown)}; its options: "
+                         f"{listed or '(none)'}")
+    out = {}
+    for key, value in options.items():
+        try:
+            out[key] = _coerce(value, accepted[key].type)
+        except TypeError:
+            raise ValueError(f"sampler {name!r}: option {key} must be "
+                             f"{accepted[key].type_name()}, got {value!r}") from None
+    return out
 
 
 def run_sampler(sampler, denoiser, x, sigmas, *, generator=None, **opts):
