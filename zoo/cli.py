@@ -141,15 +141,41 @@ def _click_type(annotation: str):
     return {"int": int, "float": float, "str": str, "bool": bool, "dict": "json"}.get(base, str)
 
 
-def config_options(config_class) -> list[click.Option]:
-    """One ``--option`` per config field; unset (None) options keep the dataset preset's value."""
+#: The datasets whose presets ``zoo train METHOD --help`` shows, one per preset scale.
+PRESET_DATASETS = ("toy", "digits", "cifar10")
+
+
+def _presets(method) -> dict:
+    """The method's configurations for :data:`PRESET_DATASETS` (no data loaded), those it has."""
+    out = {}
+    for dataset in PRESET_DATASETS:
+        try:
+            out[dataset] = method.configure(dataset)
+        except (*USER_ERRORS, zoo_plugins.UnknownNameError):
+            continue
+    return out
+
+
+def _shown(value) -> str:
+    return json.dumps(value, separators=(",", ":")) if isinstance(value, (dict, list)) \
+        else f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def config_options(config_class, presets: dict | None = None) -> list[click.Option]:
+    """One ``--option`` per config field (a ``click.Choice`` where the field has ``choices``);
+    unset (None) options keep the dataset preset's value, whose values per dataset in
+    ``presets`` (name -> config) the help shows."""
     options = []
     for f in dataclasses.fields(config_class):
         if f.name in ("method", "dataset"):
             continue
         flag = "--" + f.name.replace("_", "-")
         kind = _click_type(f.type if isinstance(f.type, str) else f.type.__name__)
-        help_text = f.metadata.get("help", "") + " [default: from the dataset preset]"
+        if "choices" in f.metadata:
+            kind = click.Choice(f.metadata["choices"])
+        values = ", ".join(f"{d} {_shown(getattr(c, f.name))}" for d, c in (presets or {}).items())
+        help_text = f.metadata.get("help", "") + (
+            f" [presets: {values}]" if values else " [default: from the dataset preset]")
         if kind is bool:
             options.append(
                 click.Option([f"{flag}/--no-{flag[2:]}", f.name], default=None, help=help_text)
@@ -266,7 +292,7 @@ def _make_train_command(name, method):
             help="Print the resolved settings, the parameter count, the samples/s of a few real "
             "training steps on random data and the projected wall time; write nothing.",
         ),
-        *config_options(method.config_class),
+        *config_options(method.config_class, _presets(method)),
     ]
     return click.Command(
         name,
@@ -542,7 +568,8 @@ def bench_command(
     save_samples,
 ):
     """The NFE-versus-metric table: every method's rows from the same seeds through the same
-    evaluator. Writes table.md/.csv/.json, metric_vs_nfe.png and samples/ into OUT."""
+    evaluator. Writes table.md/.csv/.json, metric_vs_nfe.png, metric_vs_cost.png and samples/
+    into OUT."""
     from zoo.bench import format_table, parse_settings, run_bench
 
     out = Path(out) if out else Path("bench") / dataset
@@ -575,7 +602,8 @@ def bench_command(
     click.echo(f"{dataset}: n={report.n} samples per row, seeds {seed}..{seed + report.n - 1}, "
                f"reference {report.ref or 'the dataset'}\n")
     click.echo(format_table(report))
-    click.echo(f"\n{out}: table.md table.csv table.json metric_vs_nfe.png samples/")
+    click.echo(f"\n{out}: table.md table.csv table.json metric_vs_nfe.png "
+               "metric_vs_cost.png samples/")
 
 
 # ---------------------------------------------------------------- edit
@@ -647,7 +675,7 @@ def edit_command(
     import torch
 
     from zoo.diffusion.samplers import parse_sigmas
-    from zoo.editing import default_sigmas, edit_files, save_row
+    from zoo.editing import SIGMA_TASKS, default_sigmas, edit_files, save_row
     from zoo.methods import preset_scale
     from zoo.training import load_checkpoint
     from zoo.viz import PICTURE_SUFFIXES, check_folder, check_output, save_samples_file
@@ -702,13 +730,12 @@ def edit_command(
     if error:
         raise UserError(error)
     paths = [
-        save_row(row, out / f"{name}.png" if batch else out)
+        save_row(row, out / f"{name}.png" if batch else out, task)
         for name, row in zip(names, rows, strict=True)
     ]
-    click.echo(
-        f"{task}: {len(paths)} image(s), sigmas {[round(s, 4) for s in sigmas]} -> "
-        f"{out if batch else paths[0]} (raw values: {npz})"
-    )
+    used = f", sigmas {[round(s, 4) for s in sigmas]}" if task in SIGMA_TASKS else ""
+    click.echo(f"{task}: {len(paths)} image(s){used} -> {out if batch else paths[0]} "
+               f"(raw values: {npz})")
 
 
 # ---------------------------------------------------------------- import-edm, import-openai

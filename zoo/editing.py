@@ -361,8 +361,18 @@ def edit_files(f, task, inputs, *, shape, sigmas, sigma_min, sigma_max, seed=0, 
     return [p.stem for p in files], list(torch.stack(panels, 1))
 
 
-def save_row(row: torch.Tensor, path) -> Path:
-    """Panels side by side (input, [mask,] result) as one PNG, upscaled when small."""
+#: The panels of each task's row (interpolation: one per frame, labelled by its t).
+PANELS = {"inpaint": ("input", "mask", "result"), "colorize": ("observed", "result"),
+          "superres": ("observed", "result"), "stroke": ("input", "result"),
+          "denoise": ("input", "result")}
+#: The tasks that follow a σ sequence (``--sigmas``); denoising and interpolation do not.
+SIGMA_TASKS = ("inpaint", "colorize", "superres", "stroke")
+
+
+def save_row(row: torch.Tensor, path, task: str) -> Path:
+    """Panels side by side (input, [mask,] result) as one PNG, upscaled when small, each
+    labelled (:data:`PANELS`)."""
     from zoo.viz import save_image_grid
 
-    return save_image_grid(row, path, nrow=len(row))
+    labels = PANELS.get(task) or [f"t={t:.2f}" for t in torch.linspace(0, 1, len(row)).tolist()]
+    return save_image_grid(row, path, nrow=len(row), labels=list(labels))

@@ -59,9 +59,11 @@ def _write_atomic(path, write) -> Path:
 MAX_GRID = 100
 
 
-def save_image_grid(x: torch.Tensor, path, nrow: int | None = None) -> Path:
+def save_image_grid(x: torch.Tensor, path, nrow: int | None = None,
+                    labels: list[str] | None = None) -> Path:
     """Save the first :data:`MAX_GRID` images in [−1, 1] (N, C, H, W) as one PNG grid, upscaled
-    so small images are legible."""
+    so small images are legible; ``labels`` (one row of images) are written above them."""
+    from PIL import Image, ImageDraw
     from torchvision.utils import make_grid, save_image
 
     x = x[:MAX_GRID].detach().float().cpu().clamp(-1, 1)
@@ -70,7 +72,15 @@ def save_image_grid(x: torch.Tensor, path, nrow: int | None = None) -> Path:
     if scale > 1:
         x = torch.nn.functional.interpolate(x, scale_factor=scale, mode="nearest")
     grid = make_grid((x + 1) / 2, nrow=nrow, padding=2, pad_value=1.0)
-    return _write_atomic(path, lambda tmp: save_image(grid, tmp))
+    if not labels:
+        return _write_atomic(path, lambda tmp: save_image(grid, tmp))
+    pixels = (grid * 255).round().clamp(0, 255).byte().permute(1, 2, 0).numpy()
+    picture = Image.new("RGB", (pixels.shape[1], pixels.shape[0] + 14), "white")
+    picture.paste(Image.fromarray(pixels), (0, 14))
+    draw = ImageDraw.Draw(picture)
+    for i, label in enumerate(labels):
+        draw.text((2 + i * (x.shape[-1] + 2), 2), label, fill="black")
+    return _write_atomic(path, picture.save)
 
 
 def save_scatter(

@@ -35,24 +35,28 @@ MODE_LABELS = {"cd": "CD", "ct": "CT", "cd-cont": "CD∞", "ct-cont": "CT∞"}
 
 @dataclass
 class CMConfig(TrainConfig):
-    mode: str = setting("cd", "cd (distillation), ct (training), cd-cont or ct-cont (N → ∞).")
+    mode: str = setting("cd", "cd (distillation), ct (training), cd-cont or ct-cont (N → ∞).",
+                        choices=MODES)
     teacher: str = setting("", "EDM run directory of the teacher (CD; init=teacher) "
                                "[preset: runs/DATASET/edm].")
     init: str = setting("teacher", "Student initialisation: teacher (its teacher_weights) or "
-                                   "random.")
+                                   "random.", choices=("teacher", "random"))
     teacher_weights: str = setting("ema", "The teacher's weights: ema (its evaluation EMA) or raw "
-                                          "(the trained weights).")
+                                          "(the trained weights).", choices=("ema", "raw"))
     num_scales: int = setting(18, "N: points of the Karras grid (CD).")
-    solver: str = setting("heun", "Teacher's ODE step in CD: heun or euler.")
-    distance: str = setting("l2", "d: l2 (squared, mean over dimensions), l1 or lpips.")
-    weighting: str = setting("uniform", "λ(t_n): uniform, snrp1 or truncated-snr.")
+    solver: str = setting("heun", "Teacher's ODE step in CD: heun or euler.", choices=SOLVERS)
+    distance: str = setting("l2", "d: l2 (squared, mean over dimensions), l1 or lpips.",
+                            choices=DISTANCES)
+    weighting: str = setting("uniform", "λ(t_n): uniform, snrp1 or truncated-snr.",
+                             choices=WEIGHTINGS)
     target_ema: float = setting(0.0, "μ of the target network θ⁻ (CD); 0: θ⁻ = stopgrad(θ).")
     s0: int = setting(2, "CT: N(0), initial number of grid points.")
     s1: int = setting(150, "CT: N(K) − 1, final number of grid intervals.")
     mu0: float = setting(0.9, "CT: μ0 of the target-EMA schedule μ(k).")
     ct_mu_form: str = setting("paper", "CT: μ(k) = exp(s0·log μ0 / N(k)) (paper) or "
                                        "exp(s0·log μ0 / (N(k) − 1)) (code: the official "
-                                       "implementation, which produced the paper's numbers).")
+                                       "implementation, which produced the paper's numbers).",
+                              choices=CT_MU_FORMS)
     sigma_data: float = setting(SIGMA_DATA, "σ_data of the parameterisation.")
     sigma_min: float = setting(SIGMA_MIN, "ε: where the boundary condition f(x, ε) = x holds.")
     sigma_max: float = setting(SIGMA_MAX, "T: the largest noise level.")
@@ -65,12 +69,6 @@ class CMConfig(TrainConfig):
 
     def validate(self) -> None:
         super().validate()
-        choices = {"mode": MODES, "init": ("teacher", "random"), "solver": tuple(SOLVERS),
-                   "distance": DISTANCES, "weighting": WEIGHTINGS, "ct_mu_form": CT_MU_FORMS,
-                   "teacher_weights": ("ema", "raw")}
-        for name, valid in choices.items():
-            if getattr(self, name) not in valid:
-                raise ValueError(f"{name}={getattr(self, name)!r} is not one of {', '.join(valid)}")
         if self.num_scales < 2:
             raise ValueError(f"num_scales must be >= 2, got {self.num_scales}")
         if not 2 <= self.s0 <= self.s1:

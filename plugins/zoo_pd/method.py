@@ -59,7 +59,8 @@ class PDConfig(TrainConfig):
     rho: float = setting(7.0, "ρ of the Karras grid.")
     teacher_weights: str = setting(
         "ema", "Weights of the edm teacher of stage 0: ema (its evaluation EMA) or raw (the "
-        "trained weights); later stages learn from the previous student's EMA.")
+        "trained weights); later stages learn from the previous student's EMA.",
+        choices=("ema", "raw"))
 
     RESUME_FIXED = (*TrainConfig.RESUME_FIXED, "teacher", "teacher_weights", "teacher_steps",
                     "sigma_data", "sigma_min", "sigma_max", "rho")
@@ -67,8 +68,6 @@ class PDConfig(TrainConfig):
     def validate(self) -> None:
         super().validate()
         stage_plan(self.teacher_steps)
-        if self.teacher_weights not in ("ema", "raw"):
-            raise ValueError(f"teacher_weights={self.teacher_weights!r} is not one of ema, raw")
 
 
 PRESETS = {
@@ -155,6 +154,10 @@ class PDLoss(TrainingTask):
         self.teacher = teacher
         self.teacher_sigmas = teacher_sigmas
         self.student_steps = (len(teacher_sigmas) - 1) // 2
+
+    def passes_per_sample(self) -> dict[str, int]:
+        """The teacher's two Euler steps and the student's forward and backward pass."""
+        return {"forward": 3, "backward": 1}
 
     def loss(self, net, x, labels, noise):
         i = noise.randint(0, self.student_steps)

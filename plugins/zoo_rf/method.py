@@ -27,7 +27,8 @@ TEACHER_FIELDS = ("network", "num_classes", "time_scale")
 @dataclass
 class RFConfig(TrainConfig):
     mode: str = setting("train", "train: 1-rectified flow on the data (noise and data drawn "
-                        "independently); reflow: retrain on (noise, sample) pairs of --teacher.")
+                        "independently); reflow: retrain on (noise, sample) pairs of --teacher.",
+                        choices=MODES)
     teacher: str = setting("", "reflow: the rf run whose ODE makes the pairs "
                            "[default: runs/DATASET/rf].")
     reflow_pairs: int = setting(50_000, "reflow: number of (Z_0, Z_1) pairs, made once and kept in "
@@ -36,7 +37,8 @@ class RFConfig(TrainConfig):
     reflow_seed: int = setting(1_000_000_000, "reflow: pair j starts from the noise of seed "
                                "reflow_seed + j (far from the bench's seeds 0..n-1).")
     reflow_init: str = setting("raw", "reflow: the student starts from the teacher's raw weights "
-                               "(the official code), its ema weights, or random (init).")
+                               "(the official code), its ema weights, or random (init).",
+                               choices=("raw", "ema", "random"))
     t_eps: float = setting(1e-3, "t ~ U[t_eps, 1] in training (official code 1e-3; the paper's "
                            "text 0).")
     time_scale: float = setting(999.0, "The network's noise label is time_scale·t (official: "
@@ -47,10 +49,6 @@ class RFConfig(TrainConfig):
 
     def validate(self) -> None:
         super().validate()
-        if self.mode not in MODES:
-            raise ValueError(f"mode={self.mode!r} is not one of {', '.join(MODES)}")
-        if self.reflow_init not in ("raw", "ema", "random"):
-            raise ValueError(f"reflow_init={self.reflow_init!r} is not one of raw, ema, random")
         if self.reflow_pairs < 1 or self.reflow_steps < 1:
             raise ValueError(f"reflow_pairs and reflow_steps must be >= 1, got "
                              f"{self.reflow_pairs}, {self.reflow_steps}")
@@ -133,7 +131,8 @@ class RectifiedFlow(Method):
         velocity = self.build_denoiser(config, dataset.shape)
         if config.mode == "train":
             return RectifiedFlowLoss(velocity.to(config.device), config.t_eps)
-        teacher = self.load(self.teacher_dir(config), device=config.device)
+        config.teacher = str(self.teacher_dir(config))  # the run records its teacher
+        teacher = self.load(config.teacher, device=config.device)
         if teacher.dataset["checksum"] != dataset.checksum:
             raise ValueError(f"teacher {teacher.path} was trained on other data "
                              f"({teacher.dataset['name']}) than {dataset.name}")

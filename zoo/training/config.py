@@ -10,11 +10,14 @@ from pathlib import Path
 from typing import ClassVar
 
 
-def setting(default, help: str):
-    """A config field with its help text (shown by ``zoo train METHOD --help``)."""
+def setting(default, help: str, choices=None):
+    """A config field with its help text (shown by ``zoo train METHOD --help``) and, for a
+    closed set of values, its ``choices``: :meth:`TrainConfig.validate` refuses others and the
+    CLI offers them as a ``click.Choice``."""
+    metadata = {"help": help, **({"choices": tuple(choices)} if choices is not None else {})}
     if isinstance(default, (dict, list)):
-        return field(default_factory=lambda: type(default)(default), metadata={"help": help})
-    return field(default=default, metadata={"help": help})
+        return field(default_factory=lambda: type(default)(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
 
 
 @dataclass
@@ -31,13 +34,14 @@ class TrainConfig:
         "imagenet64: 1000); 0 = unconditional.")
     batch_size: int = setting(512, "Global batch size (split across processes).")
     iterations: int = setting(10_000, "Training iterations.")
-    optimizer: str = setting("adam", "adam or radam.")
+    optimizer: str = setting("adam", "adam or radam.", choices=("adam", "radam"))
     lr: float = setting(1e-3, "Peak learning rate.")
     adam_beta1: float = setting(0.9, "Adam β1.")
     adam_beta2: float = setting(0.999, "Adam β2.")
     weight_decay: float = setting(0.0, "Weight decay.")
     lr_warmup: int = setting(0, "Iterations of linear learning-rate warm-up.")
-    lr_decay: str = setting("constant", "constant, or linear (to 0 at the last iteration).")
+    lr_decay: str = setting("constant", "constant, or linear (to 0 at the last iteration).",
+                            choices=("constant", "linear"))
     grad_clip: float = setting(0.0, "Max gradient norm; 0 = off.")
     ema_rate: float = setting(
         0.0, "Evaluation EMA rate per step; when > 0 it overrides --ema-halflife-kimg."
@@ -65,7 +69,8 @@ class TrainConfig:
         "torch intra-op CPU threads; 0 = automatic (1 for networks under 5M parameters, which "
         "collapse under CPU contention with more; else torch's default). ZOO_THREADS overrides 0.",
     )
-    precision: str = setting("fp32", "fp32, or bf16 (autocast of the loss's forward passes).")
+    precision: str = setting("fp32", "fp32, or bf16 (autocast of the loss's forward passes).",
+                             choices=("fp32", "bf16"))
     channels_last: bool = setting(False, "Channels-last memory format for 4D weights and inputs.")
     compile: bool = setting(False, "torch.compile the trained network (its online passes).")
     tf32: bool = setting(False, "Allow TF32 matmuls and convolutions on CUDA during training.")
@@ -97,14 +102,11 @@ class TrainConfig:
         self.device = resolve_device(self.device)
 
     def validate(self) -> None:
-        choices = {
-            "optimizer": ("adam", "radam"),
-            "lr_decay": ("constant", "linear"),
-            "precision": ("fp32", "bf16"),
-        }
-        for name, valid in choices.items():
-            if getattr(self, name) not in valid:
-                raise ValueError(f"{name}={getattr(self, name)!r} is not one of {', '.join(valid)}")
+        for f in dataclasses.fields(self):
+            valid = f.metadata.get("choices")
+            if valid is not None and getattr(self, f.name) not in valid:
+                raise ValueError(f"{f.name}={getattr(self, f.name)!r} is not one of "
+                                 f"{', '.join(valid)}")
         if self.num_classes < 0:
             raise ValueError(f"num_classes must be >= 0 (0: unconditional), got {self.num_classes}")
         positive = ("batch_size", "iterations", "checkpoint_every", "log_every")

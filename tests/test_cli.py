@@ -1,0 +1,138 @@
+"""The CLI's typed options: samplers and their options from the registry, config choices, preset
+values in the help, and `zoo edit`'s output."""
+
+import types
+from typing import Annotated
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+import zoo.plugins
+from zoo.cli import main
+from zoo.hookspecs import hookimpl
+from zoo.plugins import get
+
+TOY_NET = {"hidden": 16, "num_layers": 1}
+
+
+def cli(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+@pytest.fixture(scope="module")
+def edm_run(tmp_path_factory):
+    edm = get("methods", "edm")
+    config = edm.configure("toy", iterations=2, batch_size=16, network_kwargs=TOY_NET,
+                           dataset_options={"n": 200})
+    return edm.train(config, tmp_path_factory.mktemp("edm") / "run", progress=False)
+
+
+@pytest.fixture
+def no_sampling(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("sampling started before the settings were checked")
+
+    monkeypatch.setattr("zoo.diffusion.samplers.NFECounter.__call__", refuse)
+
+
+def test_an_option_the_sampler_does_not_take_names_its_options(edm_run, tmp_path, no_sampling):
+    result = cli("sample", "edm", "--run", edm_run, "--sampler", "deis-3", "--sampler-options",
+                 '{"eta": 1}', "--out", tmp_path / "s.png")
+    assert result.exit_code == 1
+    assert "sampler 'deis-3' takes no option eta; its options: degree (int)" in result.output
+    result = cli("sample", "edm", "--run", edm_run, "--sampler", "euler", "--s-noise", "2",
+                 "--out", tmp_path / "s.png")
+    assert "sampler 'euler' takes no option S_noise; its options: (none)" in result.output
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("options, message", [
+    ('{"S_churn": "lots"}', "sampler 'edm-stochastic': option S_churn must be float, got 'lots'"),
+    ('{"S_churn": true}', "option S_churn must be float, got True"),
+    ('[1]', "--sampler-options must be a JSON object, got [1]"),
+    ('{S_churn', "--sampler-options must be JSON"),
+])
+def test_a_sampler_option_of_the_wrong_type_is_refused(edm_run, tmp_path, no_sampling, options,
+                                                       message):
+    result = cli("sample", "edm", "--run", edm_run, "--sampler", "edm-stochastic",
+                 "--sampler-options", options, "--out", tmp_path / "s.png")
+    assert result.exit_code == 1 and message in result.output, result.output
+
+
+def test_sampler_options_and_flags_reach_the_sampler(edm_run, tmp_path):
+    out = tmp_path / "s.png"
+    result = cli("sample", "edm", "--run", edm_run, "--n", 4, "--steps", 2, "--sampler",
+                 "edm-stochastic", "--sampler-options", '{"S_churn": 5, "S_tmax": "Infinity"}',
+                 "--s-noise", "0.5", "--out", out)
+    assert result.exit_code == 1 and "option S_tmax must be float" in result.output
+    result = cli("sample", "edm", "--run", edm_run, "--n", 4, "--steps", 2, "--sampler",
+                 "edm-stochastic", "--sampler-options", '{"S_churn": 5, "S_tmax": Infinity}',
+                 "--s-noise", "0.5", "--out", out)
+    assert result.exit_code == 0, result.output
+    import json
+
+    info = json.loads(str(np.load(out.with_suffix(".npz"))["info"]))
+    assert (info["S_churn"], info["S_tmax"], info["S_noise"]) == (5.0, float("inf"), 0.5)
+
+
+def test_sampler_choices_come_from_the_registry():
+    def sample_twice(denoiser, x, sigmas, *, generator=None, class_labels=None,
+                     gain: Annotated[float, "Output gain."] = 2.0):
+        return gain * x
+
+    plugin = types.SimpleNamespace(
+        register_samplers=hookimpl(lambda register: register("twice", sample_twice)))
+    zoo.plugins.register_plugin(plugin, "test-twice")
+    result = cli("sample", "edm", "--help")
+    assert result.exit_code == 0
+    flat = " ".join(result.output.split())
+    assert "[ddim|deis-3|dpm-solver++2m|dpm-solver-2|dpm-solver-3|edm-stochastic|euler|heun|" \
+           "ipndm|twice]" in flat
+    assert "twice: gain (float, default 2.0)" in flat
+    assert "consistency" not in flat.split("--sampler-options")[0]  # not for diffusion models
+
+
+def test_a_config_choice_is_a_click_choice_refused_before_any_work(monkeypatch):
+    monkeypatch.setattr(type(get("methods", "cm")), "train",
+                        lambda *a, **k: pytest.fail("training started"))
+    result = cli("train", "cm", "--distance", "l3")
+    assert result.exit_code == 2
+    assert "Invalid value for '--distance': 'l3' is not one of 'l2', 'l1', 'lpips'" \
+        in result.output
+    assert "--distance [l2|l1|lpips]" in cli("train", "cm", "--help").output
+
+
+def test_validate_uses_the_settings_choices():
+    with pytest.raises(ValueError, match="lr_decay='cosine' is not one of constant, linear"):
+        get("methods", "edm").configure("toy", lr_decay="cosine")
+
+
+def test_train_help_shows_the_preset_values():
+    flat = " ".join(cli("train", "edm", "--help").output.split())
+    assert "Peak learning rate. [presets: toy 0.002, digits 0.001, cifar10 0.001]" in flat
+    assert "--optimizer [adam|radam]" in flat
+
+
+@pytest.fixture(scope="module")
+def cm_run(tmp_path_factory):
+    cm = get("methods", "cm")
+    config = cm.configure("digits", mode="ct", iterations=2, batch_size=8,
+                          network_kwargs={"model_channels": 8, "num_blocks": 1})
+    return cm.train(config, tmp_path_factory.mktemp("cm") / "run", progress=False)
+
+
+def test_edit_prints_only_the_sigmas_its_task_uses_and_labels_its_panels(cm_run, tmp_path):
+    png = tmp_path / "d.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (8, 8), np.uint8)).save(png)
+    result = cli("edit", cm_run, "--task", "denoise", "--sigma", "0.5", "--input", png,
+                 "--out", tmp_path / "den.png")
+    assert result.exit_code == 0, result.output
+    assert "sigma" not in result.output
+    labelled = np.asarray(Image.open(tmp_path / "den.png").convert("L"))
+    assert labelled.shape == (14 + 68, 2 + 2 * 66)  # a label strip above two 64-pixel panels
+    assert (labelled[:14] < 128).any()  # the labels' text
+    result = cli("edit", cm_run, "--task", "stroke", "--sigma", "5", "--input", png,
+                 "--out", tmp_path / "st.png")
+    assert result.exit_code == 0 and "sigmas [" in result.output, result.output
