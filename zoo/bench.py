@@ -4,9 +4,11 @@ Every row draws the same ``n`` samples from the same seeds ``[seed, seed + n)`` 
 the same evaluator (:func:`zoo.metrics.evaluate`, the dataset's default metrics); runs trained
 on other data than the dataset as it is now (checksums differ) are refused. Methods come from the
 registry; each names the runs it needs (:meth:`~zoo.methods.Method.bench_configs`) and the rows
-a run gives (:meth:`~zoo.methods.Method.bench_rows`). Outputs: the table (terminal, Markdown,
-CSV, JSON), the primary metric against NFE as a PNG, one sample picture per row (its first
-samples) and, asked for, every sample for external evaluators (:mod:`zoo.sample_export`).
+a run gives (:meth:`~zoo.methods.Method.bench_rows`). Every row carries its run's training cost
+(:func:`zoo.training.cost.run_cost`: training images and network passes, its teachers'
+included). Outputs: the table (terminal, Markdown, CSV, JSON), the primary metric against NFE
+and against training cost as PNGs, one sample picture per row (its first samples) and, asked
+for, every sample for external evaluators (:mod:`zoo.sample_export`).
 
 Real image datasets follow the published FID protocol: FID-50k (50,000 samples, Heusel et al.
 2017, as EDM and the CM paper report it) against the training set or a ``--ref`` file. Rows are
@@ -37,6 +39,7 @@ from zoo.data import Dataset, load_dataset
 from zoo.methods import BenchRow, Method
 from zoo.training import CheckpointError, load_checkpoint
 from zoo.training.checkpoint import CHECKPOINT_NAME
+from zoo.training.cost import forward_equivalents, run_cost
 
 # Samples per row unless asked, by the dataset's default metric: points, five W2 sets of 2000
 # (zoo.metrics.W2Metric); digits 2000; Inception FID on real images: the published FID-50k.
@@ -52,7 +55,8 @@ class BenchError(ValueError):
 
 @dataclass
 class RowResult:
-    """One measured row: the method, its row, the metrics and the sampling throughput."""
+    """One measured row: the method, its row, the metrics, the sampling throughput and the
+    training cost of its run (:func:`~zoo.training.cost.run_cost`; None where unrecorded)."""
 
     method: str
     row: BenchRow
@@ -62,6 +66,7 @@ class RowResult:
     step: int
     samples_picture: str = ""
     weights: str = "ema"
+    cost: dict | None = None
 
 
 @dataclass
@@ -251,7 +256,7 @@ def check_same_data(rows: list[BenchRow], dataset: str, data: Dataset) -> dict[P
     for row in rows:
         run_dir = Path(row.run_dir)
         if run_dir not in records:
-            records[run_dir] = record = _record(run_dir)
+            records[run_dir] = record = {**_record(run_dir), "cost": run_cost(run_dir)}
             unchecked = record["imported"] and record["checksum"] is None
             if unchecked and record["data"] != data.name:
                 raise BenchError(f"run {run_dir} was imported for dataset {record['data']}, not "
@@ -330,7 +335,7 @@ def run_bench(models: list[str], dataset: str, *, runs_root="runs", train_missin
                                   stem=out / "samples" / row_stem(row), progress=progress)
         record = records[Path(row.run_dir)]
         result = RowResult(name, row, evaluation.result(), rate, record["checksum"],
-                           record["step"], weights=weights)
+                           record["step"], weights=weights, cost=record["cost"])
         if distributed.is_main():
             result.samples_picture = str(save_row_samples(result, picture, data, out))
         report.results.append(result)
@@ -417,13 +422,23 @@ def _fmt(value: float) -> str:
     return f"{value:.4g}"
 
 
+def cost_cells(cost: dict | None) -> list[str]:
+    """The table's training-cost cells: million training images and billion network passes in
+    forward-equivalents (blank where the run has no cost record)."""
+    if cost is None:
+        return ["", ""]
+    return [_fmt(cost["images"] / 1e6), _fmt(forward_equivalents(cost) / 1e9)]
+
+
 def table_rows(report: BenchReport) -> tuple[list[str], list[list[str]]]:
-    """Header and cells in the paper's layout: METHOD | NFE | metrics | samples/s."""
+    """Header and cells in the paper's layout: METHOD | NFE | metrics | samples/s, then the
+    training cost (teachers included)."""
     names = report.metric_names
-    header = ["METHOD", "NFE", *[f"{k}{_arrow(k)}" for k in names], "samples/s"]
+    header = ["METHOD", "NFE", *[f"{k}{_arrow(k)}" for k in names], "samples/s", "train Mimg",
+              "train passes (G fwd-eq)"]
     cells = [[r.row.label + (" [raw weights]" if r.weights == "raw" else ""), str(r.row.nfe),
               *[_fmt(r.metrics[k]) if k in r.metrics else "" for k in names],
-              f"{r.samples_per_s:.0f}"] for r in report.results]
+              f"{r.samples_per_s:.0f}", *cost_cells(r.cost)] for r in report.results]
     return header, cells
 
 
@@ -500,20 +515,69 @@ def plot_metric_vs_nfe(report: BenchReport, path: Path) -> Path:
     return path
 
 
+def plot_metric_vs_cost(report: BenchReport, path: Path) -> Path:
+    """The primary metric against the training cost (network passes in forward-equivalents,
+    teachers included), log-log, one line per label with each point's NFE written beside it;
+    rows without a cost record are left out (a note says so when none has one)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    primary = report.metric_names[0]
+    costed = [r for r in report.results if r.cost is not None]
+    fig, ax = plt.subplots(figsize=(5.5, 4), dpi=120)
+    for label in dict.fromkeys(r.row.label for r in costed):
+        rows = [r for r in costed if r.row.label == label]
+        points = [(forward_equivalents(r.cost), r.metrics[primary]) for r in rows]
+        ax.plot(*zip(*points, strict=True), marker="o", linestyle=":", label=label)
+        for r, point in zip(rows, points, strict=True):
+            ax.annotate(str(r.row.nfe), point, fontsize=6, xytext=(3, 3),
+                        textcoords="offset points")
+    if costed:
+        ax.set_xscale("log")
+        ax.legend(fontsize=8, title="point labels: NFE", title_fontsize=7)
+        if all(r.metrics[primary] > 0 for r in costed):
+            ax.set_yscale("log")
+    else:
+        ax.text(0.5, 0.5, "no run has a training-cost record", ha="center",
+                transform=ax.transAxes)
+    ax.set_xlabel("training passes (forward-equivalents, teachers included)")
+    ax.set_ylabel(f"{primary} {_arrow(primary)}")
+    ax.set_title(f"{report.dataset}: {primary} vs training cost (n={report.n})", fontsize=9)
+    ax.grid(True, which="both", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+#: The training-cost fields of the CSV (``train_…``) and JSON (``training_cost``) outputs.
+COST_COLUMNS = ("images", "forward", "backward", "forward_equivalents")
+
+
+def training_cost(cost: dict | None) -> dict | None:
+    """A run's cost record with its forward-equivalents, for the CSV and JSON outputs."""
+    return None if cost is None else {**cost, "forward_equivalents": forward_equivalents(cost)}
+
+
 def write_outputs(report: BenchReport, out: Path) -> dict[str, Path]:
-    """``table.md``, ``table.csv``, ``table.json`` and ``metric_vs_nfe.png`` in ``out``."""
+    """``table.md``, ``table.csv``, ``table.json``, ``metric_vs_nfe.png`` and
+    ``metric_vs_cost.png`` in ``out``."""
     out.mkdir(parents=True, exist_ok=True)
     paths = {name: out / name for name in
-             ("table.md", "table.csv", "table.json", "metric_vs_nfe.png")}
+             ("table.md", "table.csv", "table.json", "metric_vs_nfe.png", "metric_vs_cost.png")}
     paths["table.md"].write_text(format_markdown(report))
     names = report.metric_names
     with open(paths["table.csv"], "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["method", "label", "nfe", *names, "samples_per_s", "run_dir"])
+        writer.writerow(["method", "label", "nfe", *names, "samples_per_s", "run_dir",
+                         *[f"train_{k}" for k in COST_COLUMNS]])
         for r in report.results:
+            cost = training_cost(r.cost) or {}
             writer.writerow([r.method, r.row.label, r.row.nfe,
                              *[r.metrics.get(k, "") for k in names], r.samples_per_s,
-                             str(r.row.run_dir)])
+                             str(r.row.run_dir), *[cost.get(k, "") for k in COST_COLUMNS]])
     record = {
         "dataset": report.dataset, "dataset_checksum": report.checksum, "n": report.n,
         "seeds": [report.seed, report.seed + report.n - 1], "batch_size": report.batch_size,
@@ -524,9 +588,12 @@ def write_outputs(report: BenchReport, out: Path) -> dict[str, Path]:
                   "metrics": r.metrics, "samples_per_s": r.samples_per_s,
                   "run_dir": str(r.row.run_dir), "run_checksum": r.checksum, "run_step": r.step,
                   "options": r.row.options, "weights": r.weights,
-                  "samples_picture": r.samples_picture}
+                  "samples_picture": r.samples_picture, "training_cost": training_cost(r.cost)}
                  for r in report.results],
+        "training_cost_unit": "passes: one network evaluation on one sample (a JVP: 2 forward); "
+                              "forward_equivalents = forward + 2 * backward; teachers included",
     }
     paths["table.json"].write_text(json.dumps(record, indent=2) + "\n")
     plot_metric_vs_nfe(report, paths["metric_vs_nfe.png"])
+    plot_metric_vs_cost(report, paths["metric_vs_cost.png"])
     return paths

@@ -23,6 +23,8 @@ from zoo.diffusion.samplers import euler_step, heun_step
 from zoo.training import TrainingTask
 
 SOLVERS = {"heun": heun_step, "euler": euler_step}
+#: Teacher evaluations of one step of each solver (Heun's second-order correction: two).
+SOLVER_NFE = {"heun": 2, "euler": 1}
 DISTANCES = ("l2", "l1", "lpips")
 WEIGHTINGS = ("uniform", "snrp1", "truncated-snr", "uniform-u")
 CT_MU_FORMS = ("paper", "code")
@@ -200,6 +202,12 @@ class ConsistencyLoss(CMTask):
     def num_scales(self, k: int) -> int:
         return self.config.num_scales
 
+    def passes_per_sample(self) -> dict[str, int]:
+        """The online pass (forward and backward), the target's forward pass and, for CD, the
+        teacher solver's step (Heun 2, Euler 1)."""
+        teacher = 0 if self.teacher is None else SOLVER_NFE[self.config.solver]
+        return {"forward": 2 + teacher, "backward": 1}
+
     def target_ema(self, k: int) -> float:
         return self.config.target_ema
 
@@ -297,6 +305,11 @@ class ContinuousConsistency(CMTask):
         if self.teacher is None:
             return z
         return ode_derivative(self.teacher(x_t, t, labels), x_t, t)
+
+    def passes_per_sample(self) -> dict[str, int]:
+        """The online pass (forward and backward), the target's JVP (two forward passes) and,
+        for CD∞, the teacher's forward pass."""
+        return {"forward": 3 + (self.teacher is not None), "backward": 1}
 
     def tangent(self, x_t, t, v, labels=None):
         """(f_θ⁻(x_t, t), ∂f_θ⁻/∂t + ∂f_θ⁻/∂x·v) by one JVP along (v, 1), at fixed labels."""

@@ -57,6 +57,10 @@ class MeanFlowLoss(TrainingTask):
         super().__init__(net)
         self.config = config
 
+    def passes_per_sample(self) -> dict[str, int]:
+        """The target's JVP (two forward passes) and the online forward and backward pass."""
+        return {"forward": 3, "backward": 1}
+
     def loss(self, net, x, labels, noise):
         c = self.config
         r, t = sample_times(noise, c.p_mean, c.p_std, c.ratio)

@@ -146,6 +146,11 @@ class RectifiedFlowLoss(TrainingTask):
         super().__init__(velocity)
         self.t_eps, self.pairs = t_eps, pairs
 
+    def setup_passes(self) -> dict[str, int]:
+        """Reflow: the teacher's ODE solves that make the pairs (pairs × Euler steps)."""
+        spec = {"pairs": 0, "steps": 0} if self.pairs is None else self.pairs.spec
+        return {"forward": spec["pairs"] * spec["steps"], "backward": 0}
+
     def loss(self, net, x, labels, noise):
         t = self.t_eps + (1 - self.t_eps) * noise.rand().to(x.dtype)
         if self.pairs is None:

@@ -38,6 +38,7 @@ from zoo.training.checkpoint import (
     save_checkpoint,
 )
 from zoo.training.config import TrainConfig, config_to_dict, save_config
+from zoo.training.cost import add_cost, empty_cost
 from zoo.training.ema import EMA, ema_beta, ema_halflife_nimg
 from zoo.training.rundir import (
     LOG_NAME,
@@ -175,7 +176,8 @@ class TrainingTask(abc.ABC):
     ``loss`` must call the ``net`` it is given (under DDP that is the wrapped module, which is
     what synchronises gradients), not ``self.net``. ``after_step`` runs after each optimiser
     step (e.g. to update a target network); ``metrics`` adds the method's own scalars to the
-    log; ``state_dict``/``load_state_dict`` carry any extra state through checkpoints.
+    log; ``state_dict``/``load_state_dict`` carry any extra state through checkpoints;
+    ``passes_per_sample`` and ``setup_passes`` declare the training cost (:mod:`zoo.training.cost`).
     """
 
     def __init__(self, net: nn.Module):
@@ -187,6 +189,17 @@ class TrainingTask(abc.ABC):
 
     def after_step(self, step: int) -> None:
         pass
+
+    def passes_per_sample(self) -> dict[str, int]:
+        """Network passes per training sample of one step, every network counted (online,
+        target, teacher): ``{"forward": f, "backward": b}``, a JVP counting as two forward
+        passes. By default one forward and one backward pass (a plain regression loss)."""
+        return {"forward": 1, "backward": 1}
+
+    def setup_passes(self) -> dict[str, int]:
+        """Network passes made once per run, before training (e.g. a reflow round's pairs):
+        ``{"forward": f, "backward": b}``; none by default."""
+        return {"forward": 0, "backward": 0}
 
     def metrics(self, step: int) -> dict[str, float]:
         """Method-specific scalars of training step ``step`` (0-based) for the log rows and
@@ -249,6 +262,9 @@ class Trainer:
         )
         self.ema = EMA(self.net)
         self.step = 0
+        #: training images and network passes so far (:mod:`zoo.training.cost`); None for a
+        #: run resumed from a checkpoint that has no such record
+        self.cost: dict | None = add_cost(empty_cost(), task.setup_passes())
 
     def echo(self, message: str) -> None:
         if self.rank == 0:
@@ -282,6 +298,7 @@ class Trainer:
             "config": config_to_dict(self.config),
             "dataset": dataset_record(self.dataset),
             "zoo_version": zoo.__version__,
+            "cost": self.cost,
         }
 
     def state_dict(self) -> dict:
@@ -360,6 +377,7 @@ class Trainer:
         self.loader.load_state_dict(state["loader"])
         self.task.load_state_dict(state["task"])
         self.step = state["step"]
+        self.cost = state.get("cost")
         return path
 
     def fit(self, *, resume: bool = False, on_step=None) -> dict:
@@ -523,6 +541,7 @@ class Trainer:
                                     "samples_per_s": rate,
                                     "lr": self.lr_at(self.step - 1),
                                     "grad_norm": norm.item(),
+                                    **{f"train_{k}": v for k, v in (self.cost or {}).items()},
                                 }, "train", self.task.metrics(self.step - 1))
                             window_loss, window_n, t0 = 0.0, 0, time.perf_counter()
                         paused = time.perf_counter()
@@ -657,5 +676,9 @@ class Trainer:
         self.optimizer.step()
         self.ema.update(self.net, self.ema_beta_at(step))
         self.task.after_step(step)
+        if self.cost is not None:
+            passes = self.task.passes_per_sample()
+            self.cost = add_cost(self.cost, {"images": c.batch_size,
+                                             **{k: c.batch_size * v for k, v in passes.items()}})
         self.step = step + 1
         return loss.item(), norm

@@ -95,6 +95,10 @@ class ImprovedConsistencyTraining(TrainingTask):
     def after_step(self, step: int) -> None:
         self.k = step + 1
 
+    def passes_per_sample(self) -> dict[str, int]:
+        """The target's forward pass (no graph) and the online forward and backward pass."""
+        return {"forward": 2, "backward": 1}
+
     def state_dict(self) -> dict:
         return {"k": self.k}
 

@@ -1,0 +1,184 @@
+"""Training cost (zoo.training.cost): each method's declared passes against the network calls a
+spy counts during a tiny run, teachers' costs in a row's total, resume, and the bench outputs."""
+
+import json
+
+import pytest
+import torch
+import zoo_cm.loss
+import zoo_meanflow.loss
+
+import zoo.plugins
+from zoo.bench import run_bench
+from zoo.nets.mlp import MLPDenoiserNet
+from zoo.training import load_checkpoint
+from zoo.training.cost import forward_equivalents, run_cost
+
+BATCH, ITERATIONS = 8, 3
+TINY = {"batch_size": BATCH, "iterations": ITERATIONS, "lr_warmup": 0, "checkpoint_every": 2,
+        "log_every": 1, "network_kwargs": {"hidden": 16, "num_layers": 1}}
+
+
+class Spy:
+    """Counts, per sample, every forward call of the toy network (``MLPDenoiserNet``) and every
+    backward pass through its output; a call inside ``torch.func.jvp`` (the methods' ``jvp``,
+    patched) counts as two forward passes (primal and tangent)."""
+
+    def __init__(self, monkeypatch):
+        self.forward = self.backward = 0
+        self.in_jvp = False
+        for module in (zoo_cm.loss, zoo_meanflow.loss):
+            monkeypatch.setattr(module, "jvp", self.wrap(module.jvp))
+
+    def wrap(self, jvp):
+        def counted(*args, **kwargs):
+            self.in_jvp = True
+            try:
+                return jvp(*args, **kwargs)
+            finally:
+                self.in_jvp = False
+        return counted
+
+    def hook(self, module, args, output):
+        if type(module) is not MLPDenoiserNet:
+            return
+        n = args[0].shape[0]
+        self.forward += 2 * n if self.in_jvp else n
+        if output.requires_grad:
+            output.register_hook(lambda grad: self.count_backward(grad.shape[0]))
+
+    def count_backward(self, n):
+        self.backward += n
+
+    def __enter__(self):
+        self.handle = torch.nn.modules.module.register_module_forward_hook(self.hook)
+        return self
+
+    def __exit__(self, *exc):
+        self.handle.remove()
+
+
+def train(name, run_dir, monkeypatch, **overrides):
+    """Train a tiny toy run of method ``name`` into ``run_dir`` under a :class:`Spy`."""
+    method = zoo.plugins.get("methods", name)
+    config = method.configure("toy", **{**TINY, **overrides})
+    with Spy(monkeypatch) as spy:
+        method.train(config, run_dir, progress=False)
+    return spy
+
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("cost") / "runs" / "toy" / "edm"
+    with pytest.MonkeyPatch.context() as mp:
+        spy = train("edm", run_dir, mp)
+    return run_dir, spy
+
+
+def own_cost(run_dir):
+    return load_checkpoint(run_dir)["cost"]
+
+
+def test_edm_records_one_forward_and_backward_pass_per_image(teacher):
+    run_dir, spy = teacher
+    images = ITERATIONS * BATCH
+    assert own_cost(run_dir) == {"images": images, "forward": spy.forward,
+                                 "backward": spy.backward}
+    assert (spy.forward, spy.backward) == (images, images)
+    assert run_cost(run_dir) == own_cost(run_dir)
+    rows = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
+    last = [r for r in rows if "loss" in r][-1]
+    assert (last["train_images"], last["train_forward"]) == (images, images)
+
+
+@pytest.mark.parametrize("overrides", [
+    {"mode": "cd", "solver": "heun"}, {"mode": "cd", "solver": "euler"}, {"mode": "ct"},
+    {"mode": "cd-cont"}, {"mode": "ct-cont"}], ids=lambda o: "-".join(o.values()))
+def test_cm_recorded_cost_is_what_the_spy_counts_and_adds_the_teacher(
+        teacher, tmp_path, monkeypatch, overrides):
+    teacher_dir, _ = teacher
+    spy = train("cm", tmp_path / "cm", monkeypatch, teacher=str(teacher_dir), **overrides)
+    cost = own_cost(tmp_path / "cm")
+    assert cost == {"images": ITERATIONS * BATCH, "forward": spy.forward,
+                    "backward": spy.backward}
+    total = run_cost(tmp_path / "cm")
+    config = load_checkpoint(tmp_path / "cm")["config"]
+    if overrides["mode"].startswith("cd") or config["init"] == "teacher":
+        # distilled or started from the teacher's weights: the EDM teacher's run is part of it
+        assert total == {k: cost[k] + own_cost(teacher_dir)[k] for k in cost}
+    else:  # CT from random weights: no teacher
+        assert config["teacher"] == "" and total == cost
+
+
+def test_pd_stages_add_the_previous_stages_and_the_teacher(teacher, tmp_path, monkeypatch):
+    teacher_dir, _ = teacher
+    spy = train("pd", tmp_path / "pd", monkeypatch, teacher=str(teacher_dir), teacher_steps=4)
+    stage0, stage1 = tmp_path / "pd" / "stage-0-nfe-2", tmp_path / "pd" / "stage-1-nfe-1"
+    assert own_cost(stage0)["forward"] + own_cost(stage1)["forward"] == spy.forward
+    assert own_cost(stage0)["backward"] + own_cost(stage1)["backward"] == spy.backward
+    assert own_cost(stage1) == {"images": ITERATIONS * BATCH, "forward": 3 * ITERATIONS * BATCH,
+                                "backward": ITERATIONS * BATCH}
+    parts = [own_cost(d) for d in (stage1, stage0, teacher_dir)]
+    assert run_cost(stage1) == {k: sum(p[k] for p in parts) for k in parts[0]}
+
+
+def test_reflow_adds_its_pairs_and_the_first_flow(tmp_path, monkeypatch):
+    flow_spy = train("rf", tmp_path / "rf", monkeypatch)
+    spy = train("rf", tmp_path / "rf-reflow", monkeypatch, mode="reflow",
+                teacher=str(tmp_path / "rf"), reflow_pairs=40, reflow_steps=3)
+    assert (flow_spy.forward, flow_spy.backward) == (ITERATIONS * BATCH,) * 2
+    cost = own_cost(tmp_path / "rf-reflow")
+    assert cost == {"images": ITERATIONS * BATCH, "forward": spy.forward,
+                    "backward": spy.backward}
+    assert spy.forward == 40 * 3 + ITERATIONS * BATCH  # the pairs' Euler steps, then training
+    first = own_cost(tmp_path / "rf")
+    assert run_cost(tmp_path / "rf-reflow") == {k: cost[k] + first[k] for k in cost}
+
+
+def test_meanflow_counts_its_jvp_as_two_forward_passes(tmp_path, monkeypatch):
+    spy = train("meanflow", tmp_path / "mf", monkeypatch)
+    assert own_cost(tmp_path / "mf") == {"images": ITERATIONS * BATCH, "forward": spy.forward,
+                                         "backward": spy.backward}
+    assert (spy.forward, spy.backward) == (3 * ITERATIONS * BATCH, ITERATIONS * BATCH)
+
+
+def test_resume_continues_the_count(tmp_path, monkeypatch):
+    method = zoo.plugins.get("methods", "edm")
+    train("edm", tmp_path / "whole", monkeypatch, iterations=4)
+    train("edm", tmp_path / "split", monkeypatch, iterations=2)
+    method.resume(tmp_path / "split", {"iterations": 4}, progress=False, echo=lambda m: None)
+    assert own_cost(tmp_path / "split") == own_cost(tmp_path / "whole") == {
+        "images": 4 * BATCH, "forward": 4 * BATCH, "backward": 4 * BATCH}
+
+
+def test_a_run_without_a_cost_record_has_no_cost(teacher, tmp_path, monkeypatch):
+    from zoo.training import save_checkpoint
+
+    teacher_dir, _ = teacher
+    train("cm", tmp_path / "cm", monkeypatch, teacher=str(teacher_dir), mode="cd")
+    state = load_checkpoint(teacher_dir)
+    save_checkpoint({**state, "cost": None}, tmp_path / "edm" / "checkpoint.pt")
+    state = load_checkpoint(tmp_path / "cm")
+    state["config"]["teacher"] = str(tmp_path / "edm")
+    save_checkpoint(state, tmp_path / "cm" / "checkpoint.pt")
+    assert run_cost(tmp_path / "cm") is None
+
+
+def test_bench_outputs_carry_the_cost_and_plot_quality_against_it(teacher, monkeypatch):
+    teacher_dir, _ = teacher
+    root = teacher_dir.parent.parent
+    out = root.parent / "out"
+    train("pd", root / "toy" / "pd", monkeypatch, teacher=str(teacher_dir), teacher_steps=4)
+    report = run_bench(["pd"], "toy", runs_root=root, n=32, batch_size=32, out=out,
+                       progress=False, echo=lambda m: None)
+    record = json.loads((out / "table.json").read_text())
+    for row, result in zip(record["rows"], report.results, strict=True):
+        stage = root / "toy" / "pd" / f"stage-{2 - row['nfe']}-nfe-{row['nfe']}"
+        cost = run_cost(stage)
+        assert row["training_cost"] == {**cost, "forward_equivalents": forward_equivalents(cost)}
+        assert result.cost == cost
+    assert "train Mimg" in (out / "table.md").read_text()
+    header = (out / "table.csv").read_text().splitlines()[0].split(",")
+    assert {"train_images", "train_forward", "train_backward",
+            "train_forward_equivalents"} <= set(header)
+    assert (out / "metric_vs_cost.png").stat().st_size > 0
