@@ -223,7 +223,8 @@ def test_zoo_edit_command(digits_runs, tmp_path):
                      str(tmp_path / "mask.png"), "--out", str(tmp_path / "batch"), "--seed", "3")
     assert again.exit_code == 0, again.output
     single, batched = Image.open(tmp_path / "a.png"), Image.open(tmp_path / "batch" / "d0.png")
-    assert single.size == (3 * 64 + 4 * 2, 64 + 2 * 2)  # input | mask | result, upscaled 8×
+    # input | mask | result, upscaled 8×, under a 14-pixel strip of their labels
+    assert single.size == (3 * 64 + 4 * 2, 14 + 64 + 2 * 2)
     assert np.array_equal(np.asarray(single), np.asarray(batched))  # seeds, not the batch
     assert sorted(p.name for p in (tmp_path / "batch").iterdir()) == ["d0.png", "d1.png", "d2.png"]
 
