@@ -15,6 +15,7 @@ import time
 import pytest
 import torch
 from click.testing import CliRunner
+from test_training import TINY as TRAINING_TINY
 
 import zoo.plugins
 from zoo.cli import main
@@ -25,17 +26,8 @@ from zoo.training.ema import ema_beta
 from zoo.training.rundir import RunLock, RunLockedError
 from zoo.training.threads import SMALL_NETWORK_PARAMS, THREADS_ENV, choose_threads
 
-TINY = dict(
-    network_kwargs={"hidden": 32, "num_layers": 2},
-    batch_size=64,
-    lr=1e-3,
-    lr_warmup=3,
-    lr_decay="linear",
-    ema_halflife_kimg=0.5,
-    checkpoint_every=4,
-    log_every=1,
-    dataset_options={"n": 2000},
-)
+# the trainer tests' tiny run, with an EMA half-life (the ramp-up applies to it) and a row a step
+TINY = {**TRAINING_TINY, "ema_rate": 0.0, "ema_halflife_kimg": 0.5, "log_every": 1}
 ITERATIONS = 14
 
 
