@@ -359,15 +359,14 @@ def dataset_record(name: str, shape, check_data: bool) -> dict:
     return {"name": data.name, "checksum": data.checksum, "shape": shape, "kind": data.kind}
 
 
-def write_imported_run(run_dir, method: str, config_fields: dict, network: str,
-                       network_kwargs: dict, state_dict: dict, data: dict, imported: dict) -> Path:
-    """Write ``run_dir`` as a step-0 run of ``method`` whose network ``network(**kwargs)`` holds
-    ``state_dict`` (as both the trained and the EMA weights): ``checkpoint.pt`` in the trainer's
-    layout (without optimizer and loader state: an imported run is not resumed) and
-    ``config.json``. ``imported`` (the source file and its sha256) is kept under
-    ``imported_from``."""
+def save_weights_run(run_dir, config, data: dict, weights: dict, imported: dict,
+                     step: int = 0) -> Path:
+    """Write ``run_dir`` as a run of ``config.method`` holding ``weights`` (the denoiser's state
+    dict, as both the trained and the EMA weights): ``checkpoint.pt`` in the trainer's layout
+    without optimizer and loader state (an imported run is sampled, not resumed) and
+    ``config.json``. ``imported`` (the source file, its sha256, ...) is kept under
+    ``imported_from``; an existing checkpoint is never overwritten."""
     import zoo
-    from zoo import plugins
     from zoo.training import CheckpointError, save_checkpoint
     from zoo.training.checkpoint import CHECKPOINT_NAME
     from zoo.training.config import config_to_dict, save_config
@@ -375,18 +374,26 @@ def write_imported_run(run_dir, method: str, config_fields: dict, network: str,
     run_dir = Path(run_dir)
     if (run_dir / CHECKPOINT_NAME).exists():
         raise CheckpointError(f"{run_dir} already holds a checkpoint; choose another --out")
+    state = {"step": step, "method": config.method, "config": config_to_dict(config),
+             "dataset": data, "zoo_version": zoo.__version__, "net": weights, "ema": weights,
+             "imported_from": imported}
+    save_checkpoint(state, run_dir / CHECKPOINT_NAME)
+    save_config(config, run_dir / "config.json")
+    return run_dir
+
+
+def write_imported_run(run_dir, method: str, config_fields: dict, network: str,
+                       network_kwargs: dict, state_dict: dict, data: dict, imported: dict) -> Path:
+    """Write ``run_dir`` as a step-0 run of ``method`` whose network ``network(**kwargs)`` holds
+    ``state_dict`` (:func:`save_weights_run`)."""
+    from zoo import plugins
+
     m = plugins.get("methods", method)
     config = m.config_class(method=m.name, dataset=data["name"], network=network,
                             network_kwargs=network_kwargs, device="cpu", **config_fields)
     denoiser = m.build_denoiser(config, data["shape"])
     load_strict(denoiser.net, state_dict, imported["file"])
-    weights = denoiser.state_dict()
-    state = {"step": 0, "method": m.name, "config": config_to_dict(config), "dataset": data,
-             "zoo_version": zoo.__version__, "net": weights, "ema": weights,
-             "imported_from": imported}
-    save_checkpoint(state, run_dir / CHECKPOINT_NAME)
-    save_config(config, run_dir / "config.json")
-    return run_dir
+    return save_weights_run(run_dir, config, data, denoiser.state_dict(), imported)
 
 
 def import_edm_run(pickle_path, run_dir, dataset: str = "cifar10", method: str = "edm",

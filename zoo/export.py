@@ -91,26 +91,14 @@ def import_safetensors(path, run_dir) -> Path:
     ``config.json``) that ``zoo sample --run``, ``zoo edit`` and ``zoo bench`` load: the file's
     weights as the run's weights (EMA and raw alike), its config, dataset record and step. Like
     the other imported runs it holds no optimizer state, so it is sampled, not resumed."""
-    import zoo
     from zoo import plugins
-    from zoo.checkpoint_import import sha256_file
-    from zoo.training import CheckpointError, save_checkpoint
-    from zoo.training.checkpoint import CHECKPOINT_NAME
-    from zoo.training.config import config_from_dict, config_to_dict, save_config
+    from zoo.checkpoint_import import save_weights_run, sha256_file
+    from zoo.training.config import config_from_dict
 
-    run_dir = Path(run_dir)
-    if (run_dir / CHECKPOINT_NAME).exists():
-        raise CheckpointError(f"{run_dir} already holds a checkpoint; choose another --out")
     meta, tensors = read_safetensors(path)
     method = plugins.get("methods", meta["method"])
     config = config_from_dict(method.config_class, meta["config"])
     # The weights must fit the method's denoiser for this config before a run is written.
     method.build_denoiser(config, meta["dataset"]["shape"]).load_state_dict(tensors)
-    state = {"step": meta["step"], "method": method.name, "config": config_to_dict(config),
-             "dataset": meta["dataset"], "zoo_version": zoo.__version__, "net": tensors,
-             "ema": tensors,
-             "imported_from": {"file": str(path), "sha256": sha256_file(path),
-                               "weights": meta["weights"]}}
-    save_checkpoint(state, run_dir / CHECKPOINT_NAME)
-    save_config(config, run_dir / "config.json")
-    return run_dir
+    imported = {"file": str(path), "sha256": sha256_file(path), "weights": meta["weights"]}
+    return save_weights_run(run_dir, config, meta["dataset"], tensors, imported, meta["step"])
