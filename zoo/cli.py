@@ -815,19 +815,37 @@ def import_openai_command(checkpoint, preset, method, out, dataset, check_data):
 
 @main.command("export")
 @click.argument("run", type=click.Path(exists=True))
-@click.option("--format", "fmt", type=click.Choice(["safetensors"]), default="safetensors",
-              show_default=True, help="File format of the weights.")
-@click.option("--out", required=True, type=click.Path(dir_okay=False),
-              help="The file to write, e.g. cd-toy.safetensors.")
+@click.option("--format", "fmt", type=click.Choice(["safetensors", "diffusers"]),
+              default="safetensors", show_default=True,
+              help="safetensors: one file, the config in its metadata; diffusers: a "
+              "ConsistencyModelPipeline directory (cm runs of the adm network).")
+@click.option("--out", required=True, type=click.Path(),
+              help="The file (safetensors, e.g. cd-toy.safetensors) or new directory "
+              "(diffusers) to write.")
 @click.option("--weights", **WEIGHTS_OPTION)
 def export_command(run, fmt, out, weights):
     """Write a run's weights (a run directory, checkpoint or snapshot) as a safetensors file,
-    with the run's method, config, dataset record and step in its metadata; `zoo
-    import-safetensors` turns it back into a run."""
-    from zoo.export import export_safetensors
+    with the run's method, config, dataset record and step in its metadata (`zoo
+    import-safetensors` turns it back into a run), or as a diffusers ConsistencyModelPipeline
+    directory (UNet2DModel + CMStochasticIterativeScheduler)."""
+    if fmt == "safetensors":
+        from zoo.export import export_safetensors
 
-    path = _import(lambda: export_safetensors(run, out, weights=weights))
-    click.echo(f"exported the {weights} weights of {run} -> {path}")
+        path = _import(lambda: export_safetensors(run, out, weights=weights))
+        click.echo(f"exported the {weights} weights of {run} -> {path}")
+        return
+    from zoo.export_diffusers import export_diffusers
+
+    path, timesteps = _import(lambda: export_diffusers(run, out, weights=weights))
+    click.echo(f"exported the {weights} weights of {run} -> {path} "
+               f"(diffusers.ConsistencyModelPipeline.from_pretrained)")
+    if timesteps:
+        click.echo(f"the run's default σ: pipe(num_inference_steps=None, timesteps={timesteps}); "
+                   "one step: pipe(num_inference_steps=1)")
+    else:
+        click.echo("the run's default σ lie on no Karras grid the scheduler can hold: "
+                   "pipe(num_inference_steps=1) samples as zoo does; more steps take the "
+                   "scheduler's grid")
 
 
 @main.command("import-safetensors")

@@ -1,4 +1,5 @@
-"""Weights out of the zoo: a run's weights as a safetensors file, and that file back as a run.
+"""Weights out of the zoo: a run's weights as a safetensors file, and that file back as a run
+(a consistency run of the ``adm`` network as a diffusers pipeline: :mod:`zoo.export_diffusers`).
 
 The file holds the denoiser's ``state_dict`` (the run's EMA weights, or its raw trained ones)
 and, in the safetensors metadata (strings), everything needed to rebuild the run: the method,
@@ -22,13 +23,10 @@ class ExportError(ValueError):
     """A file that is not a zoo safetensors export, or an export that cannot be written."""
 
 
-def export_safetensors(run, out, *, weights: str = "ema") -> Path:
-    """Write ``run``'s ``weights`` (``ema`` or ``raw``) to the safetensors file ``out`` with the
-    run's method, config, dataset record and step in its metadata; the file is written complete
-    or not at all. ``run`` is a run directory or a checkpoint or snapshot file."""
-    from safetensors.torch import save_file
-
-    import zoo
+def run_weights(run, weights: str = "ema") -> tuple[dict, dict]:
+    """``(state, tensors)``: the checkpoint of ``run`` (a run directory or a checkpoint or
+    snapshot file) and its ``weights`` (``ema``: the evaluation EMA, or ``raw``: the trained
+    ones), the denoiser's state dict as CPU tensors of their own."""
     from zoo.training import load_checkpoint
 
     if weights not in WEIGHTS:
@@ -38,7 +36,18 @@ def export_safetensors(run, out, *, weights: str = "ema") -> Path:
     if key not in state:
         raise ExportError(f"{run} holds the EMA weights only (a snapshot): export --weights ema")
     # Own, contiguous storage per tensor: safetensors refuses tensors that share memory.
-    tensors = {name: t.detach().cpu().contiguous().clone() for name, t in state[key].items()}
+    return state, {name: t.detach().cpu().contiguous().clone() for name, t in state[key].items()}
+
+
+def export_safetensors(run, out, *, weights: str = "ema") -> Path:
+    """Write ``run``'s ``weights`` (``ema`` or ``raw``) to the safetensors file ``out`` with the
+    run's method, config, dataset record and step in its metadata; the file is written complete
+    or not at all. ``run`` is a run directory or a checkpoint or snapshot file."""
+    from safetensors.torch import save_file
+
+    import zoo
+
+    state, tensors = run_weights(run, weights)
     metadata = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,

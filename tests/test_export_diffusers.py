@@ -1,0 +1,149 @@
+"""`zoo export --format diffusers`: a cm run of the adm network sampled by diffusers' own
+ConsistencyModelPipeline gives `zoo sample cm`'s samples on the same seeds."""
+
+import json
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+import zoo.plugins
+from zoo.checkpoint_import import save_weights_run
+from zoo.cli import main
+from zoo.export import ExportError
+from zoo.training import load_checkpoint
+
+diffusers = pytest.importorskip("diffusers")
+from zoo.export_diffusers import export_diffusers, karras_grid  # noqa: E402
+
+#: A tiny ADM with openai's ImageNet-64 layout (residual up/down, scale-shift norm, attention at
+#: the lower level and in the middle, 16-channel heads).
+ADM_TINY = dict(model_channels=32, channel_mult=[1, 2], num_res_blocks=1, attn_resolutions=[4],
+                num_head_channels=16, resblock_updown=True, use_scale_shift_norm=True)
+
+
+def karras(index: int, points: int) -> float:
+    """σ_index of the Karras grid (EDM Eq. 5) with σ_min 0.002, σ_max 80, ρ 7, by hand."""
+    hi, lo = 80 ** (1 / 7), 0.002 ** (1 / 7)
+    return (hi + index / (points - 1) * (lo - hi)) ** 7
+
+
+@pytest.fixture(scope="module")
+def conditional_run(tmp_path_factory):
+    """Three CT steps of a class-conditional adm on 8×8 digits; EMA ≠ trained weights. Its
+    two-step σ are openai's CD ImageNet-64 ones: σ_0, σ_22 of the 40-point grid."""
+    cm = zoo.plugins.get("methods", "cm")
+    config = cm.configure("digits", mode="ct", init="random", network="adm",
+                          network_kwargs=ADM_TINY, num_classes=10, iterations=3, batch_size=8,
+                          lr=1e-3, lr_warmup=0, ema_rate=0.5, ema_halflife_kimg=0.0,
+                          checkpoint_every=3, log_every=3, snapshot_every_kimg=0,
+                          sample_sigmas=f"80,{karras(22, 40)!r}")
+    return cm.train(config, tmp_path_factory.mktemp("runs") / "cm-ct", progress=False)
+
+
+def weights_run(run_dir, method="cm", network="adm", network_kwargs=ADM_TINY, sample_sigmas=None,
+                shape=(3, 8, 8)):
+    """A step-0 run of ``method`` holding its network's random initialisation (no data)."""
+    m = zoo.plugins.get("methods", method)
+    fields = {"sample_sigmas": sample_sigmas} if sample_sigmas else {}
+    config = m.config_class(method=method, dataset="imagenet64", network=network,
+                            network_kwargs=network_kwargs, **fields)
+    weights = m.build_denoiser(config, shape).state_dict()
+    data = {"name": "imagenet64", "checksum": None, "shape": list(shape), "kind": "image"}
+    return save_weights_run(run_dir, config, data, weights, {"file": "random"})
+
+
+@pytest.fixture(scope="module")
+def unconditional_run(tmp_path_factory):
+    """An unconditional RGB adm with convolutional resampling and additive noise embedding;
+    σ 80 and openai's CT ImageNet-64 σ_106 of the 201-point grid (= σ_53 of 101 points)."""
+    kwargs = dict(ADM_TINY, resblock_updown=False, use_scale_shift_norm=False)
+    return weights_run(tmp_path_factory.mktemp("runs") / "cm", network_kwargs=kwargs,
+                       sample_sigmas=f"80,{karras(106, 201)!r}")
+
+
+def pipeline_samples(path, seeds, labels, **steps):
+    """The exported pipeline's samples in [−1, 1], one generator per sample seeded by its seed."""
+    pipe = diffusers.ConsistencyModelPipeline.from_pretrained(str(path))
+    pipe.set_progress_bar_config(disable=True)
+    images = pipe(batch_size=len(seeds), class_labels=labels, output_type="pt",
+                  generator=[torch.Generator().manual_seed(s) for s in seeds], **steps).images
+    return images * 2 - 1  # the pipeline returns (x + 1)/2 clamped to [0, 1]
+
+
+@pytest.mark.parametrize("which, timesteps", [("conditional_run", [22, 0]),
+                                              ("unconditional_run", [53, 0])])
+def test_diffusers_pipeline_samples_like_zoo(request, which, timesteps, tmp_path):
+    run = request.getfixturevalue(which)
+    out = tmp_path / "pipe"
+    result = CliRunner().invoke(main, ["export", str(run), "--format", "diffusers",
+                                       "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert f"timesteps={timesteps}" in result.output
+    cm = zoo.plugins.get("methods", "cm")
+    loaded = cm.load(run)
+    seeds = list(range(5, 11))
+    two_steps = {"num_inference_steps": None, "timesteps": timesteps}
+    for nfe, steps in ((1, {"num_inference_steps": 1}), (2, two_steps)):
+        ours = cm.sample(loaded, len(seeds), seed=seeds[0], nfe=nfe)
+        theirs = pipeline_samples(out, seeds, ours.labels, **steps)
+        assert ours.x.abs().max() > 0.05 and (ours.x - ours.x.mean(0)).abs().max() > 0.05
+        torch.testing.assert_close(theirs, ours.x, rtol=0, atol=1e-5)
+
+
+def test_exported_configs_are_the_runs(conditional_run, tmp_path):
+    path, timesteps = export_diffusers(conditional_run, tmp_path / "pipe")
+    state = load_checkpoint(conditional_run)
+    config, shape = state["config"], state["dataset"]["shape"]
+    scheduler = json.loads((path / "scheduler" / "scheduler_config.json").read_text())
+    unet = json.loads((path / "unet" / "config.json").read_text())
+    index = json.loads((path / "model_index.json").read_text())
+    assert index["_class_name"] == "ConsistencyModelPipeline"
+    assert scheduler["_class_name"] == "CMStochasticIterativeScheduler"
+    for key in ("sigma_min", "sigma_max", "sigma_data", "rho"):
+        assert scheduler[key] == config[key]
+    assert scheduler["num_train_timesteps"] == 40 and timesteps == [22, 0]
+    assert scheduler["clip_denoised"] is True
+    assert unet["_class_name"] == "UNet2DModel"
+    assert unet["num_class_embeds"] == config["num_classes"] == 10
+    assert [unet["in_channels"], unet["sample_size"], unet["sample_size"]] == shape
+    assert unet["block_out_channels"] == [32, 64] and unet["layers_per_block"] == 1
+
+
+def test_ema_by_default_raw_on_request(conditional_run, tmp_path):
+    state = load_checkpoint(conditional_run)
+    name = "net.input_blocks.0.0.weight"  # the first convolution: UNet2DModel's conv_in
+    assert not torch.equal(state["ema"][name], state["net"][name])
+    for weights in ("ema", "raw"):
+        path, _ = export_diffusers(conditional_run, tmp_path / weights, weights=weights)
+        unet = diffusers.UNet2DModel.from_pretrained(str(path / "unet"))
+        expected = state["ema" if weights == "ema" else "net"][name]
+        assert torch.equal(unet.conv_in.weight.detach(), expected)
+
+
+def test_karras_grid_is_the_smallest_holding_the_sigmas():
+    assert karras_grid([80.0, karras(22, 40)], 0.002, 80.0, 7.0) == (40, [0, 22])
+    assert karras_grid([80.0, karras(106, 201)], 0.002, 80.0, 7.0) == (101, [0, 53])
+    assert karras_grid([80.0], 0.002, 80.0, 7.0) == (2, [0])
+    assert karras_grid([80.0, 0.8 * (1 + 1e-3)], 0.002, 80.0, 7.0, max_points=50) is None
+
+
+def test_runs_without_a_diffusers_equivalent_are_refused(tmp_path):
+    edm = weights_run(tmp_path / "edm", method="edm")
+    result = CliRunner().invoke(main, ["export", str(edm), "--format", "diffusers", "--out",
+                                       str(tmp_path / "x")])
+    assert result.exit_code == 1
+    assert "edm run of the adm network" in result.output
+    assert "supports a consistency-model run (method cm) of the adm network" in result.output
+    assert not (tmp_path / "x").exists()
+    song = weights_run(tmp_path / "song", network="ddpmpp-small", network_kwargs={})
+    with pytest.raises(ExportError, match="cm run of the ddpmpp-small network"):
+        export_diffusers(song, tmp_path / "x")
+    scale = weights_run(tmp_path / "scale", network_kwargs=dict(ADM_TINY, noise_label_scale=1.0))
+    with pytest.raises(ExportError, match="noise_label_scale=1000"):
+        export_diffusers(scale, tmp_path / "y")
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "keep.txt").write_text("mine")
+    with pytest.raises(ExportError, match="already exists"):
+        export_diffusers(weights_run(tmp_path / "ok"), tmp_path / "full")
+    assert [p.name for p in (tmp_path / "full").iterdir()] == ["keep.txt"]
