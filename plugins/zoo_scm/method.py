@@ -1,0 +1,233 @@
+"""The ``scm`` method: settings, presets per dataset and mode, the teacher, sampling, bench rows."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import click
+
+from zoo.data import dataset_sigma_data
+from zoo.diffusion import SIGMA_DATA, SIGMA_MAX
+from zoo.diffusion.samplers import generate, sample_consistency
+from zoo.methods import DEFAULT_RUNS_ROOT, BenchRow, Method, Samples, draw_labels, preset_scale
+from zoo.plugins import get
+from zoo.training import TrainConfig, config_from_dict, config_to_dict, setting
+from zoo_scm.loss import SCMLoss
+from zoo_scm.trigflow import PAPER_MID_TIME, TIME_LABELS, TrigFlowConsistency, time_to_sigma
+
+MODES = ("sct", "scd")
+MODE_LABELS = {"sct": "sCT", "scd": "sCD"}
+
+
+def parse_times(text: str, t_max: float, name: str = "mid_times") -> list[float]:
+    """"1.1" or "1.1,0.6" (or a list): TrigFlow times strictly decreasing in (0, t_max)."""
+    values = text.split(",") if isinstance(text, str) else list(text)
+    try:
+        times = [float(v) for v in values if str(v).strip()]
+    except ValueError:
+        raise ValueError(f"{name} must be numbers like 1.1 or 1.1,0.6, got {text!r}") from None
+    if any(not 0 < s < t_max for s in times) or any(b >= a for a, b in zip(times, times[1:])):
+        raise ValueError(f"{name} {text!r}: times must decrease strictly within (0, t_max = "
+                         f"arctan(σ_max/σ_d) = {t_max:.4f})")
+    return times
+
+
+@dataclass
+class SCMConfig(TrainConfig):
+    mode: str = setting("sct", "sct (consistency training) or scd (distillation from --teacher).",
+                        choices=MODES)
+    teacher: str = setting("", "edm run: sCD's teacher and, with init=teacher, the initial "
+                               "weights [preset: runs/DATASET/edm].")
+    init: str = setting("teacher", "Initial weights: teacher (its teacher_weights; the paper "
+                                   "always starts from the diffusion model) or random.",
+                        choices=("teacher", "random"))
+    teacher_weights: str = setting("ema", "The teacher's weights: ema or raw.",
+                                   choices=("ema", "raw"))
+    time_label: str = setting("edm", "c_noise(t): edm (ln(σ_d·tan t)/4, the teacher's label; "
+                                     "needed with init=teacher) or trigflow (time_scale·t, the "
+                                     "paper's).", choices=TIME_LABELS)
+    time_scale: float = setting(1.0, "s of the trigflow label s·t.")
+    sigma_data: float = setting(SIGMA_DATA, "σ_d of TrigFlow.")
+    p_mean: float = setting(-1.0, "P_mean of the proposal: ln(σ_d·tan t) ~ N(P_mean, P_std²).")
+    p_std: float = setting(1.4, "P_std of the proposal.")
+    tangent_norm: float = setting(0.1, "c of the tangent normalisation g/(‖g‖ + c); 0: none.")
+    tangent_warmup: int = setting(10_000, "H: iterations of the tangent warm-up r = min(1, k/H); "
+                                          "0: none.")
+    sigma_max: float = setting(SIGMA_MAX, "Sampling starts at t_max = arctan(σ_max/σ_d).")
+    mid_times: str = setting(str(PAPER_MID_TIME), "TrigFlow times of multistep sampling after "
+                                                  "t_max: --nfe k uses the first k − 1.")
+
+    RESUME_FIXED = (*TrainConfig.RESUME_FIXED, "mode", "teacher", "init", "teacher_weights",
+                    "time_label", "time_scale", "sigma_data")
+
+    @property
+    def t_max(self) -> float:
+        return math.atan(self.sigma_max / self.sigma_data)
+
+    def validate(self) -> None:
+        super().validate()
+        if not (self.p_std > 0 and self.sigma_data > 0 and self.sigma_max > 0
+                and self.time_scale > 0):
+            raise ValueError(f"need p_std, sigma_data, sigma_max and time_scale > 0, got "
+                             f"{self.p_std}, {self.sigma_data}, {self.sigma_max}, "
+                             f"{self.time_scale}")
+        if not (self.tangent_norm >= 0 and self.tangent_warmup >= 0):
+            raise ValueError(f"need tangent_norm >= 0 and tangent_warmup >= 0, got "
+                             f"{self.tangent_norm}, {self.tangent_warmup}")
+        if (self.mode == "scd" or self.init == "teacher") and not self.teacher:
+            raise ValueError(f"mode {self.mode} with init={self.init} needs --teacher (an edm run)")
+        if self.init == "teacher" and self.time_label != "edm":
+            raise ValueError("init=teacher starts from an edm network, which reads EDM's noise "
+                             "label: use --time-label edm, or --init random")
+        parse_times(self.mid_times, self.t_max)
+
+
+# Presets per scale; then per mode. The toy and digits settings: docs/methods/scm.md.
+PRESETS = {
+    # 2D toy data: the teacher's MLP, started from the teacher (as the paper always does).
+    "toy": {
+        "common": dict(batch_size=512, iterations=400, optimizer="adam", lr=1e-3,
+                       adam_beta2=0.99, ema_halflife_kimg=20.0, checkpoint_every=200,
+                       p_mean=-1.0, p_std=1.4, tangent_warmup=100),
+        "sct": dict(),
+        "scd": dict(),
+    },
+    # 8×8 digits: the teacher's small SongUNet; short, untuned (a sanity run).
+    "digits": {
+        "common": dict(batch_size=128, iterations=2000, optimizer="adam", lr=2e-4,
+                       adam_beta2=0.99, ema_halflife_kimg=10.0, checkpoint_every=500,
+                       tangent_warmup=500),
+        "sct": dict(),
+        "scd": dict(),
+    },
+    # The paper's CIFAR-10 runs (App. G.2 "CIFAR-10"; G.2's first paragraph for c, H and the
+    # batch size; Sec. 5.2 and G.2 for sampling). docs/methods/scm.md lists the deviations.
+    "cifar10": {
+        "common": dict(
+            batch_size=512,  # G.2: the teacher's batch size (512, G.1)
+            iterations=400_000,  # App. E.3, Table 3: sCT trained 400k iterations on CIFAR-10
+            optimizer="radam", lr=1e-4,  # G.2: RAdam, learning rate 0.0001
+            adam_beta1=0.9, adam_beta2=0.99,  # G.2: β1 = 0.9, β2 = 0.99 (ε = 1e-8: torch's)
+            lr_warmup=0, lr_decay="constant",  # G.2: "without learning rate schedulers"
+            ema_halflife_kimg=500.0,  # G.2: EMA half-life 0.5 Mimg
+            p_mean=-1.0, p_std=1.4,  # G.2: proposal P_mean = −1.0, P_std = 1.4
+            tangent_norm=0.1, tangent_warmup=10_000,  # G.2: c = 0.1, H = 10000
+            sigma_max=80.0, mid_times="1.1",  # G.2: t_max = arctan(80/σ_d); t_mid = 1.1
+            checkpoint_every=5000, snapshot_every_kimg=2500.0),
+        "sct": dict(network_kwargs={"dropout": 0.2}),  # G.2: dropout 0.20 for sCT
+        "scd": dict(network_kwargs={"dropout": 0.0}),  # G.2: dropout disabled for sCD
+    },
+}
+
+
+class SCM(Method):
+    name = "scm"
+    description = ("sCM (Lu & Song 2024): continuous-time consistency training (sCT) and "
+                   "distillation (sCD) in TrigFlow, from an edm run; 1- and 2-step sampling")
+    config_class = SCMConfig
+    requires = ("edm",)
+    sample_options = (
+        click.Option(["--nfe"], type=click.IntRange(min=1), default=1, show_default=True,
+                     help="Steps (= NFE): t_max, then the first NFE − 1 of the run's mid_times."),
+        click.Option(["--times"], default=None,
+                     help="Explicit TrigFlow times after t_max, e.g. 1.1 (overrides --nfe)."),
+    )
+
+    def preset(self, dataset: str, mode: str = "sct") -> SCMConfig:
+        if mode not in MODES:
+            raise ValueError(f"mode={mode!r} is not one of {', '.join(MODES)}")
+        presets = PRESETS[preset_scale(dataset, PRESETS)]
+        config = SCMConfig(method=self.name, dataset=dataset, mode=mode,
+                           teacher=str(DEFAULT_RUNS_ROOT / dataset / "edm"),
+                           sigma_data=dataset_sigma_data(dataset), **presets["common"])
+        return config_from_dict(SCMConfig, {**config_to_dict(config), **presets[mode]})
+
+    def configure(self, dataset: str, **overrides) -> SCMConfig:
+        """The preset of ``dataset`` for ``overrides["mode"]`` (default sct), then the overrides."""
+        preset = config_to_dict(self.preset(dataset, overrides.get("mode", "sct")))
+        config = config_from_dict(SCMConfig, {**preset, **overrides})
+        config.validate()
+        return config
+
+    def run_name(self, config: SCMConfig) -> str:
+        return f"scm-{config.mode}"
+
+    def build_denoiser(self, config: SCMConfig, data_shape) -> TrigFlowConsistency:
+        return TrigFlowConsistency(self.build_net(config, data_shape), config.sigma_data,
+                                   config.time_label, config.time_scale, config.sigma_max)
+
+    def load_teacher(self, config: SCMConfig, dataset):
+        """The edm run ``config.teacher`` with its ``teacher_weights``, refusing one trained on
+        other data than ``dataset`` or with another σ_d."""
+        path = Path(config.teacher)
+        if not (path / "checkpoint.pt").exists():
+            raise FileNotFoundError(
+                f"no teacher checkpoint in {path}: train one first with "
+                f"`zoo train edm --dataset {config.dataset}`, or pass --teacher RUN_DIR")
+        teacher = get("methods", "edm").load(path, device=config.device,
+                                             ema=config.teacher_weights == "ema")
+        if teacher.dataset["checksum"] != dataset.checksum:
+            raise ValueError(f"teacher {path} was trained on other data "
+                             f"({teacher.dataset['name']}) than {dataset.name}")
+        if teacher.config.sigma_data != config.sigma_data:
+            raise ValueError(f"teacher {path} has sigma_data={teacher.config.sigma_data}, this "
+                             f"run {config.sigma_data}: TrigFlow's time t = arctan(σ/σ_d) needs "
+                             "the same σ_d")
+        return teacher
+
+    def make_task(self, config: SCMConfig, dataset) -> SCMLoss:
+        teacher = record = None
+        if config.mode == "scd" or config.init == "teacher":
+            teacher = self.load_teacher(config, dataset)
+            record = {"path": str(teacher.path), "step": teacher.step,
+                      "checksum": teacher.dataset["checksum"]}
+            # The student is the teacher's network; the config's network_kwargs (e.g. dropout)
+            # override the teacher's, and a conditional teacher makes a conditional student.
+            config.network, config.num_classes = teacher.config.network, teacher.config.num_classes
+            config.network_kwargs = {**teacher.config.network_kwargs, **config.network_kwargs}
+        else:
+            config.teacher = ""  # the run records what it used: no teacher
+        model = self.build_denoiser(config, dataset.shape)
+        if config.init == "teacher":
+            model.net.load_state_dict(teacher.denoiser.net.state_dict())
+        distiller = teacher.denoiser if config.mode == "scd" else None
+        return SCMLoss(model, config, distiller, record).to(config.device)
+
+    def sample(self, run, n, *, seed=0, batch_size=256, nfe=1, times=None, device="cpu",
+               progress=False, class_label=None) -> Samples:
+        """Song et al. 2023's multistep consistency sampling (Algorithm 1) as the paper uses it:
+        f_θ(σ_d·z, t_max), then for each further t: x_t = cos(t)·x̂_0 + sin(t)·z, f_θ(x_t, t)
+        (core ``sample_consistency`` in σ = σ_d·tan t, re-noising x̂_0 + σ·ε, Eq. 30), one NFE
+        per time; images clipped to [−1, 1] after every step."""
+        c = run.config
+        if times is not None:
+            mid = parse_times(times, c.t_max, "--times")
+        else:
+            mid = parse_times(c.mid_times, c.t_max)
+            if nfe - 1 > len(mid):
+                raise ValueError(f"this run has times for up to {len(mid) + 1} steps (t_max, "
+                                 f"{c.mid_times}); pass --times for NFE={nfe}")
+            mid = mid[: nfe - 1]
+        sigmas = [c.sigma_max] + [time_to_sigma(t, c.sigma_data) for t in mid]
+        clip = (-1.0, 1.0) if run.dataset["kind"] == "image" else None
+        labels = draw_labels(range(seed, seed + n), c.num_classes, class_label)
+        x, count = generate(run.denoiser, sample_consistency, sigmas, run.dataset["shape"],
+                            range(seed, seed + n), labels=labels, batch_size=batch_size,
+                            device=device, progress=progress, sigma_min=0.0, clip=clip)
+        info = {"method": self.name, "mode": c.mode, "sampler": "consistency", "nfe": count,
+                "times": [c.t_max, *mid]}
+        return Samples(x, count, info, labels)
+
+    def bench_configs(self, dataset: str, runs_root=DEFAULT_RUNS_ROOT) -> dict[str, SCMConfig]:
+        """``scm-sct`` and ``scm-scd``, both from the edm run of ``runs_root``."""
+        teacher = str(Path(runs_root) / dataset / "edm")
+        configs = (self.configure(dataset, mode=m, teacher=teacher) for m in MODES)
+        return {self.run_name(c): c for c in configs}
+
+    def bench_rows(self, run_dir) -> list[BenchRow]:
+        """"sCT" / "sCD" at NFE 1 and 2 (t_max, then t_mid)."""
+        mode = json.loads((Path(run_dir) / "config.json").read_text())["mode"]
+        return [BenchRow(MODE_LABELS[mode], k, Path(run_dir), {"nfe": k}) for k in (1, 2)]
