@@ -1,20 +1,32 @@
 """`zoo export --format diffusers`: a cm run of the adm network sampled by diffusers' own
-ConsistencyModelPipeline gives `zoo sample cm`'s samples on the same seeds."""
+ConsistencyModelPipeline gives `zoo sample cm`'s samples on the same seeds, and an openai network
+imported from upstream's own outputs gives openai's ``karras_sample`` samples."""
 
+import dataclasses
+import importlib.util
 import json
+from pathlib import Path
 
 import pytest
 import torch
 from click.testing import CliRunner
 
 import zoo.plugins
-from zoo.checkpoint_import import save_weights_run
+from zoo.checkpoint_import import OPENAI_PRESETS, import_openai_run, save_weights_run
 from zoo.cli import main
 from zoo.export import ExportError
 from zoo.training import load_checkpoint
 
 diffusers = pytest.importorskip("diffusers")
+from diffusers.schedulers import scheduling_consistency_models  # noqa: E402
+
 from zoo.export_diffusers import export_diffusers, karras_grid  # noqa: E402
+
+FIXTURES = Path(__file__).parent / "fixtures"
+_spec = importlib.util.spec_from_file_location("make_adm_fixture",
+                                               FIXTURES / "make_adm_fixture.py")
+make_adm_fixture = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(make_adm_fixture)
 
 #: A tiny ADM with openai's ImageNet-64 layout (residual up/down, scale-shift norm, attention at
 #: the lower level and in the middle, 16-channel heads).
@@ -147,3 +159,48 @@ def test_runs_without_a_diffusers_equivalent_are_refused(tmp_path):
     with pytest.raises(ExportError, match="already exists"):
         export_diffusers(weights_run(tmp_path / "ok"), tmp_path / "full")
     assert [p.name for p in (tmp_path / "full").iterdir()] == ["keep.txt"]
+
+
+@pytest.fixture(scope="module")
+def openai_pipe(tmp_path_factory):
+    """tests/fixtures/adm_reference.pt's openai ``UNetModel`` (its parameters, made by upstream
+    code; test_adm.py) imported with the cd-imagenet64-l2 preset and exported."""
+    ref = torch.load(FIXTURES / "adm_reference.pt", weights_only=True)["openai"]
+    tmp = tmp_path_factory.mktemp("openai")
+    torch.save(make_adm_fixture.fixture_parameters(ref["shapes"]), tmp / "cd_tiny.pt")
+    kwargs = ref["kwargs"]
+    adm = dict(model_channels=kwargs["model_channels"], channel_mult=kwargs["channel_mult"],
+               num_res_blocks=kwargs["num_res_blocks"],
+               attn_resolutions=[kwargs["image_size"] // ds
+                                 for ds in kwargs["attention_resolutions"]],
+               num_head_channels=kwargs["num_head_channels"],
+               use_scale_shift_norm=kwargs["use_scale_shift_norm"],
+               resblock_updown=kwargs["resblock_updown"], dropout=kwargs["dropout"])
+    preset = dataclasses.replace(OPENAI_PRESETS["cd-imagenet64-l2"], shape=(3, 8, 8),
+                                 network_kwargs=adm, num_classes=kwargs["num_classes"])
+    run = import_openai_run(tmp / "cd_tiny.pt", tmp / "run", preset, check_data=False)
+    path, timesteps = export_diffusers(run, tmp / "pipe")
+    assert timesteps == [22, 0]  # openai's --ts 0,22,39 --steps 40, as diffusers' docs pass it
+    pipe = diffusers.ConsistencyModelPipeline.from_pretrained(str(path))
+    pipe.set_progress_bar_config(disable=True)
+    return pipe, ref
+
+
+@pytest.mark.parametrize("sampler, steps", [
+    ("onestep", {"num_inference_steps": 1}),
+    ("multistep", {"num_inference_steps": None, "timesteps": [22, 0]}),
+])
+def test_exported_openai_network_samples_like_openai_karras_sample(openai_pipe, sampler, steps,
+                                                                    monkeypatch):
+    """The pipeline replays the draws upstream's sampler made (x_T, then one per step; the
+    scheduler's last draw is scaled by √(σ_min² − σ_min²) = 0) and gives its samples."""
+    pipe, ref = openai_pipe
+    draws = list(ref["sampling"][sampler]["draws"])
+    x_T = draws.pop(0)
+    monkeypatch.setattr(scheduling_consistency_models, "randn_tensor",
+                        lambda shape, **_: draws.pop(0) if draws else torch.zeros(shape))
+    images = pipe(batch_size=len(ref["y"]), class_labels=ref["y"], latents=x_T,
+                  output_type="pt", **steps).images
+    assert not draws  # every upstream draw was used
+    torch.testing.assert_close(images * 2 - 1, ref["sampling"][sampler]["sample"], rtol=0,
+                               atol=1e-5)
