@@ -34,7 +34,7 @@ declare -A TESTS=(
   [zoo/diffusion/samplers.py]="tests/test_mutants_diffusion.py tests/test_diffusion.py tests/test_mutants.py::test_stochastic_churn_adds_noise_of_variance_sigma_hat_squared_minus_sigma_squared"
   [zoo/diffusion/fast_samplers.py]="tests/test_fast_samplers.py tests/test_mutants_diffusion.py"
   [zoo/diffusion/random.py]="tests/test_mutants_diffusion.py tests/test_diffusion.py"
-  [plugins/zoo_cm/loss.py]="tests/test_mutants.py tests/test_cm.py --deselect tests/test_cm.py::test_distances_of_an_image_with_itself_are_zero --deselect tests/test_cm.py::test_cli_train_cd_ct_and_sample"
+  [plugins/zoo_cm/loss.py]="tests/test_mutants_cm.py tests/test_mutants.py tests/test_cm.py --deselect tests/test_cm.py::test_distances_of_an_image_with_itself_are_zero --deselect tests/test_cm.py::test_cli_train_cd_ct_and_sample"
   [plugins/zoo_edm/method.py]="tests/test_edm.py"
   [plugins/zoo_pd/method.py]="tests/test_pd.py"
   [plugins/zoo_rf/flow.py]="tests/test_rf.py"
@@ -141,7 +141,7 @@ commit_of() {  # module -> short commit, +dirty when the module differs from it
 
 run_one() {
   local module=$1; shift
-  local name=${module//\//_} work timeout
+  local name=${module//\//_} timeout
   work=$(mktemp -d "${TMPDIR:-/tmp}/zoo-mutation.XXXXXX")
   trap 'rm -rf "$work"' EXIT  # also when the baseline fails (the tests fail unmutated)
   commit_of "$module" > "$OUT/$name.commit"
@@ -163,7 +163,7 @@ run_one() {
 
 rerun_survivors() {
   local module=$1; shift
-  local name=${module//\//_} work timeout
+  local name=${module//\//_} timeout
   [ -f "$OUT/$name.sqlite" ] || { echo "no earlier run of $module in $OUT" >&2; exit 2; }
   [ "$(sha256sum "$module" | cut -d' ' -f1)" = "$(cat "$OUT/$name.sha256")" ] \
     || { echo "$module changed since its last run: run it whole again (scripts/mutation.sh $module)" >&2; exit 2; }
@@ -176,7 +176,7 @@ rerun_survivors() {
   "$PY" - "$work/session.sqlite" <<'PY'
 import sqlite3, sys
 with sqlite3.connect(sys.argv[1]) as db:
-    db.execute("delete from work_results where test_outcome = 'survived'")
+    db.execute("delete from work_results where test_outcome = 'SURVIVED'")
 PY
   (cd "$work" && "$PY" -m cosmic_ray.cli exec cosmic-ray.toml session.sqlite)
   commit_of "$module" > "$OUT/$name.commit"
@@ -194,10 +194,10 @@ for path in sorted(glob.glob(os.path.join(out, "*.sqlite"))):
     db = sqlite3.connect(path)
     rows = db.execute("select r.worker_outcome, r.test_outcome from work_items w "
                       "left join work_results r on r.job_id = w.job_id").fetchall()
-    ran = [r for r in rows if r[0] not in ("skipped",)]
+    ran = [r for r in rows if r[0] != "SKIPPED"]
     done = [r for r in ran if r[0] is not None]
-    timeout = sum(r[0] == "timeout" for r in done)
-    survived = sum(r[1] == "survived" for r in done)
+    timeout = sum(r[0] == "TIMEOUT" for r in done)
+    survived = sum(r[1] == "SURVIVED" for r in done)
     killed = len(done) - timeout - survived
     module = db.execute("select module_path from mutation_specs limit 1").fetchone()[0]
     commit_file = path[:-len(".sqlite")] + ".commit"
