@@ -4,6 +4,7 @@ import csv
 import json
 import shutil
 
+import numpy as np
 import pytest
 import torch
 import zoo_edm.method
@@ -11,8 +12,19 @@ import zoo_pd.method
 from click.testing import CliRunner
 
 import zoo.plugins
-from zoo.bench import BenchError, format_table, run_bench, training_order
+from zoo.bench import (
+    BenchError,
+    export_formats,
+    format_table,
+    read_row_samples,
+    rescore_bench,
+    run_bench,
+    training_order,
+)
 from zoo.cli import main
+from zoo.data import Dataset, load_dataset
+from zoo.diffusion.fast_samplers import sample_dpm_solver_2
+from zoo.diffusion.samplers import generate
 from zoo.training import load_checkpoint, save_checkpoint
 
 TINY = {"batch_size": 64, "lr_warmup": 0, "network_kwargs": {"hidden": 16, "num_layers": 1},
@@ -72,7 +84,9 @@ def test_train_missing_goes_from_nothing_to_all_outputs(benched):
         ("ddim", (10, 20)), ("dpm-solver-3", (10, 19)), ("dpm-solver-2m", (10, 20)),
         ("3-deis", (10, 20))) for n in nfes]
     pictures += [f"pd-nfe{n}.png" for n in (1, 2, 4)]
-    assert sorted(p.name for p in (out / "samples").iterdir()) == sorted(pictures)
+    # points: every row's samples are kept beside its picture (--save-samples auto)
+    files = pictures + [p.replace(".png", ".npz") for p in pictures]
+    assert sorted(p.name for p in (out / "samples").iterdir()) == sorted(files)
     record = json.loads((out / "table.json").read_text())
     assert record["n"] == 64 and record["seeds"] == [0, 63] and record["zoo_version"]
     assert {r["run_checksum"] for r in record["rows"]} == {record["dataset_checksum"]}
@@ -182,3 +196,151 @@ def test_cli_prints_the_table_and_reports_errors(benched, tmp_path):
     assert result.exit_code == 1 and "unknown model(s) 'nope'" in result.output
     result = runner.invoke(main, ["bench", "--models", "edm", "--runs-root", str(tmp_path / "x")])
     assert result.exit_code == 1 and "--train-missing" in result.output
+
+
+# ------------------------------------------------------------------ samplers per entry
+
+def test_method_sampler_entries_give_labelled_rows_at_the_samplers_nfe(benched, tmp_path):
+    """``--models edm:dpm-solver-2,edm:edm-stochastic`` beside plain ``pd``: each EDM entry's rows
+    carry its sampler (and options) in the label and the sampler column, at the most steps N
+    whose NFE is at most 1, 3, 5, 10, 20, 35: DPM-Solver-2 and EDM's stochastic sampler both
+    spend 2 evaluations per step and 1 on the last (to σ = 0), 2N − 1."""
+    root, _ = benched
+    report = run_bench(["edm:dpm-solver-2", "edm:edm-stochastic", "pd"], "toy",
+                       runs_root=root / "runs", n=32, batch_size=32, out=tmp_path,
+                       progress=False, sampler_options={"edm:edm-stochastic": {"S_churn": 5}})
+    rows = [(r.entry, r.row.label, r.sampler, r.row.nfe) for r in report.results]
+    assert rows == [("edm:dpm-solver-2", "EDM (DPM-Solver-2)", "dpm-solver-2", n)
+                    for n in (1, 3, 5, 9, 19, 35)] + [
+        ("edm:edm-stochastic", "EDM (EDM stochastic, S_churn=5.0)", "edm-stochastic", n)
+        for n in (1, 3, 5, 9, 19, 35)] + [("pd", "PD", "euler", n) for n in (1, 2, 4)]
+    with open(tmp_path / "table.csv") as f:
+        table = list(csv.DictReader(f))
+    assert [r["sampler"] for r in table] == [r[2] for r in rows]
+    # the saved samples of DPM-Solver-2 at 19 NFE are what that sampler gives on 10 Karras steps
+    edm = zoo.plugins.get("methods", "edm")
+    run = edm.load(root / "runs" / "toy" / "edm")
+    x, info = read_row_samples(tmp_path / "samples" / "edm-dpm-solver-2-nfe19.npz",
+                               load_dataset("toy"))
+    expected, nfe = generate(run.denoiser, sample_dpm_solver_2, edm.sigmas(run.config, 10), (2,),
+                             range(32))
+    torch.testing.assert_close(x, expected)
+    assert nfe == 19 and info["sampler"] == "dpm-solver-2" and info["seeds"] == [0, 31]
+    assert info["run_checksum"] == load_dataset("toy").checksum and info["nfe"] == 19
+    # the plain entry and an explicit one with the same rows list each row once
+    again = run_bench(["edm", "edm:heun"], "toy", runs_root=root / "runs", n=16,
+                      out=tmp_path / "again", progress=False)
+    assert [(r.row.label, r.row.nfe) for r in again.results] == EDM_ROWS
+
+
+@pytest.mark.parametrize("models, options, message", [
+    (["edm:nope"], None, "--models edm:nope: unknown sampler 'nope'.*samplers for edm: ddim"),
+    (["edm:consistency"], None, "--models edm:consistency: sampler 'consistency' needs a "
+     "consistency model, but this run is a diffusion model; valid samplers for it: ddim"),
+    (["edm:heun"], {"edm:heun": '{"S_churn": 1}'}, "--models edm:heun: sampler 'heun' takes no "
+     r"option S_churn; its options: \(none\)"),
+    (["edm:edm-stochastic"], {"edm:edm-stochastic": '{"S_churn": "a"}'},
+     "option S_churn must be float, got 'a'"),
+    (["pd:euler"], None, "method pd samples its own way and offers no sampler choice"),
+    (["edm"], {"edm:heun": "{}"}, "--sampler-options edm:heun: not a METHOD:SAMPLER entry"),
+    (["edm", "edm"], None, "--models names edm twice"),
+])
+def test_bad_sampler_entries_are_refused_before_any_training(tmp_path, monkeypatch, models,
+                                                             options, message):
+    monkeypatch.setattr(type(zoo.plugins.get("methods", "edm")), "train",
+                        lambda *a, **k: pytest.fail("training started"))
+    with pytest.raises(BenchError, match=message):
+        run_bench(models, "toy", runs_root=tmp_path / "runs", train_missing=True,
+                  progress=False, sampler_options=options)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_cli_sampler_options_by_entry(benched, tmp_path):
+    runs = str(benched[0] / "runs")
+    args = ["bench", "--models", "edm:edm-stochastic", "--runs-root", runs, "--n", "8",
+            "--out", str(tmp_path), "--no-progress"]
+    result = CliRunner().invoke(main, [*args, "--sampler-options", '{"S_churn": 1}'])
+    assert result.exit_code == 1 and "--sampler-options takes METHOD:SAMPLER=JSON" in result.output
+    result = CliRunner().invoke(main, [*args, "--sampler-options",
+                                       'edm:edm-stochastic={"S_churn": 1}'])
+    assert result.exit_code == 0, result.output
+    assert "EDM (EDM stochastic, S_churn=1.0)" in result.output
+
+
+# ------------------------------------------------------------------ saved samples, --rescore
+
+class MeanNorm:
+    """|mean ‖x‖ of the samples − mean ‖x‖ of the data|: a metric the bench did not run."""
+
+    name, kinds, lower_is_better = "mean-norm", ("points",), {"norm error": True}
+
+    def compute(self, samples, dataset, *, seed=0):
+        return {"norm error": float((samples.norm(dim=1).mean() - dataset.x.norm(dim=1).mean())
+                                    .abs())}
+
+
+@pytest.fixture
+def mean_norm_metric():
+    plugin = type("Plugin", (), {"register_metrics": staticmethod(zoo.hookimpl(
+        lambda register: register("mean-norm", MeanNorm())))})
+    zoo.plugins.register_plugin(plugin, "mean-norm-test")
+    yield
+    zoo.plugins.unregister_plugin("mean-norm-test")
+
+
+def test_rescore_recomputes_the_table_from_the_saved_samples(benched, tmp_path, monkeypatch,
+                                                              mean_norm_metric):
+    out = tmp_path / "out"
+    shutil.copytree(benched[0] / "out", out)
+    before = json.loads((out / "table.json").read_text())
+    monkeypatch.setattr(type(zoo.plugins.get("methods", "edm")), "load",
+                        lambda *a, **k: pytest.fail("a model was loaded"))
+    report = rescore_bench("toy", out=out, metrics=["w2", "mean-norm"], progress=False)
+    # the same samples and seed give the bench's W2 exactly; the new metric is a new column
+    assert [r.metrics["W2"] for r in report.results] == [r.metrics["W2"] for r in
+                                                          benched[1].results]
+    data = load_dataset("toy")
+    for result in report.results:
+        x = np.load(out / result.samples_file)["arr_0"]
+        norm = np.abs(np.linalg.norm(x, axis=1).mean() - data.x.norm(dim=1).mean().item())
+        assert result.metrics["norm error"] == pytest.approx(norm, rel=1e-5)
+    after = json.loads((out / "table.json").read_text())
+    assert [r["samples_per_s"] for r in after["rows"]] == [r["samples_per_s"] for r in
+                                                            before["rows"]]
+    assert "norm error" in after["metrics"] and "norm error↓" in (out / "table.md").read_text()
+
+
+def test_rescore_refuses_other_data_n_seed_and_missing_samples(benched, tmp_path):
+    out = tmp_path / "out"
+    shutil.copytree(benched[0] / "out", out)
+    with pytest.raises(BenchError, match="--rescore --n 32: the saved samples were made with "
+                                         "--n 64"):
+        rescore_bench("toy", out=out, n=32, progress=False)
+    with pytest.raises(BenchError, match="--rescore --seed 1: .* made with --seed 0"):
+        rescore_bench("toy", out=out, seed=1, progress=False)
+    with pytest.raises(BenchError, match="is a bench of toy .*, not of dataset gmm"):
+        rescore_bench("gmm", out=out, progress=False)
+    with pytest.raises(BenchError, match="no bench table"):
+        rescore_bench("toy", out=tmp_path / "nothing", progress=False)
+    shutil.copy(out / "samples" / "pd-nfe1.npz", out / "samples" / "pd-nfe2.npz")
+    with pytest.raises(BenchError, match=r"pd-nfe2.npz holds other samples than row 'PD' "
+                                         r"\(NFE 2\).*'nfe': 1"):
+        rescore_bench("toy", out=out, progress=False)
+    (out / "samples" / "pd-nfe2.npz").unlink()
+    with pytest.raises(BenchError, match="row 'PD' \\(NFE 2\\) has no saved samples"):
+        rescore_bench("toy", out=out, progress=False)
+    result = CliRunner().invoke(main, ["bench", "--rescore", "--models", "edm", "--out",
+                                       str(out)])
+    assert result.exit_code == 1 and "it takes no --models" in result.output
+
+
+def test_samples_are_kept_except_for_published_size_image_rows():
+    points = Dataset("p", torch.zeros(4, 2), None, "c", "points")
+    images = Dataset("i", torch.zeros(4, 1, 8, 8), None, "c", "image")
+    assert export_formats("auto", points, 50_000) == "npz"
+    assert export_formats("auto", images, 49_999) == "npz"
+    assert export_formats("auto", images, 50_000) == "none"
+    assert export_formats("npz", images, 50_000) == "npz"
+    with pytest.raises(BenchError, match="--save-samples png writes images; dataset p holds "
+                                         "points"):
+        export_formats("png", points, 10)

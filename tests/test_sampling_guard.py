@@ -205,7 +205,7 @@ def test_non_finite_samples_are_an_error_naming_the_settings(edm_run, tmp_path):
                     "1e30", "--steps", "3", "--out", str(out))
     assert result.exit_code == 1
     assert "6 of 6 results are not finite (NaN or inf), likely caused by the sampling settings " \
-           "given: --steps 3, --sampler edm-stochastic, --s-churn 10.0, --s-noise 1e+30" \
+           "given: --sampler edm-stochastic, --steps 3, --s-churn 10.0, --s-noise 1e+30" \
            in result.output
     assert f"the raw values are kept in {out.with_suffix('.npz')}" in result.output
     assert not out.exists() and not np.isfinite(np.load(out.with_suffix(".npz"))["samples"]).all()

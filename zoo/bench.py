@@ -7,8 +7,14 @@ registry; each names the runs it needs (:meth:`~zoo.methods.Method.bench_configs
 a run gives (:meth:`~zoo.methods.Method.bench_rows`). Every row carries its run's training cost
 (:func:`zoo.training.cost.run_cost`: training images and network passes, its teachers'
 included). Outputs: the table (terminal, Markdown, CSV, JSON), the primary metric against NFE
-and against training cost as PNGs, one sample picture per row (its first samples) and, asked
-for, every sample for external evaluators (:mod:`zoo.sample_export`).
+and against training cost as PNGs, one sample picture per row (its first samples) and every
+row's samples (``samples/ROW.npz`` with the row's record; optional at 50,000 images per row), from
+which :func:`rescore_bench` (``zoo bench --rescore``) recomputes the table with other metrics,
+and, asked for, PNG folders for external evaluators (:mod:`zoo.sample_export`).
+
+``--models`` entries are ``METHOD`` (the method's rows) or ``METHOD:SAMPLER`` (its rows with
+another registered sampler of its kind of model, options from ``--sampler-options``); the same
+method may appear with several samplers, and the sampler is part of the row's label.
 
 Real image datasets follow the published FID protocol: FID-50k (50,000 samples, Heusel et al.
 2017, as EDM and the CM paper report it) against the training set or a ``--ref`` file. Rows are
@@ -29,6 +35,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -67,6 +74,9 @@ class RowResult:
     samples_picture: str = ""
     weights: str = "ema"
     cost: dict | None = None
+    sampler: str | None = None
+    entry: str = ""
+    samples_file: str = ""
 
 
 @dataclass
@@ -89,6 +99,59 @@ class BenchReport:
         return names
 
 
+@dataclass
+class ModelEntry:
+    """One ``--models`` entry: ``METHOD`` (the method's own rows, :meth:`Method.bench_rows`) or
+    ``METHOD:SAMPLER`` (its rows with the registered ``sampler`` and ``options``,
+    :meth:`Method.sampler_rows`)."""
+
+    method: str
+    sampler: str | None = None
+    options: dict = field(default_factory=dict)
+
+    @property
+    def key(self) -> str:
+        return self.method if self.sampler is None else f"{self.method}:{self.sampler}"
+
+
+def parse_models(models: list[str], sampler_options: dict | None = None) -> list[ModelEntry]:
+    """``--models`` entries ``METHOD[:SAMPLER]`` with ``--sampler-options`` by entry
+    (``{"edm:edm-stochastic": {"S_churn": 40}}``, values dicts or JSON text), checked before
+    anything is trained: an unknown method, a method without sampler choice, an unknown sampler,
+    one for another kind of model, a bad option, or options for no ``METHOD:SAMPLER`` entry are
+    errors naming what is accepted."""
+    entries, seen = [], set()
+    for item in models:
+        method, _, sampler = (part.strip() for part in item.partition(":"))
+        entry = ModelEntry(method, sampler or None)
+        if entry.key in seen:
+            raise BenchError(f"--models names {entry.key} twice")
+        seen.add(entry.key)
+        entries.append(entry)
+    methods = resolve_methods([e.method for e in entries])
+    options = dict(sampler_options or {})
+    for entry in entries:
+        if entry.sampler is None:
+            continue
+        method = methods[entry.method]
+        if not method.default_sampler:
+            raise BenchError(f"--models {entry.key}: method {entry.method} samples its own way "
+                             "and offers no sampler choice; bench it as plain "
+                             f"{entry.method}")
+        try:
+            _, entry.options = method.resolve_sampler(entry.sampler, options.pop(entry.key, None))
+        except plugins.UnknownNameError as exc:
+            raise BenchError(f"--models {entry.key}: {exc}; samplers for {entry.method}: "
+                             f"{', '.join(method.samplers())}") from None
+        except ValueError as exc:
+            raise BenchError(f"--models {entry.key}: {exc}") from None
+    if options:
+        keys = [e.key for e in entries if e.sampler] or ["(none: no METHOD:SAMPLER in --models)"]
+        raise BenchError(f"--sampler-options {', '.join(options)}: not a METHOD:SAMPLER entry of "
+                         f"--models; entries: {', '.join(keys)}")
+    return entries
+
+
 def resolve_methods(models: list[str]) -> dict[str, Method]:
     """The registered methods named in ``models``; an unknown name lists the valid ones."""
     registry = plugins.registry("methods")
@@ -96,7 +159,7 @@ def resolve_methods(models: list[str]) -> dict[str, Method]:
     if unknown or not models:
         raise BenchError(f"unknown model(s) {', '.join(map(repr, unknown)) or '(none given)'}; "
                          f"valid: {', '.join(registry.names())}")
-    return {m: registry.get(m) for m in models}
+    return {m: registry.get(m) for m in dict.fromkeys(models)}
 
 
 def training_order(methods: dict[str, Method]) -> list[str]:
@@ -207,12 +270,15 @@ def apply_settings(name: str, config, settings: dict[str | None, dict]):
 
 
 def prepare_runs(methods: dict[str, Method], dataset: str, data: Dataset, runs_root: Path, *,
-                 train_missing: bool, device: str, progress: bool, echo=print, settings=None):
+                 train_missing: bool, device: str, progress: bool, echo=print, settings=None,
+                 entries: list[ModelEntry] | None = None):
     """Train (with ``train_missing``) or refuse absent runs, requirements first, and refuse runs
     on other data before anything is trained from them; runs to train take the ``--set``
     ``settings`` (:func:`parse_settings`) over their presets; a run without a config (a dataset
-    without training presets, e.g. LSUN-256) must be imported. Returns the benched methods'
-    rows as ``[(method name, BenchRow)]`` and each row's run record (step, checksum)."""
+    without training presets, e.g. LSUN-256) must be imported. Returns the rows of the
+    ``entries`` (default: each method's own rows) as ``[(entry, BenchRow)]``, a row that two
+    entries give listed once, and each row's run record (step, checksum)."""
+    entries = entries or [ModelEntry(name) for name in methods]
     rows, records = [], {}
     for name in training_order(methods):
         method = methods.get(name) or plugins.get("methods", name)
@@ -242,10 +308,13 @@ def prepare_runs(methods: dict[str, Method], dataset: str, data: Dataset, runs_r
                 problem = run_problem(method, run_dir)
                 if problem:
                     raise BenchError(f"{name} run {run_dir} {problem} after training")
-            run_rows = method.bench_rows(run_dir)
-            records.update(check_same_data(run_rows, dataset, data))
-            if name in methods:
-                rows += [(name, row) for row in run_rows]
+            records.update(check_same_data(method.bench_rows(run_dir), dataset, data))
+            for entry in (e for e in entries if e.method == name):
+                run_rows = (method.bench_rows(run_dir) if entry.sampler is None else
+                            method.sampler_rows(run_dir, entry.sampler, entry.options))
+                records.update(check_same_data(run_rows, dataset, data))
+                rows += [(entry, row) for row in run_rows if not any(
+                    e.method == name and r == row for e, r in rows)]
     return rows, records
 
 
@@ -271,10 +340,16 @@ def check_same_data(rows: list[BenchRow], dataset: str, data: Dataset) -> dict[P
     return records
 
 
-def sort_rows(rows, methods: list[str]):
-    """Rows grouped by method (in ``methods`` order), then by label, NFE ascending."""
+def sort_rows(rows, entries: list[str]):
+    """Rows grouped by ``--models`` entry (in ``entries`` order; ``rows`` are ``(entry key or
+    entry, BenchRow)``), then by label, NFE ascending."""
     labels = list(dict.fromkeys(row.label for _, row in rows))
-    return sorted(rows, key=lambda mr: (methods.index(mr[0]), labels.index(mr[1].label), mr[1].nfe))
+
+    def key(item):
+        entry, row = item
+        return (entries.index(getattr(entry, "key", entry)), labels.index(row.label), row.nfe)
+
+    return sorted(rows, key=key)
 
 
 def default_n(data: Dataset) -> int:
@@ -290,52 +365,71 @@ def protocol_note(data: Dataset, n: int) -> str:
     return f"FID-{size}, not comparable to published FID-{PUBLISHED_N // 1000}k"
 
 
+#: ``--save-samples`` choices: ``auto`` saves every row's samples (``samples/ROW.npz``) unless
+#: the row is a real-image bench of the published size (50,000 images per row), the others as
+#: :data:`zoo.sample_export.FORMATS` (``npz``: always, ``png``: the PNG folder only).
+SAVE_SAMPLES = ("auto", "none", "png", "npz", "both")
+
+
+def export_formats(save_samples: str, data: Dataset, n: int) -> str:
+    """The :data:`zoo.sample_export.FORMATS` entry that ``--save-samples`` means for ``n``
+    samples per row of ``data``: ``auto`` is ``npz`` for points and for image benches of fewer
+    than :data:`PUBLISHED_N` samples, else ``none``; PNGs are for images only."""
+    if save_samples not in SAVE_SAMPLES:
+        raise BenchError(f"--save-samples {save_samples!r}: accepted: {', '.join(SAVE_SAMPLES)}")
+    if save_samples == "auto":
+        return "npz" if data.kind != "image" or n < PUBLISHED_N else "none"
+    if save_samples in ("png", "both") and data.kind != "image":
+        raise BenchError(f"--save-samples {save_samples} writes images; dataset {data.name} "
+                         f"holds {data.kind} (npz keeps them)")
+    return save_samples
+
+
 def run_bench(models: list[str], dataset: str, *, runs_root="runs", train_missing=False,
               n=None, seed=0, batch_size=500, out=None, device="cpu", inception_weights=None,
               progress=True, echo=print, weights="ema", settings=None,
-              metrics=None, ref=None, save_samples="none") -> BenchReport:
-    """Prepare the runs (training missing ones with ``settings``, see :func:`prepare_runs`),
-    sample and evaluate every row with the runs' ``weights`` (``"ema"`` or ``"raw"``) through
-    the registered ``metrics`` (default: the dataset's, :func:`zoo.metrics.default_metrics`;
-    feature spaces against ``ref``, a reference file, when given), and write the outputs into
-    ``out`` (default ``bench/<dataset>``; rank 0 alone under torchrun, except the PNG exports);
-    ``n`` defaults by the dataset's metric (:func:`default_n`); ``save_samples`` (one of
-    :data:`zoo.sample_export.FORMATS`) exports every sample. Returns the report."""
-    from zoo.sample_export import FORMATS
-
-    if save_samples not in FORMATS:
-        raise BenchError(f"--save-samples {save_samples!r}: accepted: {', '.join(FORMATS)}")
-    methods = resolve_methods(models)
+              metrics=None, ref=None, save_samples="auto", sampler_options=None) -> BenchReport:
+    """Prepare the runs of the ``models`` entries (``METHOD`` or ``METHOD:SAMPLER``,
+    :func:`parse_models`, with ``sampler_options`` by entry), training missing ones with
+    ``settings`` (:func:`prepare_runs`), sample and evaluate every row with the runs'
+    ``weights`` (``"ema"`` or ``"raw"``) through the registered ``metrics`` (default: the
+    dataset's, :func:`zoo.metrics.default_metrics`; feature spaces against ``ref``, a reference
+    file, when given), and write the outputs into ``out`` (default ``bench/<dataset>``; rank 0
+    alone under torchrun, except the PNG exports); ``n`` defaults by the dataset's metric
+    (:func:`default_n`); ``save_samples`` (:data:`SAVE_SAMPLES`, :func:`export_formats`) keeps
+    every row's samples for :func:`rescore_bench` and external evaluators. Returns the
+    report."""
+    entries = parse_models(models, sampler_options)
+    methods = resolve_methods([e.method for e in entries])
     data = load_dataset(dataset)
     n = default_n(data) if n is None else n
     if n < 2:
         raise BenchError(f"--n must be >= 2, got {n}")
-    if save_samples != "none" and data.kind != "image":
-        raise BenchError(f"--save-samples {save_samples} writes images; dataset {dataset} holds "
-                         f"{data.kind}")
+    formats = export_formats(save_samples, data, n)
     if inception_weights:
         from zoo.metrics import fidelity
 
         os.environ[fidelity.INCEPTION_ENV] = str(fidelity.inception_weights(inception_weights))
     rows, records = prepare_runs(methods, dataset, data, Path(runs_root),
                                  train_missing=train_missing, device=device, progress=progress,
-                                 echo=echo, settings=settings)
+                                 echo=echo, settings=settings, entries=entries)
     report = BenchReport(dataset, data.checksum, n, seed, batch_size, device,
                          note=protocol_note(data, n), ref=str(ref) if ref else None)
     evaluation = zoo_metrics.Evaluation(data, metrics, seed=seed, batch_size=batch_size,
                                         ref=ref, distributed=True)
     out = Path(out) if out else Path("bench") / dataset
-    for name, row in tqdm(sort_rows(rows, list(methods)), desc=f"bench {dataset}",
-                          disable=not progress, dynamic_ncols=True):
-        method = methods[name]
+    for entry, row in tqdm(sort_rows(rows, [e.key for e in entries]), desc=f"bench {dataset}",
+                           disable=not progress, dynamic_ncols=True):
+        method = methods[entry.method]
         run = method.load(row.run_dir, device=device, ema=weights == "ema")
         method.sample(run, 1, seed=seed, batch_size=1, device=device, **row.options)  # warm-up
-        picture, rate = bench_row(method, run, row, data, n, seed=seed, batch_size=batch_size,
-                                  device=device, evaluation=evaluation, save_samples=save_samples,
-                                  stem=out / "samples" / row_stem(row), progress=progress)
         record = records[Path(row.run_dir)]
-        result = RowResult(name, row, evaluation.result(), rate, record["checksum"],
-                           record["step"], weights=weights, cost=record["cost"])
+        result = RowResult(entry.method, row, {}, 0.0, record["checksum"], record["step"],
+                           weights=weights, cost=record["cost"], entry=entry.key)
+        picture = bench_row(method, run, result, data, n, seed=seed, batch_size=batch_size,
+                            device=device, evaluation=evaluation, formats=formats,
+                            stem=out / "samples" / row_stem(row), progress=progress)
+        result.metrics = evaluation.result()
         if distributed.is_main():
             result.samples_picture = str(save_row_samples(result, picture, data, out))
         report.results.append(result)
@@ -344,23 +438,40 @@ def run_bench(models: list[str], dataset: str, *, runs_root="runs", train_missin
     return report
 
 
-def bench_row(method: Method, run, row: BenchRow, data: Dataset, n: int, *, seed: int,
-              batch_size: int, device: str, evaluation, save_samples: str, stem: Path,
+def row_info(result: RowResult, data: Dataset, n: int, seed: int) -> dict:
+    """What a row's samples file records: the data, the seeds, the row and its run."""
+    row = result.row
+    return {"dataset": data.name, "dataset_checksum": data.checksum, "kind": data.kind,
+            "data_range": list(data.data_range or (-1.0, 1.0)), "n": n,
+            "seeds": [seed, seed + n - 1], "method": result.method, "entry": result.entry,
+            "label": row.label, "nfe": row.nfe, "sampler": result.sampler,
+            "options": row.options, "run_dir": str(row.run_dir),
+            "run_checksum": result.checksum, "run_step": result.step,
+            "weights": result.weights, "zoo_version": zoo.__version__}
+
+
+def bench_row(method: Method, run, result: RowResult, data: Dataset, n: int, *, seed: int,
+              batch_size: int, device: str, evaluation, formats: str, stem: Path,
               progress: bool = False):
     """Sample one row's ``n`` samples in steps of ``batch_size`` per rank, each step fed to
-    ``evaluation`` (reset first) and the exports, and return the first samples (the picture:
-    :data:`PICTURE_N` images, or every point) and the sampling rate (samples/s, sampling only).
-    Sample i comes from seed ``seed + i`` whatever the steps, so the samples equal one call's."""
+    ``evaluation`` (reset first) and the sample files (``formats``, :func:`export_formats`:
+    ``STEM.npz`` with the row's :func:`row_info`, the PNG folder ``STEM/``); set the result's
+    sampler, sampling rate (samples/s, sampling only) and samples file, and return the first
+    samples (the picture: :data:`PICTURE_N` images, or every point). Sample i comes from seed
+    ``seed + i`` whatever the steps, so the samples equal one call's."""
     from zoo.metrics.fidelity import to_uint8
-    from zoo.sample_export import SampleExport
+    from zoo.sample_export import NpzWriter, SampleExport
 
+    row = result.row
     evaluation.reset()
     keep = PICTURE_N if data.kind == "image" else n
     picture, elapsed = [], 0.0
     export = None
-    if save_samples != "none":
-        export = SampleExport(stem, n, data.shape, save_samples, npz=distributed.is_main())
+    if data.kind == "image" and formats != "none":
+        export = SampleExport(stem, n, data.shape, formats, npz=distributed.is_main())
         distributed.barrier()  # rank 0 has emptied the PNG folder
+    elif formats == "npz" and distributed.is_main():
+        export = NpzWriter(stem.with_suffix(".npz"), n, data.shape, np.float32)
     step = batch_size * distributed.world_size()
     try:
         for start in tqdm(range(0, n, step), desc=row.label, leave=False,
@@ -373,22 +484,106 @@ def bench_row(method: Method, run, row: BenchRow, data: Dataset, n: int, *, seed
             if samples.nfe != row.nfe:
                 raise BenchError(f"{method.name} row {row.label!r} promises NFE {row.nfe} but its "
                                  f"sampler used {samples.nfe}")
+            result.sampler = samples.info.get("sampler")
             evaluation.add(samples.x)
             if sum(map(len, picture)) < keep:
                 picture.append(samples.x[: keep - sum(map(len, picture))].cpu())
-            if export is not None:
+            if isinstance(export, SampleExport):
                 u8 = to_uint8(samples.x.float().cpu(), data.data_range or (-1.0, 1.0))
                 export.add_npz(u8, samples.labels)
                 mine = distributed.shard(list(range(count)))
                 export.add_png(u8[mine], [start + i for i in mine])
+            elif export is not None:
+                export.add(samples.x.float().cpu().numpy(), samples.labels)
     except BaseException:
         if export is not None:
             export.abort()
         raise
+    result.samples_per_s = n / elapsed
     if export is not None:
-        export.close()
+        info = {"info": np.array(json.dumps(row_info(result, data, n, seed)))}
+        export.close(info)
+        if formats in ("npz", "both"):
+            result.samples_file = f"samples/{row_stem(row)}.npz"
+    if data.kind == "image" and formats != "none":
         distributed.barrier()
-    return torch.cat(picture), n / elapsed
+    return torch.cat(picture)
+
+
+def read_row_samples(path: Path, data: Dataset):
+    """``(samples, info)`` from a row's samples file (:func:`bench_row`): float samples in the
+    data's range (images from their saved uint8 values, the values the feature-space metrics
+    see) and the row record."""
+    with np.load(path, allow_pickle=False) as saved:
+        info = json.loads(str(saved["info"]))
+        x = torch.from_numpy(saved["arr_0"])
+    if info["kind"] == "image":
+        lo, hi = info["data_range"]
+        x = x.permute(0, 3, 1, 2).float() * ((hi - lo) / 255) + lo
+    return x, info
+
+
+def rescore_bench(dataset: str, *, out=None, metrics=None, n=None, seed=None, batch_size=500,
+                  ref=None, inception_weights=None, progress=True) -> BenchReport:
+    """The table of the bench in ``out`` (default ``bench/<dataset>``) recomputed from its rows'
+    saved samples with the registered ``metrics`` (default: the dataset's), without loading a
+    model or sampling: sampling rates, training costs and pictures are the bench's. Refuses a
+    bench of other data (dataset name or checksum), ``n`` or ``seed`` other than the bench's,
+    and rows whose samples file is missing or records another row, data, n or seeds."""
+    out = Path(out) if out else Path("bench") / dataset
+    table = out / "table.json"
+    if not table.exists():
+        raise BenchError(f"--rescore: no bench table {table}; run zoo bench --out {out} first "
+                         "(it keeps every row's samples)")
+    record = json.loads(table.read_text())
+    data = load_dataset(dataset)
+    first = record["seeds"][0]
+    if (record["dataset"], record["dataset_checksum"]) != (dataset, data.checksum):
+        raise BenchError(f"--rescore: {table} is a bench of {record['dataset']} (checksum "
+                         f"{record['dataset_checksum']}), not of dataset {dataset} as it is now "
+                         f"(checksum {data.checksum})")
+    for name, asked, made in (("--n", n, record["n"]), ("--seed", seed, first)):
+        if asked is not None and asked != made:
+            raise BenchError(f"--rescore {name} {asked}: the saved samples were made with "
+                             f"{name} {made}; rescoring cannot change the samples (rerun zoo "
+                             "bench for new ones)")
+    if inception_weights:
+        from zoo.metrics import fidelity
+
+        os.environ[fidelity.INCEPTION_ENV] = str(fidelity.inception_weights(inception_weights))
+    report = BenchReport(dataset, data.checksum, record["n"], first, batch_size, record["device"],
+                         note=protocol_note(data, record["n"]), ref=str(ref) if ref else None)
+    evaluation = zoo_metrics.Evaluation(data, metrics, seed=first, batch_size=batch_size,
+                                        ref=ref)
+    for saved in tqdm(record["rows"], desc=f"rescore {dataset}", disable=not progress):
+        row = BenchRow(saved["label"], saved["nfe"], Path(saved["run_dir"]), saved["options"])
+        path = out / saved["samples_file"] if saved.get("samples_file") else None
+        if path is None or not path.exists():
+            raise BenchError(f"--rescore: row {row.label!r} (NFE {row.nfe}) has no saved samples "
+                             f"({path or 'none recorded'}): the bench ran with --save-samples "
+                             "none or png, or auto at 50,000 images; rerun it with "
+                             "--save-samples npz")
+        x, info = read_row_samples(path, data)
+        expected = {"dataset_checksum": data.checksum, "n": record["n"],
+                    "seeds": record["seeds"], "label": row.label, "nfe": row.nfe,
+                    "run_checksum": saved["run_checksum"]}
+        wrong = {k: info.get(k) for k, v in expected.items() if info.get(k) != v}
+        if wrong or len(x) != record["n"]:
+            raise BenchError(f"--rescore: {path} holds other samples than row {row.label!r} "
+                             f"(NFE {row.nfe}) of {table}: {wrong or {'samples': len(x)}} "
+                             f"where the table has {({k: expected[k] for k in wrong})}")
+        evaluation.reset()
+        for start in range(0, len(x), batch_size):
+            evaluation.add(x[start:start + batch_size])
+        cost = saved["training_cost"]
+        report.results.append(RowResult(
+            saved["method"], row, evaluation.result(), saved["samples_per_s"],
+            saved["run_checksum"], saved["run_step"], saved["samples_picture"],
+            saved["weights"], None if cost is None else
+            {k: v for k, v in cost.items() if k != "forward_equivalents"},
+            saved.get("sampler"), saved.get("entry", saved["method"]), saved["samples_file"]))
+    write_outputs(report, out)
+    return report
 
 
 # ---------------------------------------------------------------- outputs
@@ -571,24 +766,27 @@ def write_outputs(report: BenchReport, out: Path) -> dict[str, Path]:
     names = report.metric_names
     with open(paths["table.csv"], "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["method", "label", "nfe", *names, "samples_per_s", "run_dir",
-                         *[f"train_{k}" for k in COST_COLUMNS]])
+        writer.writerow(["method", "label", "sampler", "nfe", *names, "samples_per_s",
+                         "run_dir", "samples_file", *[f"train_{k}" for k in COST_COLUMNS]])
         for r in report.results:
             cost = training_cost(r.cost) or {}
-            writer.writerow([r.method, r.row.label, r.row.nfe,
+            writer.writerow([r.method, r.row.label, r.sampler or "", r.row.nfe,
                              *[r.metrics.get(k, "") for k in names], r.samples_per_s,
-                             str(r.row.run_dir), *[cost.get(k, "") for k in COST_COLUMNS]])
+                             str(r.row.run_dir), r.samples_file,
+                             *[cost.get(k, "") for k in COST_COLUMNS]])
     record = {
         "dataset": report.dataset, "dataset_checksum": report.checksum, "n": report.n,
         "seeds": [report.seed, report.seed + report.n - 1], "batch_size": report.batch_size,
         "device": report.device, "zoo_version": zoo.__version__, "git_commit": git_commit(),
         "note": report.note, "reference": report.ref or "dataset",
         "metrics": {k: {"lower_is_better": zoo_metrics.lower_is_better(k)} for k in names},
-        "rows": [{"method": r.method, "label": r.row.label, "nfe": r.row.nfe,
+        "rows": [{"method": r.method, "entry": r.entry or r.method, "label": r.row.label,
+                  "sampler": r.sampler, "nfe": r.row.nfe,
                   "metrics": r.metrics, "samples_per_s": r.samples_per_s,
                   "run_dir": str(r.row.run_dir), "run_checksum": r.checksum, "run_step": r.step,
                   "options": r.row.options, "weights": r.weights,
-                  "samples_picture": r.samples_picture, "training_cost": training_cost(r.cost)}
+                  "samples_picture": r.samples_picture, "samples_file": r.samples_file,
+                  "training_cost": training_cost(r.cost)}
                  for r in report.results],
         "training_cost_unit": "passes: one network evaluation on one sample (a JVP: 2 forward); "
                               "forward_equivalents = forward + 2 * backward; teachers included",

@@ -352,6 +352,30 @@ def _not_finite(x, run, settings: list[str], kept: Path) -> str | None:
     )
 
 
+def _sampler_params(method) -> list[click.Option]:
+    """``--sampler`` (the registered samplers of the method's kind of model, read when the
+    command is built) and ``--sampler-options``, for a method with a default sampler."""
+    from zoo.diffusion.samplers import MODEL_KINDS, sampler_options
+
+    if not method.default_sampler:
+        return []
+    names = method.samplers()
+    kind = MODEL_KINDS.get(method.parameterization, method.parameterization)
+    by_sampler = "; ".join(
+        f"{n}: {', '.join(f'{o.name} ({o.type_name()}, default {o.default})' for o in opts)}"
+        for n in names
+        if (opts := sampler_options(zoo_plugins.get("samplers", n)).values()))
+    return [
+        click.Option(["--sampler"], type=click.Choice(names), default=method.default_sampler,
+                     show_default=True,
+                     help=f"A registered sampler of {kind}s: {', '.join(names)} "
+                     "(docs/samplers.md)."),
+        click.Option(["--sampler-options"], metavar="JSON", default=None,
+                     help="The sampler's options as a JSON object, e.g. '{\"S_churn\": 40}'; an "
+                     f"option it does not take is an error. Options: {by_sampler or '(none)'}."),
+    ]
+
+
 def _make_sample_command(name, method):
     def callback(
         run, dataset, runs_root, n, seed, batch_size, out, samples_out, device, weights,
@@ -387,7 +411,8 @@ def _make_sample_command(name, method):
         if samples.labels is not None:
             info["labels"] = samples.labels.tolist()
         npz = save_samples_file(samples.x, info, npz)
-        settings = _given(ctx, ["weights", *(o.name for o in method.sample_options)])
+        settings = _given(ctx, ["weights", "sampler", "sampler_options",
+                                *(o.name for o in method.sample_options)])
         error = _not_finite(samples.x, loaded, settings, npz)
         if error:
             raise UserError(error)
@@ -452,6 +477,7 @@ def _make_sample_command(name, method):
             help="Class K of a class-conditional run (0 <= K < its num_classes) for every "
             "sample [default: one label per sample drawn uniformly from its seed].",
         ),
+        *_sampler_params(method),
         *method.sample_options,
     ]
     return click.Command(
@@ -472,7 +498,29 @@ def sample():
 
 
 @main.command("bench")
-@click.option("--models", required=True, help="Comma-separated methods, e.g. cm,edm,pd.")
+@click.option(
+    "--models",
+    default=None,
+    metavar="METHOD[:SAMPLER],...",
+    help="Comma-separated methods, e.g. cm,edm,pd; METHOD:SAMPLER gives the method's rows with "
+    "another registered sampler of its kind of model, labelled with it, e.g. "
+    "edm,edm:dpm-solver-2,edm:euler (docs/samplers.md). Required unless --rescore.",
+)
+@click.option(
+    "--sampler-options",
+    "sampler_options",
+    multiple=True,
+    metavar="METHOD:SAMPLER=JSON",
+    help="Options of the sampler of a METHOD:SAMPLER entry of --models, e.g. "
+    "'edm:edm-stochastic={\"S_churn\": 40}'; checked before any training. Repeatable.",
+)
+@click.option(
+    "--rescore",
+    is_flag=True,
+    help="Recompute the table in OUT from its rows' saved samples (OUT/samples/ROW.npz) with "
+    "--metrics, without loading models or sampling; refused where samples are missing or were "
+    "made from other data, --n or --seed.",
+)
 @click.option("--dataset", default="toy", show_default=True, help="Registered dataset name.")
 @click.option(
     "--runs-root",
@@ -542,12 +590,14 @@ def sample():
 )
 @click.option(
     "--save-samples",
-    type=click.Choice(["none", "png", "npz", "both"]),
-    default="none",
+    type=click.Choice(["auto", "none", "png", "npz", "both"]),
+    default="auto",
     show_default=True,
-    help="Also write every sample of each row into OUT/samples/: png, a folder ROW/ of "
-    "000000.png... (EDM's fid.py, clean-fid); npz, ROW.npz in openai's evaluator format "
-    "(arr_0 uint8 [N, H, W, C], arr_1 class labels); or both.",
+    help="Every row's samples in OUT/samples/ROW.npz (compressed: arr_0 the samples, images "
+    "as uint8 [N, H, W, C] in openai's evaluator format, arr_1 class labels, info the row's "
+    "record), what --rescore reads: auto writes them except for 50,000-image rows (FID-50k), "
+    "npz always, none never; png writes a folder ROW/ of 000000.png... (EDM's fid.py, "
+    "clean-fid) instead, both writes both.",
 )
 def bench_command(
     models,
@@ -566,13 +616,46 @@ def bench_command(
     metrics,
     ref,
     save_samples,
+    sampler_options,
+    rescore,
 ):
     """The NFE-versus-metric table: every method's rows from the same seeds through the same
     evaluator. Writes table.md/.csv/.json, metric_vs_nfe.png, metric_vs_cost.png and samples/
     into OUT."""
-    from zoo.bench import format_table, parse_settings, run_bench
+    from click.core import ParameterSource
 
+    from zoo.bench import format_table, parse_settings, rescore_bench, run_bench
+
+    ctx = click.get_current_context()
     out = Path(out) if out else Path("bench") / dataset
+    metric_names = [m.strip() for m in metrics.split(",") if m.strip()] if metrics else None
+    if rescore:
+        given = [f"--{p.replace('_', '-')}" for p in ("models", "sampler_options", "settings",
+                                                       "train_missing", "save_samples", "weights")
+                 if ctx.get_parameter_source(p) == ParameterSource.COMMANDLINE]
+        if given:
+            raise UserError(f"--rescore reads the rows and samples of the bench in {out}; it "
+                            f"takes no {', '.join(given).replace('--settings', '--set')}")
+        try:
+            report = rescore_bench(dataset, out=out, metrics=metric_names, n=n,
+                                   seed=seed if ctx.get_parameter_source("seed")
+                                   == ParameterSource.COMMANDLINE else None,
+                                   batch_size=batch_size, ref=ref,
+                                   inception_weights=inception_weights, progress=progress)
+        except USER_ERRORS as exc:
+            raise UserError(str(exc)) from None
+        click.echo(f"{dataset}: rescored from {out}/samples, n={report.n} samples per row\n")
+        click.echo(format_table(report))
+        return
+    if not models:
+        raise UserError("--models is required (e.g. --models cm,edm,pd), unless --rescore")
+    entry_options = {}
+    for item in sampler_options:
+        key, sep, text = item.partition("=")
+        if not sep or ":" not in key:
+            raise UserError(f"--sampler-options takes METHOD:SAMPLER=JSON, e.g. "
+                            f"'edm:edm-stochastic={{\"S_churn\": 40}}'; got {item!r}")
+        entry_options[key.strip()] = text
     # Under torchrun every rank samples its share of each row; rank 0 alone reports.
     main_rank = distributed.is_main()
     try:
@@ -591,9 +674,10 @@ def bench_command(
             echo=(lambda msg: click.echo(msg, err=True)) if main_rank else (lambda msg: None),
             weights=weights,
             settings=parse_settings(settings),
-            metrics=[m.strip() for m in metrics.split(",") if m.strip()] if metrics else None,
+            metrics=metric_names,
             ref=ref,
             save_samples=save_samples,
+            sampler_options=entry_options,
         )
     except USER_ERRORS as exc:
         raise UserError(str(exc)) from None

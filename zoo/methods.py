@@ -116,6 +116,11 @@ class BenchRow:
     options: dict = field(default_factory=dict)
 
 
+def sampler_label(sampler: str, options: dict | None = None) -> str:
+    """A sampler and its options as a row label shows them: ``edm-stochastic, S_churn=40``."""
+    return ", ".join([sampler, *(f"{k}={v}" for k, v in (options or {}).items())])
+
+
 class Method(abc.ABC):
     """Base class of a training method. Subclasses set ``name``, ``config_class`` and implement
     :meth:`preset`, :meth:`make_task` and :meth:`sample`."""
@@ -127,6 +132,14 @@ class Method(abc.ABC):
     sample_options: tuple = ()
     #: methods whose runs this method's runs need first (e.g. a distillation teacher)
     requires: tuple[str, ...] = ()
+    #: the model output of this method's runs, what a sampler must consume (a registered
+    #: sampler's ``parameterization``, :data:`zoo.diffusion.samplers.MODEL_KINDS`): "edm" (a
+    #: diffusion denoiser D(x, σ)), "consistency" (f(x, σ)), "velocity", ...
+    parameterization: str = "edm"
+    #: the registered sampler :meth:`sample` runs unless ``sampler=`` names another of this
+    #: parameterization (``zoo sample --sampler``, ``zoo bench --models METHOD:SAMPLER``); None:
+    #: the method samples its own way and offers no choice
+    default_sampler: str | None = None
 
     @abc.abstractmethod
     def preset(self, dataset: str) -> TrainConfig:
@@ -170,6 +183,47 @@ class Method(abc.ABC):
     def bench_rows(self, run_dir: Path) -> list[BenchRow]:
         """The table rows of one trained run: one per sampling setting (e.g. per NFE)."""
         return []
+
+    def samplers(self) -> list[str]:
+        """The registered samplers :meth:`sample` can run (``sampler=NAME``): those of this
+        method's :attr:`parameterization`; none without a :attr:`default_sampler`."""
+        from zoo.diffusion.samplers import sampler_names
+
+        return sampler_names(self.parameterization) if self.default_sampler else []
+
+    def resolve_sampler(self, sampler: str | None = None, sampler_options=None, **defaults):
+        """``(fn, options)``: the registered ``sampler`` (default :attr:`default_sampler`) with
+        ``sampler_options`` (a dict or JSON text) over the method's own ``defaults`` that the
+        sampler takes; an unknown sampler, one for another kind of model, an option the sampler
+        does not take or a value of the wrong type is a ``ValueError`` naming what is accepted
+        (:func:`zoo.diffusion.samplers.resolve_sampler`)."""
+        from zoo.diffusion.samplers import resolve_sampler
+
+        if self.default_sampler is None:
+            if sampler is None and not sampler_options:
+                raise ValueError(f"method {self.name!r} has no registered sampler")
+            raise ValueError(f"method {self.name!r} samples its own way and offers no sampler "
+                             "choice (no default_sampler); drop the sampler and its options")
+        return resolve_sampler(sampler or self.default_sampler, self.parameterization,
+                               sampler_options, defaults)
+
+    def sampler_rows(self, run_dir: Path, sampler: str, sampler_options=None) -> list[BenchRow]:
+        """The table rows of one run sampled with the registered ``sampler`` and its options
+        (``zoo bench --models METHOD:SAMPLER``). By default the settings of :meth:`bench_rows`
+        with ``sampler`` and ``sampler_options`` added, labelled ``"LABEL [SAMPLER, OPTION=V]"``,
+        each row's NFE counted on one sample of the run (another sampler may spend another
+        number of evaluations on the same grid)."""
+        _, options = self.resolve_sampler(sampler, sampler_options)
+        label = sampler_label(sampler, options)
+        run_rows, runs = [], {}
+        for row in self.bench_rows(run_dir):
+            settings = {**row.options, "sampler": sampler,
+                        **({"sampler_options": options} if options else {})}
+            if row.run_dir not in runs:
+                runs[row.run_dir] = self.load(row.run_dir)
+            nfe = self.sample(runs[row.run_dir], 1, **settings).nfe
+            run_rows.append(BenchRow(f"{row.label} [{label}]", nfe, row.run_dir, settings))
+        return run_rows
 
     def make_trainer(self, task: TrainingTask, config: TrainConfig, dataset, run_dir, *,
                      progress=True) -> Trainer:

@@ -5,7 +5,8 @@
   read;
 - ``npz``: openai's evaluator batch (github.com/openai/guided-diffusion, evaluations/
   evaluator.py): ``arr_0`` uint8 ``[N, H, W, C]`` and, for class-conditional samples, ``arr_1``
-  int64 labels, uncompressed, its ``arr_0`` member written as the batches come.
+  int64 labels, deflate-compressed, its ``arr_0`` member written as the batches come (the
+  bench adds its row record as ``info``: :func:`zoo.bench.read_row_samples`).
 
 Every file is written under a temporary name and renamed when complete.
 """
@@ -36,35 +37,39 @@ def _npy_header(shape, dtype) -> bytes:
 
 
 class NpzWriter:
-    """openai's evaluator npz of ``n`` uint8 images ``[H, W, C]`` written in sample order."""
+    """A compressed npz of ``n`` items ``item_shape`` of ``dtype`` written in sample order as
+    ``arr_0`` (openai's evaluator batch: uint8 images ``[H, W, C]``), their labels as ``arr_1``
+    and any ``extra`` arrays given to :meth:`close` (e.g. the bench's ``info``)."""
 
-    def __init__(self, path, n: int, shape_hwc):
+    def __init__(self, path, n: int, item_shape, dtype=np.uint8):
         self.path, self.n, self.written, self.labels = Path(path), n, 0, []
+        self.dtype = np.dtype(dtype)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd, self.tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.stem}.",
                                         suffix=".npz")
         os.close(fd)
-        self.zip = zipfile.ZipFile(self.tmp, "w", zipfile.ZIP_STORED, allowZip64=True)
+        self.zip = zipfile.ZipFile(self.tmp, "w", zipfile.ZIP_DEFLATED, allowZip64=True)
         self.member = self.zip.open("arr_0.npy", "w", force_zip64=True)
-        self.member.write(_npy_header((n, *shape_hwc), np.uint8))
+        self.member.write(_npy_header((n, *item_shape), self.dtype))
 
-    def add(self, images: np.ndarray, labels=None) -> None:
-        """Append uint8 ``[B, H, W, C]`` (and their labels)."""
-        self.member.write(np.ascontiguousarray(images, dtype=np.uint8).tobytes())
-        self.written += len(images)
+    def add(self, items: np.ndarray, labels=None) -> None:
+        """Append items ``[B, *item_shape]`` (and their labels)."""
+        self.member.write(np.ascontiguousarray(items, dtype=self.dtype).tobytes())
+        self.written += len(items)
         if labels is not None:
             self.labels.append(np.asarray(labels, dtype=np.int64))
 
-    def close(self) -> Path:
-        """Finish the file (``arr_1`` when labels came) and move it into place."""
+    def close(self, extra: dict[str, np.ndarray] | None = None) -> Path:
+        """Finish the file (``arr_1`` when labels came, then ``extra``) and move it into
+        place."""
         self.member.close()
         if self.written != self.n:
             self.abort()
             raise RuntimeError(f"{self.path}: {self.written} samples written, {self.n} declared")
-        if self.labels:
-            labels = np.concatenate(self.labels)
-            with self.zip.open("arr_1.npy", "w") as f:
-                f.write(_npy_header(labels.shape, labels.dtype) + labels.tobytes())
+        members = {"arr_1": np.concatenate(self.labels)} if self.labels else {}
+        for name, array in {**members, **(extra or {})}.items():
+            with self.zip.open(f"{name}.npy", "w", force_zip64=True) as f:
+                np.lib.format.write_array(f, np.asarray(array), allow_pickle=False)
         self.zip.close()
         os.replace(self.tmp, self.path)
         return self.path
@@ -117,9 +122,9 @@ class SampleExport:
             for image, i in zip(self.nhwc(u8), indices, strict=True):
                 write_png(image, self.folder / f"{i:06d}.png")
 
-    def close(self) -> list[Path]:
-        """The files written (npz completed here)."""
-        done = [self.npz.close()] if self.npz is not None else []
+    def close(self, extra: dict[str, np.ndarray] | None = None) -> list[Path]:
+        """The files written (npz completed here, with the ``extra`` arrays)."""
+        done = [self.npz.close(extra)] if self.npz is not None else []
         return done + ([self.folder] if self.folder is not None else [])
 
     def abort(self) -> None:

@@ -12,7 +12,7 @@ from zoo.checkpoint_import import ADM_IMAGENET64, _two_step_sigmas
 from zoo.data import dataset_sigma_data
 from zoo.data.images import IMAGENET64_CLASSES
 from zoo.diffusion import SIGMA_DATA, SIGMA_MAX, SIGMA_MIN, Denoiser
-from zoo.diffusion.samplers import generate, parse_sigmas, sample_consistency
+from zoo.diffusion.samplers import generate, parse_sigmas
 from zoo.methods import DEFAULT_RUNS_ROOT, BenchRow, Method, Samples, draw_labels, preset_scale
 from zoo.plugins import get
 from zoo.training.config import TrainConfig, config_from_dict, config_to_dict, setting
@@ -192,6 +192,8 @@ class ConsistencyModels(Method):
                    "training (CT), continuous-time CD∞/CT∞; 1- and few-step sampling")
     config_class = CMConfig
     requires = ("edm",)
+    parameterization = "consistency"
+    default_sampler = "consistency"
     sample_options = (
         click.Option(["--nfe"], type=click.IntRange(min=1), default=1, show_default=True,
                      help="Steps (= NFE): the first NFE of the run's default sample σ."),
@@ -274,21 +276,25 @@ class ConsistencyModels(Method):
         return sigmas[:nfe]
 
     def sample(self, run, n, *, seed=0, batch_size=256, nfe=1, sigmas=None, device="cpu",
-               progress=False, class_label=None):
-        """Algorithm 1: f(σ_0·z, σ_0), then re-noise to each further σ with √(σ² − ε²) and apply
-        f again, clipping images to [−1, 1] after every step."""
+               progress=False, class_label=None, sampler="consistency", sampler_options=None):
+        """Algorithm 1 (``sampler`` consistency): f(σ_0·z, σ_0), then re-noise to each further σ
+        with √(σ² − ε²) and apply f again, clipping images to [−1, 1] after every step. The
+        run's ε and the image range are the defaults of a sampler taking ``sigma_min`` and
+        ``clip``; ``sampler_options`` override them."""
         c = run.config
+        clip = (-1.0, 1.0) if run.dataset["kind"] == "image" else None
+        fn, opts = self.resolve_sampler(sampler, sampler_options, sigma_min=c.sigma_min,
+                                        clip=clip)
         if sigmas:
             sigmas = parse_sigmas(sigmas, sigma_min=c.sigma_min, sigma_max=c.sigma_max,
                                   name="--sigmas")
         else:
             sigmas = self.default_sigmas(c, nfe)
-        clip = (-1.0, 1.0) if run.dataset["kind"] == "image" else None
         labels = draw_labels(range(seed, seed + n), c.num_classes, class_label)
-        x, nfe = generate(run.denoiser, sample_consistency, sigmas, run.dataset["shape"],
+        x, nfe = generate(run.denoiser, fn, sigmas, run.dataset["shape"],
                           range(seed, seed + n), labels=labels, batch_size=batch_size,
-                          device=device, progress=progress, sigma_min=c.sigma_min, clip=clip)
-        info = {"method": self.name, "mode": c.mode, "sampler": "consistency", "nfe": nfe,
+                          device=device, progress=progress, **opts)
+        info = {"method": self.name, "mode": c.mode, "sampler": sampler, "nfe": nfe,
                 "sigmas": sigmas}
         return Samples(x, nfe, info, labels)
 

@@ -15,11 +15,10 @@ from zoo.data.images import IMAGENET64_CLASSES
 from zoo.diffusion import SIGMA_DATA, SIGMA_MAX, SIGMA_MIN, Denoiser, append_zero, karras_sigmas
 from zoo.diffusion.precond import expand_sigma
 from zoo.diffusion.samplers import (
-    check_sampler_options,
+    count_nfe,
     generate,
-    get_sampler,
+    parse_sampler_options,
     sample_edm_stochastic,
-    sampler_names,
     sampler_options,
 )
 from zoo.methods import (
@@ -29,9 +28,10 @@ from zoo.methods import (
     Samples,
     draw_labels,
     preset_scale,
+    sampler_label,
 )
 from zoo.training import TrainingTask
-from zoo.training.config import TrainConfig, setting
+from zoo.training.config import TrainConfig, config_from_dict, setting
 
 
 @dataclass
@@ -164,48 +164,27 @@ class EDM(Method):
         "EDM diffusion model (Karras et al. 2022): the teacher; Heun/Euler/stochastic sampling"
     )
     config_class = EDMConfig
-    @property
-    def sample_options(self) -> tuple:
-        """``--steps``, ``--sampler`` (the registered samplers of diffusion models, read when the
-        command is built), ``--sampler-options`` and the stochastic sampler's options as flags."""
-        from zoo.plugins import get
-
-        names = sampler_names("edm")
-        by_sampler = "; ".join(
-            f"{n}: {', '.join(f'{o.name} ({o.type_name()}, default {o.default})' for o in opts)}"
-            for n in names if (opts := sampler_options(get("samplers", n)).values()))
-        return (
-            click.Option(
-                ["--steps"],
-                type=int,
-                default=18,
-                show_default=True,
-                help="Sampler steps N on the Karras grid (N points, then 0): heun and "
-                "dpm-solver-2 2N-1 NFE, dpm-solver-3 3N-2, the others N.",
-            ),
-            click.Option(
-                ["--sampler"],
-                type=click.Choice(names),
-                default="heun",
-                show_default=True,
-                help=f"A registered sampler of diffusion models: {', '.join(names)} "
-                "(docs/samplers.md).",
-            ),
-            click.Option(
-                ["--sampler-options"],
-                metavar="JSON",
-                default=None,
-                help="The sampler's options as a JSON object, e.g. '{\"S_churn\": 40}'; an "
-                f"option it does not take is an error. Options: {by_sampler or '(none)'}.",
-            ),
-            *(click.Option(
-                ["--" + o.name.lower().replace("_", "-"), o.name],
-                type=float,
-                default=None,
-                help=f"edm-stochastic: {o.help} Short for --sampler-options "
-                f"'{{\"{o.name}\": VALUE}}' [default: {o.default}].",
-            ) for o in sampler_options(sample_edm_stochastic).values()),
-        )
+    parameterization = "edm"
+    default_sampler = "heun"
+    #: ``--steps`` and the stochastic sampler's options as flags (``--sampler`` and
+    #: ``--sampler-options`` come from the registry with every method's ``default_sampler``).
+    sample_options = (
+        click.Option(
+            ["--steps"],
+            type=int,
+            default=18,
+            show_default=True,
+            help="Sampler steps N on the Karras grid (N points, then 0): heun and "
+            "dpm-solver-2 2N-1 NFE, dpm-solver-3 3N-2, the others N.",
+        ),
+        *(click.Option(
+            ["--" + o.name.lower().replace("_", "-"), o.name],
+            type=float,
+            default=None,
+            help=f"edm-stochastic: {o.help} Short for --sampler-options "
+            f"'{{\"{o.name}\": VALUE}}' [default: {o.default}].",
+        ) for o in sampler_options(sample_edm_stochastic).values()),
+    )
 
     def preset(self, dataset: str) -> EDMConfig:
         return EDMConfig(method=self.name, dataset=dataset, sigma_data=dataset_sigma_data(dataset),
@@ -244,19 +223,12 @@ class EDM(Method):
     ):
         """``sampler_options`` (a dict, or its JSON text) and ``options`` (e.g. ``S_churn``, the
         ``--s-churn`` flag; None = not given) are the sampler's options, checked together by
-        :func:`~zoo.diffusion.samplers.check_sampler_options`."""
+        :meth:`~zoo.methods.Method.resolve_sampler`."""
         if steps < 1:
             raise ValueError(f"--steps must be >= 1, got {steps}")
-        fn = get_sampler(sampler, run.denoiser)
-        if isinstance(sampler_options, str):
-            try:
-                sampler_options = json.loads(sampler_options)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"--sampler-options must be JSON: {exc}") from None
-        if not isinstance(sampler_options or {}, dict):
-            raise ValueError(f"--sampler-options must be a JSON object, got {sampler_options!r}")
-        given = {**(sampler_options or {}), **{k: v for k, v in options.items() if v is not None}}
-        opts = check_sampler_options(sampler, fn, given)
+        flags = {k: v for k, v in options.items() if v is not None}
+        fn, opts = self.resolve_sampler(sampler, {**parse_sampler_options(sampler_options),
+                                                  **flags})
         sigmas = self.sigmas(run.config, steps)
         labels = draw_labels(range(seed, seed + n), run.config.num_classes, class_label)
         x, nfe = generate(
@@ -287,16 +259,19 @@ class EDM(Method):
     #: on ImageNet-64 and LSUN-256 use 40 steps, 79 NFE (Song et al. 2023, Tables 2 and 3;
     #: openai/consistency_models scripts/launch.sh ``--sampler heun --steps 40``).
     paper_steps = {"imagenet64": 40, "lsun256": 40}
-
+    #: NFE of the rows of a sampler chosen for the bench (``--models edm:SAMPLER``): each row
+    #: takes the most steps whose NFE is at most one of these.
+    bench_nfe = (1, 3, 5, 10, 20, 35)
     #: The CM paper's fast-sampler baselines for the teacher (Song et al. 2023, Table 1: DDIM,
-    #: DPM-Solver, 3-DEIS) and DPM-Solver++(2M), near 10 and 20 NFE on the same Karras grid as
-    #: Heun: label -> (registered sampler, ((steps, NFE), ...)); DPM-Solver-3 costs 3N-2 NFE.
-    fast_bench = {
-        "DDIM": ("ddim", ((10, 10), (20, 20))),
-        "DPM-Solver-3": ("dpm-solver-3", ((4, 10), (7, 19))),
-        "DPM-Solver++(2M)": ("dpm-solver++2m", ((10, 10), (20, 20))),
-        "3-DEIS": ("deis-3", ((10, 10), (20, 20))),
-    }
+    #: DPM-Solver, 3-DEIS) and DPM-Solver++(2M), in every EDM table near 10 and 20 NFE on the
+    #: same Karras grid as Heun: registered sampler -> NFE (:meth:`sampler_rows`).
+    fast_bench = {"ddim": (10, 20), "dpm-solver-3": (10, 20), "dpm-solver++2m": (10, 20),
+                  "deis-3": (10, 20)}
+    #: The papers' names of the first-party samplers, for row labels (others: their name).
+    sampler_labels = {"heun": "Heun", "euler": "Euler", "edm-stochastic": "EDM stochastic",
+                      "ddim": "DDIM", "dpm-solver-2": "DPM-Solver-2",
+                      "dpm-solver-3": "DPM-Solver-3", "dpm-solver++2m": "DPM-Solver++(2M)",
+                      "ipndm": "iPNDM", "deis-3": "3-DEIS"}
 
     def bench_configs(self, dataset: str, runs_root=DEFAULT_RUNS_ROOT) -> dict:
         """The ``edm`` run; no config (it must be imported) where the dataset has no preset."""
@@ -304,14 +279,37 @@ class EDM(Method):
             return super().bench_configs(dataset, runs_root)
         return {self.name: None}
 
+    def _config(self, run_dir) -> EDMConfig:
+        return config_from_dict(EDMConfig, json.loads((Path(run_dir) / "config.json").read_text()))
+
     def bench_rows(self, run_dir):
-        dataset = json.loads((Path(run_dir) / "config.json").read_text())["dataset"]
-        paper = self.paper_steps.get(preset_scale(dataset))
+        """Heun at :attr:`bench_steps` (and the paper's steps of the scale), then the
+        :attr:`fast_bench` samplers near their NFE."""
+        paper = self.paper_steps.get(preset_scale(self._config(run_dir).dataset))
         heun = [
             BenchRow("EDM (Heun)", 2 * n - 1, run_dir, {"steps": n, "sampler": "heun"})
             for n in sorted({*self.bench_steps, *([paper] if paper else [])})
         ]
-        return heun + [
-            BenchRow(f"EDM ({label})", nfe, run_dir, {"steps": steps, "sampler": sampler})
-            for label, (sampler, settings) in self.fast_bench.items() for steps, nfe in settings
-        ]
+        return heun + [row for sampler, nfe in self.fast_bench.items()
+                       for row in self.sampler_rows(run_dir, sampler, nfe=nfe)]
+
+    def sampler_rows(self, run_dir, sampler, sampler_options=None, *, nfe=None):
+        """``EDM (SAMPLER, OPTION=V)`` rows on the Karras grid: for each NFE target of ``nfe``
+        (default :attr:`bench_nfe`) the most steps whose NFE (counted by
+        :func:`~zoo.diffusion.samplers.count_nfe`, no network run) is at most the target."""
+        fn, opts = self.resolve_sampler(sampler, sampler_options)
+        config = self._config(run_dir)
+        targets = sorted(nfe or self.bench_nfe)
+        steps_nfe, steps = {}, 1
+        while True:
+            cost = count_nfe(fn, self.sigmas(config, steps), **opts)
+            if cost > targets[-1]:
+                break
+            steps_nfe[steps], steps = cost, steps + 1
+        chosen = dict.fromkeys(max((n for n, c in steps_nfe.items() if c <= target), default=None)
+                               for target in targets)
+        label = sampler_label(self.sampler_labels.get(sampler, sampler), opts)
+        extra = {"sampler_options": opts} if opts else {}
+        return [BenchRow(f"EDM ({label})", steps_nfe[n], run_dir,
+                         {"steps": n, "sampler": sampler, **extra})
+                for n in chosen if n is not None]

@@ -28,3 +28,11 @@ __all__ = [
 @hookimpl
 def register_methods(register):
     register("meanflow", MeanFlow())
+
+
+sample_meanflow.parameterization = "average-velocity"  # u_θ(z, (r, t)), not a denoiser
+
+
+@hookimpl
+def register_samplers(register):
+    register("meanflow", sample_meanflow)

@@ -11,7 +11,7 @@ from zoo.augment import AUGMENT_DIM
 from zoo.diffusion.samplers import generate
 from zoo.methods import BenchRow, Method, Samples, draw_labels, preset_scale
 from zoo.training.config import TrainConfig, setting
-from zoo_meanflow.loss import MeanFlowLoss, sample_meanflow
+from zoo_meanflow.loss import MeanFlowLoss
 from zoo_meanflow.net import MeanFlowNet
 
 
@@ -76,6 +76,8 @@ class MeanFlow(Method):
     description = ("MeanFlow (Geng et al. 2025): average-velocity flow trained through the "
                    "MeanFlow identity (JVP); 1- and few-step sampling")
     config_class = MeanFlowConfig
+    parameterization = "average-velocity"
+    default_sampler = "meanflow"
     sample_options = (
         click.Option(["--nfe"], type=click.IntRange(min=1), default=1, show_default=True,
                      help="Steps (= NFE) on the uniform time grid 1, 1 − 1/NFE, …, 0."),
@@ -92,16 +94,18 @@ class MeanFlow(Method):
         return MeanFlowLoss(self.build_denoiser(config, dataset.shape), config)
 
     def sample(self, run, n, *, seed=0, batch_size=256, nfe=1, device="cpu", progress=False,
-               class_label=None):
-        """ε from seed i, then ``nfe`` steps z_r = z_t − (t − r)·u_θ(z_t, r, t) on the uniform
-        grid from t = 1 to 0 (one step: x = ε − u_θ(ε, 0, 1))."""
+               class_label=None, sampler="meanflow", sampler_options=None):
+        """ε from seed i, then ``nfe`` steps on the uniform grid from t = 1 to 0 with an
+        average-velocity sampler, by default Eq. 12, z_r = z_t − (t − r)·u_θ(z_t, r, t)
+        (:func:`zoo_meanflow.loss.sample_meanflow`; one step: x = ε − u_θ(ε, 0, 1))."""
+        fn, opts = self.resolve_sampler(sampler, sampler_options)
         times = [1 - i / nfe for i in range(nfe + 1)]
         labels = draw_labels(range(seed, seed + n), run.config.num_classes, class_label)
-        x, nfe = generate(run.denoiser, sample_meanflow, times, run.dataset["shape"],
+        x, nfe = generate(run.denoiser, fn, times, run.dataset["shape"],
                           range(seed, seed + n), labels=labels, batch_size=batch_size,
-                          device=device, progress=progress)
-        return Samples(x, nfe, {"method": self.name, "sampler": "meanflow", "nfe": nfe,
-                                "times": times}, labels)
+                          device=device, progress=progress, **opts)
+        return Samples(x, nfe, {"method": self.name, "sampler": sampler, "nfe": nfe,
+                                "times": times, **opts}, labels)
 
     def bench_rows(self, run_dir) -> list[BenchRow]:
         return [BenchRow("MeanFlow", k, Path(run_dir), {"nfe": k}) for k in (1, 2)]

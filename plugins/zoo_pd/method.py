@@ -140,6 +140,12 @@ def sample_pd_euler(denoiser, x, sigmas, *, generator=None, class_labels=None):
     return x
 
 
+# A diffusion denoiser's sampler, but on PD's own grid (ending at σ_min): PD's `sample` runs it
+# and offers no other (default_sampler None), and it is not registered, so that diffusion
+# methods, whose grids end at σ = 0, do not offer it.
+sample_pd_euler.parameterization = "edm"
+
+
 class PDLoss(TrainingTask):
     """Salimans & Ho 2022, Algorithm 2, in σ-space. For a student step i ~ U{0..M−1} of M steps:
     x_t = x + σ_t·z at σ_t = σ_{2i} of the teacher's 2M-step grid; the teacher takes two Euler

@@ -33,3 +33,11 @@ __all__ = [
 @hookimpl
 def register_methods(register):
     register("rf", RectifiedFlow())
+
+
+sample_rf_euler.parameterization = "velocity"  # a velocity field v(x, t), t = 1 − s
+
+
+@hookimpl
+def register_samplers(register):
+    register("rf-euler", sample_rf_euler)

@@ -14,7 +14,7 @@ import click
 from zoo.diffusion.samplers import generate
 from zoo.methods import DEFAULT_RUNS_ROOT, BenchRow, Method, Samples, draw_labels, preset_scale
 from zoo.training import TrainConfig, config_to_dict, setting
-from zoo_rf.flow import RectifiedFlowLoss, ReflowPairs, VelocityField, euler_grid, sample_rf_euler
+from zoo_rf.flow import RectifiedFlowLoss, ReflowPairs, VelocityField, euler_grid
 
 PAIRS_NAME = "reflow-pairs.pt"
 MODES = ("train", "reflow")
@@ -95,6 +95,8 @@ class RectifiedFlow(Method):
     description = ("Rectified flow / flow matching (Liu et al. 2022): Euler sampling; "
                    "--mode reflow trains 2-rectified flow on a run's (noise, sample) pairs")
     config_class = RFConfig
+    parameterization = "velocity"
+    default_sampler = "rf-euler"
     sample_options = (
         click.Option(["--nfe"], type=click.IntRange(min=1), default=None,
                      help="Euler steps (= NFE) [default: 100 for 1-RF, 1 for a reflowed run]."),
@@ -168,17 +170,19 @@ class RectifiedFlow(Method):
         return report
 
     def sample(self, run, n, *, seed=0, batch_size=256, nfe=None, device="cpu", progress=False,
-               class_label=None) -> Samples:
-        """Euler sampling from Z_0 = z (seed ``seed + i`` for sample i) to t = 1 in ``nfe``
-        uniform steps (:func:`zoo_rf.flow.sample_rf_euler`)."""
+               class_label=None, sampler="rf-euler", sampler_options=None) -> Samples:
+        """From Z_0 = z (seed ``seed + i`` for sample i) to t = 1 on ``nfe`` uniform steps of the
+        noise weight s = 1 − t (:func:`zoo_rf.flow.euler_grid`) with a velocity sampler, by
+        default Euler (:func:`zoo_rf.flow.sample_rf_euler`)."""
+        fn, opts = self.resolve_sampler(sampler, sampler_options)
         steps = nfe or DEFAULT_NFE[run.config.mode]
         sigmas = euler_grid(steps)
         labels = draw_labels(range(seed, seed + n), run.config.num_classes, class_label)
-        x, count = generate(run.denoiser, sample_rf_euler, sigmas, run.dataset["shape"],
+        x, count = generate(run.denoiser, fn, sigmas, run.dataset["shape"],
                             range(seed, seed + n), labels=labels, batch_size=batch_size,
-                            device=device, progress=progress)
-        return Samples(x, count, {"method": self.name, "sampler": "rf-euler", "steps": steps,
-                                  "nfe": count}, labels)
+                            device=device, progress=progress, **opts)
+        return Samples(x, count, {"method": self.name, "sampler": sampler, "steps": steps,
+                                  "nfe": count, **opts}, labels)
 
     #: Euler steps of the table's rows: 1-RF across NFE, the reflowed flow at 1 and 2.
     bench_nfe = {"train": (1, 2, 4, 8, 16, 32, 100), "reflow": (1, 2)}

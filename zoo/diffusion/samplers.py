@@ -6,9 +6,12 @@ Randomness comes from a :class:`~zoo.diffusion.random.StackedGenerator`, so a sa
 depend on its batch. Wrap the denoiser in :class:`NFECounter` (or use :func:`run_sampler`) to
 count network evaluations.
 
-A sampler's options are its keyword-only parameters after ``generator`` and ``class_labels``,
-each typed and explained in its signature: ``S_churn: Annotated[float, "help"] = 0.0``
-(:func:`sampler_options` reads them, :func:`check_sampler_options` validates given values).
+A sampler declares the model output it consumes as its ``parameterization`` attribute
+(:data:`MODEL_KINDS`: ``"edm"`` a denoiser D(x, σ), ``"consistency"`` f(x, σ), ...), and its
+options as its keyword-only parameters after ``generator`` and ``class_labels``, each typed and
+explained in its signature: ``S_churn: Annotated[float, "help"] = 0.0`` (:func:`sampler_options`
+reads them, :func:`check_sampler_options` validates given values, :func:`resolve_sampler` does
+both and the model check).
 """
 
 from __future__ import annotations
@@ -186,11 +189,16 @@ def sample_consistency(
     return x
 
 
-# The model a sampler needs (a registered sampler without the attribute takes any denoiser).
+# The model output a sampler consumes (see :data:`MODEL_KINDS`); a registered sampler without the
+# attribute is taken to fit any model.
 for _sampler in (sample_euler, sample_heun, sample_edm_stochastic):
     _sampler.parameterization = "edm"
 sample_consistency.parameterization = "consistency"
-MODEL_KINDS = {"edm": "diffusion model", "consistency": "consistency model"}
+#: What each parameterisation means, for messages: a method's runs give one of these
+#: (:attr:`zoo.methods.Method.parameterization`), a sampler consumes one.
+MODEL_KINDS = {"edm": "diffusion model", "consistency": "consistency model",
+               "velocity": "velocity field (flow)",
+               "average-velocity": "average-velocity model (MeanFlow)"}
 
 SAMPLERS = {
     "euler": sample_euler,
@@ -210,6 +218,10 @@ def _fits(sampler, parameterization) -> bool:
     return getattr(sampler, "parameterization", parameterization) == parameterization
 
 
+def _kind(parameterization) -> str:
+    return MODEL_KINDS.get(parameterization, f"{parameterization!r} model")
+
+
 def sampler_names(parameterization: str | None = None) -> list[str]:
     """The registered samplers, those for a model of ``parameterization`` (a denoiser's
     ``parameterization``: edm, consistency, ...) where given."""
@@ -220,20 +232,45 @@ def sampler_names(parameterization: str | None = None) -> list[str]:
             if parameterization is None or _fits(samplers.get(n), parameterization)]
 
 
-def get_sampler(name: str, denoiser):
+def get_sampler(name: str, model):
     """The registered sampler ``name``, refusing one made for another kind of model than
-    ``denoiser`` (its ``parameterization``) with the samplers that fit it."""
+    ``model`` (a parameterization such as ``"edm"``, or a denoiser with that attribute) with the
+    samplers that fit it. An unknown name lists the registered samplers."""
     from zoo.plugins import get
 
     fn = get("samplers", name)
-    kind = getattr(denoiser, "parameterization", None)
+    kind = model if isinstance(model, str) or model is None else getattr(
+        model, "parameterization", None)
     if not _fits(fn, kind):
         valid = sampler_names(kind)
-        need = fn.parameterization
         raise ValueError(
-            f"sampler {name!r} needs a {MODEL_KINDS.get(need, need)}, but this run is a "
-            f"{MODEL_KINDS.get(kind, kind)}; valid samplers for it: {', '.join(valid) or '(none)'}")
+            f"sampler {name!r} needs a {_kind(fn.parameterization)}, but this run is a "
+            f"{_kind(kind)}; valid samplers for it: {', '.join(valid) or '(none)'}")
     return fn
+
+
+def parse_sampler_options(options) -> dict:
+    """Sampler options given as a dict or as JSON text (``--sampler-options``; None: none)."""
+    import json
+
+    if isinstance(options, str):
+        try:
+            options = json.loads(options)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"--sampler-options must be JSON: {exc}") from None
+    if not isinstance(options or {}, dict):
+        raise ValueError(f"--sampler-options must be a JSON object, got {options!r}")
+    return dict(options or {})
+
+
+def count_nfe(sampler, sigmas, shape=(1,), **options) -> int:
+    """The NFE ``sampler`` spends on the grid ``sigmas``, counted on one sample of ``shape``
+    with a stand-in model that returns its input (no network runs): what a deterministic or
+    stochastic sampler whose step count does not depend on the model costs per sample."""
+    x = torch.zeros(1, *shape)
+    _, nfe = run_sampler(sampler, lambda x, sigma, class_labels=None: x, x, sigmas,
+                         generator=StackedGenerator([0]), **options)
+    return nfe
 
 
 @dataclasses.dataclass(frozen=True)
@@ -312,6 +349,20 @@ def check_sampler_options(name: str, fn, options: dict) -> dict:
             raise ValueError(f"sampler {name!r}: option {key} must be "
                              f"{accepted[key].type_name()}, got {value!r}") from None
     return out
+
+
+def resolve_sampler(name: str, parameterization, options=None, defaults=None):
+    """``(fn, options)`` for sampling a model of ``parameterization`` with the registered sampler
+    ``name``: refuses an unknown sampler, one for another kind of model (:func:`get_sampler`)
+    and options it does not take or of the wrong type (:func:`check_sampler_options`).
+    ``options`` (a dict or JSON text) are the user's; ``defaults`` are the calling method's own
+    settings (e.g. a data range to clip to), passed only to a sampler that takes them and
+    overridden by ``options``."""
+    fn = get_sampler(name, parameterization)
+    accepted = sampler_options(fn)
+    given = {**{k: v for k, v in (defaults or {}).items() if k in accepted},
+             **parse_sampler_options(options)}
+    return fn, check_sampler_options(name, fn, given)
 
 
 def run_sampler(sampler, denoiser, x, sigmas, *, generator=None, **opts):

@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 from zoo.data import dataset_sigma_data
 from zoo.diffusion import SIGMA_DATA, SIGMA_MAX, SIGMA_MIN, Denoiser
-from zoo.diffusion.samplers import generate, sample_consistency
+from zoo.diffusion.samplers import generate
 from zoo.methods import BenchRow, Method, Samples, preset_scale
 from zoo.training import TrainConfig, config_from_dict, config_to_dict, setting
 
@@ -76,6 +76,8 @@ class ImprovedConsistencyTrainingMethod(Method):
     description = ("Improved consistency training (Song & Dhariwal 2023): pseudo-Huber, no target "
                    "EMA, lognormal levels, doubling N(k); 1- and few-step sampling")
     config_class = ICTConfig
+    parameterization = "consistency"  # its runs give f(x, σ): consistency samplers fit
+    default_sampler = "consistency"  # zoo sample ict --sampler NAME --sampler-options JSON
     sample_options = (
         click.Option(["--nfe"], type=click.IntRange(min=1), default=1, show_default=True,
                      help="Steps (= NFE): the first NFE of the run's default sample σ."),
@@ -98,10 +100,15 @@ class ImprovedConsistencyTrainingMethod(Method):
         return ImprovedConsistencyTraining(net, config, data_dim=math.prod(dataset.shape))
 
     def sample(self, run, n, *, seed=0, batch_size=256, nfe=1, sigmas=None, device="cpu",
-               progress=False) -> Samples:
-        """Multistep consistency sampling (the core's ``sample_consistency``): f(σ_0·z, σ_0),
-        then re-noise to each further σ; images are clipped to [−1, 1] after every step."""
+               progress=False, sampler="consistency", sampler_options=None) -> Samples:
+        """Multistep consistency sampling (the registered ``consistency`` sampler by default):
+        f(σ_0·z, σ_0), then re-noise to each further σ; images are clipped to [−1, 1] after
+        every step. The run's ε and that range go to a sampler that takes ``sigma_min`` and
+        ``clip``; ``sampler_options`` override them."""
         c = run.config
+        clip = (-1.0, 1.0) if run.dataset["kind"] == "image" else None
+        fn, opts = self.resolve_sampler(sampler, sampler_options, sigma_min=c.sigma_min,
+                                        clip=clip)
         if sigmas:
             sigmas = parse_sigmas(sigmas)
         else:
@@ -110,11 +117,10 @@ class ImprovedConsistencyTrainingMethod(Method):
                 raise ValueError(f"this run has default σ for up to {len(default)} steps "
                                  f"({c.sample_sigmas}); pass --sigmas for NFE={nfe}")
             sigmas = default[:nfe]
-        clip = (-1.0, 1.0) if run.dataset["kind"] == "image" else None
-        x, used = generate(run.denoiser, sample_consistency, sigmas, run.dataset["shape"],
+        x, used = generate(run.denoiser, fn, sigmas, run.dataset["shape"],
                            range(seed, seed + n), batch_size=batch_size, device=device,
-                           progress=progress, sigma_min=c.sigma_min, clip=clip)
-        return Samples(x, used, {"method": self.name, "sampler": "consistency", "nfe": used,
+                           progress=progress, **opts)
+        return Samples(x, used, {"method": self.name, "sampler": sampler, "nfe": used,
                                  "sigmas": sigmas})
 
     def bench_rows(self, run_dir) -> list[BenchRow]:
