@@ -43,7 +43,7 @@ declare -A TESTS=(
   [zoo/training/checkpoint.py]="tests/test_training.py"
   [zoo/metrics/w2.py]="tests/test_metrics.py"
   [zoo/editing.py]="tests/test_editing.py tests/test_mutants.py"
-  [zoo/data/loader.py]="tests/test_data.py tests/test_mutants.py"
+  [zoo/data/loader.py]="tests/test_mutants_training.py tests/test_data.py tests/test_mutants.py"
 )
 # module -> the functions/methods mutated (cosmic-ray's innermost definition name); none: all.
 # Registries, option parsing, presets and CLI glue are left to their own tests.

@@ -1,0 +1,88 @@
+"""The batch loader (and training plumbing) against hand computations of what their docs
+promise, written against cosmic-ray's survivors (issue 16; docs/testing.md)."""
+
+import pytest
+import torch
+
+from zoo.data import BatchLoader
+from zoo.data.datasets import Dataset
+
+
+def dataset(n, kind="points", labels=True):
+    """Sample i is the value i (images: i at every pixel but a marker at the left edge)."""
+    if kind == "image":
+        x = torch.arange(n, dtype=torch.float32).view(n, 1, 1, 1).repeat(1, 1, 2, 3)
+        x[:, :, :, 0] = -1  # the left column marks a flip
+    else:
+        x = torch.arange(n, dtype=torch.float32).view(n, 1)
+    y = torch.arange(n) % 3 if labels else None
+    return Dataset("hand", x, y, "0", kind, num_classes=3 if labels else 0)
+
+
+def hand_stream(n, seed, positions, hflip=False):
+    """Indices (and flips) at stream positions: epoch e is randperm(n) from the generator seeded
+    seed·1_000_003 + e, its flips torch.rand(n) < 1/2 drawn after it (the loader's docstring)."""
+    out, flips = [], []
+    for p in positions:
+        e = p // n
+        g = torch.Generator().manual_seed(seed * 1_000_003 + e)
+        order = torch.randperm(n, generator=g)
+        flip = torch.rand(n, generator=g) < 0.5
+        out.append(order[p - e * n].item())
+        flips.append(bool(flip[p - e * n]) if hflip else False)
+    return out, flips
+
+
+@pytest.mark.parametrize("n,batch,world", [(10, 4, 1), (10, 4, 2), (3, 8, 4), (7, 7, 1)])
+def test_batches_are_the_documented_stream_positions(n, batch, world):
+    ds = dataset(n)
+    for rank in range(world):
+        loader = BatchLoader(ds, batch, seed=5, rank=rank, world_size=world)
+        local = batch // world
+        for step in (0, 1, 2, 5):
+            start = step * batch + rank * local
+            indices, _ = hand_stream(n, 5, range(start, start + local))
+            x, y = loader.batch_at(step)
+            assert x.flatten().tolist() == indices
+            assert y.tolist() == [i % 3 for i in indices]
+
+
+def test_flips_are_drawn_after_the_permutation_from_the_same_generator():
+    ds = dataset(6, "image", labels=False)
+    loader = BatchLoader(ds, 4, seed=2, hflip=True)
+    for step in range(4):
+        indices, flips = hand_stream(6, 2, range(4 * step, 4 * step + 4), hflip=True)
+        x, y = loader.batch_at(step)
+        assert y is None
+        for row, i, flip in zip(x, indices, flips):
+            expected = ds.x[i].flip(-1) if flip else ds.x[i]
+            assert torch.equal(row, expected)
+
+
+def test_iteration_and_resume_follow_the_step():
+    ds = dataset(9)
+    loader = BatchLoader(ds, 4, seed=1)
+    first = [next(loader)[0] for _ in range(3)]
+    assert loader.state_dict() == {"step": 3, "seed": 1, "batch_size": 4}
+    resumed = BatchLoader(ds, 4, seed=1)
+    resumed.load_state_dict({"step": 1, "seed": 1, "batch_size": 4})
+    assert torch.equal(next(resumed)[0], first[1])
+    for key, value in (("seed", 2), ("batch_size", 8)):
+        with pytest.raises(ValueError, match=f"loader state has {key}={value} but this loader"):
+            resumed.load_state_dict({"step": 0, "seed": 1, "batch_size": 4, key: value})
+
+
+def test_loader_refuses_bad_settings():
+    ds = dataset(4)
+    bad = [({"batch_size": 0}, "batch_size must be >= 1"),
+           ({"world_size": 0}, "rank 0 of 0"), ({"rank": 2, "world_size": 2}, "rank 2 of 2"),
+           ({"rank": -1, "world_size": 2}, "rank -1 of 2"),
+           ({"batch_size": 3, "world_size": 2}, "3 is not divisible by world_size 2"),
+           ({"hflip": True}, "hflip is for images")]
+    for kw, message in bad:
+        with pytest.raises(ValueError, match=message):
+            BatchLoader(ds, **{"batch_size": 4, **kw})
+    BatchLoader(ds, 1)  # one sample a batch, rank 1 of 2: fine
+    BatchLoader(ds, 2, rank=1, world_size=2)
+    with pytest.raises(ValueError, match="is empty"):
+        BatchLoader(dataset(0), 1)
