@@ -1,4 +1,4 @@
-"""The batch loader (and training plumbing) against hand computations of what their docs
+"""The batch loader and checkpoints against hand computations of what their docs
 promise, written against cosmic-ray's survivors (issue 16; docs/testing.md)."""
 
 import pytest
@@ -6,6 +6,12 @@ import torch
 
 from zoo.data import BatchLoader
 from zoo.data.datasets import Dataset
+from zoo.training.checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    load_latest_checkpoint,
+    save_checkpoint,
+)
 
 
 def dataset(n, kind="points", labels=True):
@@ -86,3 +92,36 @@ def test_loader_refuses_bad_settings():
     BatchLoader(ds, 2, rank=1, world_size=2)
     with pytest.raises(ValueError, match="is empty"):
         BatchLoader(dataset(0), 1)
+
+
+# ------------------------------------------------------------------ checkpoints
+
+
+def test_checkpoint_keeps_the_replaced_file_as_previous_and_falls_back_to_it(tmp_path):
+    latest, previous = tmp_path / "checkpoint.pt", tmp_path / "checkpoint-prev.pt"
+    save_checkpoint({"step": 1}, latest, previous=previous)
+    assert not previous.exists()  # nothing replaced yet
+    save_checkpoint({"step": 2}, latest, previous=previous)
+    assert torch.load(previous, weights_only=True)["step"] == 1
+    state = load_checkpoint(tmp_path)  # a folder means its checkpoint.pt
+    assert (state["step"], state["format"], state["format_version"]) == (2, "zoo-checkpoint", 1)
+    assert load_latest_checkpoint(tmp_path) == (state, latest, None)
+    latest.write_bytes(b"damaged")
+    state, path, note = load_latest_checkpoint(tmp_path)
+    assert (state["step"], path) == (1, previous)
+    assert note.startswith("cannot read checkpoint") and note.endswith(
+        f"; using the previous checkpoint {previous} instead")
+    previous.unlink()
+    with pytest.raises(CheckpointError, match="cannot read checkpoint"):
+        load_latest_checkpoint(tmp_path)
+
+
+def test_load_checkpoint_refuses_what_is_not_a_zoo_checkpoint_of_this_version(tmp_path):
+    with pytest.raises(CheckpointError, match="no checkpoint at"):
+        load_checkpoint(tmp_path / "none.pt")
+    for state, message in (({"step": 1}, "is not a zoo checkpoint"), ([1, 2], "not a zoo"),
+                           ({"format": "zoo-checkpoint", "format_version": 2},
+                            "has checkpoint format version 2, this zoo reads version 1")):
+        torch.save(state, tmp_path / "x.pt")
+        with pytest.raises(CheckpointError, match=message):
+            load_checkpoint(tmp_path / "x.pt")
