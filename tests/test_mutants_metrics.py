@@ -1,0 +1,52 @@
+"""zoo.metrics' W2 against hand computations, written against cosmic-ray's survivors (issue 16;
+docs/testing.md)."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from zoo.data import load_dataset
+from zoo.metrics.w2 import W2Metric, wasserstein2
+
+
+def test_w2_floor_is_the_mean_over_sets_of_two_fresh_true_sets_and_is_cached(monkeypatch):
+    """floor = mean_k W2(true set 20_000 + seed + 10⁶k, reference 10_000 + seed + 10⁶k); computed
+    once per (data, set sizes, seed)."""
+    monkeypatch.setattr(W2Metric, "SET_SIZE", 100)
+    toy = load_dataset("checkerboard", n=1000)
+    draws = []
+    sample_true = toy.sample_true
+    toy.sample_true = lambda n, seed: draws.append((n, seed)) or sample_true(n, seed)
+    samples = sample_true(200, 3)
+    metric = W2Metric()
+    result = metric.compute(samples, toy, seed=2)
+    hand = np.mean([wasserstein2(sample_true(100, 20_002 + 1_000_000 * k),
+                                 sample_true(100, 10_002 + 1_000_000 * k)) for k in range(2)])
+    assert result["W2 floor"] == pytest.approx(hand, rel=1e-12)
+    assert len(draws) == 4
+    again = metric.compute(samples * 2, toy, seed=2)
+    assert len(draws) == 6 and again["W2 floor"] == result["W2 floor"]  # references only
+    other = metric.compute(samples, toy, seed=5)
+    assert len(draws) == 10 and other["W2 floor"] != result["W2 floor"]
+
+
+def test_w2_refuses_mismatched_sets_and_scores_non_finite_ones_worst():
+    a = torch.zeros(3, 2)
+    for b in (torch.zeros(4, 2), torch.zeros(3, 3), torch.zeros(3)):
+        with pytest.raises(ValueError, match="need two point sets of equal shape"):
+            wasserstein2(a, b)
+    with pytest.raises(ValueError, match="need two point sets"):
+        wasserstein2(torch.zeros(3), torch.zeros(3))
+    assert wasserstein2(a, torch.tensor([[0.0, math.inf]] * 3)) == math.inf
+    assert wasserstein2(torch.tensor([[math.nan, 0.0]] * 3), a) == math.inf
+    # one set: W2 of points 3 apart in one coordinate and 4 in the other is 5
+    assert wasserstein2(torch.zeros(2, 2), torch.tensor([[3.0, 4.0], [3.0, 4.0]])) == 5.0
+
+
+def test_w2_metric_needs_a_true_sampler():
+    digits = load_dataset("checkerboard", n=10)
+    digits.sample_true = None
+    with pytest.raises(ValueError, match="W2 needs a dataset with a true sampler"):
+        W2Metric().compute(torch.zeros(10, 2), digits)
