@@ -183,6 +183,46 @@ def test_a_sampler_for_another_model_kind_is_refused_before_sampling(edm_run, tm
     assert files(tmp_path) == []
 
 
+def test_every_method_with_a_sampler_takes_sampler_options_checked_before_sampling(
+        cm_run, tmp_path, no_sampling):
+    result = sample(cm_run, "--sampler-options", '{"eta": 1}', "--out", str(tmp_path / "s.png"),
+                    method="cm")
+    assert result.exit_code == 1, result.output
+    assert "sampler 'consistency' takes no option eta; its options: sigma_min (float), clip " \
+           "(tuple[float, float] | None)" in result.output
+    result = sample(cm_run, "--sampler-options", '{"sigma_min": "x"}', "--out",
+                    str(tmp_path / "s.png"), method="cm")
+    assert result.exit_code == 1 and "option sigma_min must be float, got 'x'" in result.output
+    # a diffusion sampler is not among a consistency model's choices
+    result = sample(cm_run, "--sampler", "heun", "--out", str(tmp_path / "s.png"), method="cm")
+    assert result.exit_code == 2 and "'heun' is not 'consistency'" in result.output
+    assert files(tmp_path) == []
+
+
+@pytest.mark.parametrize("method, kind, samplers", [
+    ("cm", "consistency models", ["consistency"]), ("rf", "velocity field (flow)s", ["rf-euler"]),
+    ("meanflow", "average-velocity model (MeanFlow)s", ["meanflow"]),
+    ("edm", "diffusion models", ["ddim", "deis-3", "dpm-solver++2m", "dpm-solver-2",
+                                 "dpm-solver-3", "edm-stochastic", "euler", "heun", "ipndm"]),
+])
+def test_sampler_choices_are_the_registered_samplers_of_the_methods_kind(method, kind, samplers):
+    """Each method's --sampler offers exactly the registered samplers that declare its
+    parameterization (and those that declare none)."""
+    assert get("methods", method).samplers() == samplers
+    flat = " ".join(CliRunner().invoke(main, ["sample", method, "--help"]).output.split())
+    assert f"A registered sampler of {kind}: {', '.join(samplers)}" in flat
+    assert "--sampler-options JSON" in flat
+
+
+def test_a_method_without_sampler_choice_offers_none():
+    pd = get("methods", "pd")
+    assert pd.samplers() == []
+    assert "--sampler" not in CliRunner().invoke(main, ["sample", "pd", "--help"]).output
+    with pytest.raises(ValueError, match="method 'pd' samples its own way and offers no sampler "
+                                         "choice"):
+        pd.resolve_sampler("euler")
+
+
 @pytest.mark.parametrize("sigmas, message", [
     ("80,nan", "--sigmas 80,nan: every σ must be a finite number"),
     ("80,80", "--sigmas 80,80: σ must be strictly decreasing"),
