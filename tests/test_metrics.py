@@ -105,18 +105,20 @@ def test_fd_digits_of_a_set_against_itself_is_zero(test):
 
 
 def test_fd_digits_small_for_held_out_data_and_grows_with_corruption(train, test):
-    clean = evaluate(test.x, train)
-    fd = [clean["FD-digits"]] + [evaluate(noisy(test.x, s), train)["FD-digits"]
-                                 for s in (0.1, 0.3, 0.6)]
+    def fd_digits(x):
+        return evaluate(x, train, metrics=["fd-digits"])
+
+    clean = fd_digits(test.x)
+    fd = [clean["FD-digits"]] + [fd_digits(noisy(test.x, s))["FD-digits"] for s in (0.1, 0.3, 0.6)]
     assert fd[0] < 0.3 and fd == sorted(fd) and fd[-1] > 5 * fd[0], fd
-    blur = evaluate(blurred(test.x), train)
+    blur = fd_digits(blurred(test.x))
     assert blur["FD-digits"] > 10 * fd[0] and blur["precision-digits"] < clean["precision-digits"]
 
 
 def test_result_does_not_depend_on_batch_size(train, test):
     samples = noisy(test.x, 0.2)
-    small = evaluate(samples, train, batch_size=7)
-    large = evaluate(samples, train, batch_size=256)
+    small = evaluate(samples, train, metrics=["fd-digits"], batch_size=7)
+    large = evaluate(samples, train, metrics=["fd-digits"], batch_size=256)
     assert small.keys() == large.keys() == DIGITS_KEYS
     for key in small:
         assert small[key] == pytest.approx(large[key], rel=1e-5, abs=1e-6), key
@@ -137,12 +139,12 @@ def test_reference_statistics_are_cached_by_checksum_and_reused(tmp_path, monkey
 
     monkeypatch.setattr(fidelity.UInt8Images, "__getitem__", counting)
     monkeypatch.setattr(fidelity.FeatureStream, "add", counting_add)
-    first = evaluate(test.x, train)
+    first = evaluate(test.x, train, metrics=["fd-digits"])
     assert passes["reference"] >= len(train) and passes["samples"] >= len(test)
     cached = sorted(p.name for p in (tmp_path / "fidelity-cache").iterdir())
     assert cached and all(p.startswith(f"digits-{train.checksum[:16]}-") for p in cached)
     passes.update(reference=0, samples=0)
-    second = evaluate(test.x, train)
+    second = evaluate(test.x, train, metrics=["fd-digits"])
     assert passes["reference"] == 0 and passes["samples"] >= len(test)  # no second dataset pass
     assert second == first
 
@@ -190,7 +192,8 @@ def test_w2_is_the_mean_over_disjoint_sets_each_against_its_own_true_set(monkeyp
 def test_defaults_directions_and_protocol(train):
     toy = load_dataset("checkerboard", n=100)
     assert default_metrics(toy) == ["w2"]
-    assert default_metrics(train) == ["fd-digits"]
+    assert default_metrics(train) == ["fd-digits", "fdinf-digits", "memorisation-digits"]
+    assert default_metrics(load_dataset("digits", split="test")) == ["fd-digits"]
     assert default_metrics(images()) == ["fid"]
     for name in ("w2", "fd-digits", "fid"):
         assert isinstance(plugins.get("metrics", name), Metric)
@@ -204,7 +207,8 @@ def test_defaults_directions_and_protocol(train):
 
 
 def test_unknown_metric_lists_the_valid_ones(train):
-    with pytest.raises(plugins.UnknownNameError, match="unknown metric 'fdd'.*fd-digits, fid, w2"):
+    valid = "fd-digits, fdinf-digits, fid, memorisation-digits, w2"
+    with pytest.raises(plugins.UnknownNameError, match=f"unknown metric 'fdd'.*{valid}"):
         evaluate(train.x, train, metrics=["fdd"])
     with pytest.raises(ValueError, match="at least one metric"):
         evaluate(train.x, train, metrics=[])

@@ -6,6 +6,10 @@ Registered metrics (``evaluate(samples, dataset, metrics=[...])``):
   W2 between two independent true sets (the sampling noise a perfect model still shows).
 - ``fd-digits`` (1×8×8 digits): ``FD-digits``, ``IS-digits``, ``KID-digits``,
   ``precision-digits``, ``recall-digits`` in the feature space of the shipped digits classifier.
+- ``fdinf-digits`` and ``memorisation-digits`` (the digits training split): FD comparable with
+  the held-out split's floor (``FD297-digits``, ``FD∞-digits``, ``FD∞-digits held-out``) and
+  the share of samples nearer to a training image than held-out images are
+  (``memorised-digits``), each with its floor (:mod:`zoo.metrics.held_out`).
 - ``fid`` (CIFAR-10, image folders): ``FID``, ``IS``, ``KID``, ``precision``, ``recall`` with
   torch-fidelity's Inception (weights: :func:`zoo.metrics.fidelity.inception_weights`).
 
@@ -29,12 +33,15 @@ from zoo.metrics.fidelity import (
     InceptionWeightsError,
     register_feature_extractor,
 )
+from zoo.metrics.held_out import HeldOutFDMetric, MemorisationMetric, is_digits_training_split
 from zoo.metrics.w2 import W2Metric, wasserstein2
 
 __all__ = [
     "Evaluation",
     "FidelityMetric",
+    "HeldOutFDMetric",
     "InceptionWeightsError",
+    "MemorisationMetric",
     "Metric",
     "W2Metric",
     "check_samples",
@@ -67,14 +74,21 @@ class Metric(Protocol):
 def register_metrics(register):
     register("w2", W2Metric())
     register("fd-digits", DigitsMetric())
+    register("fdinf-digits", HeldOutFDMetric())
+    register("memorisation-digits", MemorisationMetric())
     register("fid", InceptionMetric())
 
 
 def default_metrics(dataset) -> list[str]:
-    """The metrics a bench reports for ``dataset``: W2 (points), FD-digits (digits), else FID."""
+    """The metrics a bench reports for ``dataset``: W2 (points); FD-digits & co. for digits, and
+    on its training split also the held-out ones (FD297/FD∞ and memorisation, with floors);
+    else FID."""
     if dataset.kind == "points":
         return ["w2"]
-    return ["fd-digits"] if dataset.name == "digits" else ["fid"]
+    if dataset.name != "digits":
+        return ["fid"]
+    held_out = is_digits_training_split(dataset)
+    return ["fd-digits", *(["fdinf-digits", "memorisation-digits"] if held_out else [])]
 
 
 def check_samples(samples: torch.Tensor, dataset) -> None:
