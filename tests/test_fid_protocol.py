@@ -62,8 +62,8 @@ def test_fid_from_an_edm_statistics_file_equals_fid_computed_in_place(tmp_path, 
     features = digits_features(train.x)
     mu, sigma = features.mean(0), np.cov(features, rowvar=False)
     np.savez(tmp_path / "ref.npz", mu=mu, sigma=sigma)
-    in_place = evaluate(test.x, train)
-    from_file = evaluate(test.x, train, ref=tmp_path / "ref.npz")
+    in_place = evaluate(test.x, train, metrics=["fd-digits"])
+    from_file = evaluate(test.x, train, metrics=["fd-digits"], ref=tmp_path / "ref.npz")
     ours = digits_features(test.x)
     expected = frechet(ours.mean(0), np.cov(ours, rowvar=False), mu, sigma)
     assert from_file["FD-digits"] == pytest.approx(in_place["FD-digits"], rel=1e-5)
@@ -123,7 +123,7 @@ def test_features_fed_batch_by_batch_equal_features_at_once(train, test):
     for layer, features in stream.features().items():  # float32 rounding of batched kernels
         scale = at_once[layer].abs().max().item()
         torch.testing.assert_close(features, at_once[layer], rtol=1e-5, atol=1e-5 * scale)
-    streamed, whole = stream.result(0), evaluate(test.x, train)
+    streamed, whole = stream.result(0), evaluate(test.x, train, metrics=["fd-digits"])
     assert streamed.keys() == whole.keys()
     for key, value in whole.items():  # float32 features: batch sizes change the last bits
         assert streamed[key] == pytest.approx(value, rel=1e-5, abs=1e-6), key
