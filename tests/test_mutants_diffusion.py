@@ -240,3 +240,14 @@ def test_generate_starts_each_sample_at_sigma_0_times_its_seeds_noise():
     torch.testing.assert_close(x_start, 3.0 * StackedGenerator([10, 11, 12]).randn([2]))
     with pytest.raises(ValueError, match="2 class labels for 3 seeds"):
         generate(spy, "euler", [3.0, 0.0], (2,), [10, 11, 12], labels=labels[:2])
+
+
+def test_stochastic_sampler_defaults_churn_at_every_sigma_with_unit_noise():
+    """S_tmin = 0, S_tmax = ∞, S_noise = 1 (EDM Algorithm 2's defaults): σ = 0.5 and σ = 100 both
+    churn, γ = S_churn/N = 0.1, and the added noise is √(σ̂² − σ²)·z."""
+    x = torch.zeros(1, 2, dtype=torch.float64)
+    spy = SpyDenoiser()
+    sample_edm_stochastic(spy, x, [100.0, 0.5, 0.0], generator=StackedGenerator([3]), S_churn=0.2)
+    assert [s for _, s in spy.calls] == pytest.approx([110.0, 0.5, 0.55])  # Heun 2 NFE, Euler 1
+    z = StackedGenerator([3]).randn([2], dtype=torch.float64)
+    torch.testing.assert_close(spy.calls[0][0], math.sqrt(110.0**2 - 100.0**2) * z)
