@@ -42,7 +42,7 @@ declare -A TESTS=(
   [zoo/training/trainer.py]="tests/test_training.py tests/test_mutants.py"
   [zoo/training/checkpoint.py]="tests/test_mutants_training.py tests/test_training.py"
   [zoo/metrics/w2.py]="tests/test_mutants_metrics.py tests/test_metrics.py::test_w2_exact_on_known_cases tests/test_metrics.py::test_w2_through_the_evaluator_has_a_positive_floor tests/test_metrics.py::test_w2_is_the_mean_over_disjoint_sets_each_against_its_own_true_set"
-  [zoo/editing.py]="tests/test_editing.py tests/test_mutants.py"
+  [zoo/editing.py]="tests/test_mutants_editing.py tests/test_editing.py tests/test_mutants.py::test_edit_files_edits_input_i_with_seed_plus_i"
   [zoo/data/loader.py]="tests/test_mutants_training.py tests/test_data.py tests/test_mutants.py"
 )
 # module -> the functions/methods mutated (cosmic-ray's innermost definition name); none: all.

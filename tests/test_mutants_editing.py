@@ -1,0 +1,34 @@
+"""zoo.editing's image and mask reading against pixel values written by hand, written against
+cosmic-ray's survivors (issue 16; docs/testing.md)."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from zoo.editing import read_image, read_mask
+
+
+def test_read_image_scales_to_minus_one_one_and_refuses_grey_only_when_asked(tmp_path):
+    rgb = np.zeros((2, 3, 3), np.uint8)
+    rgb[..., 0], rgb[..., 1], rgb[..., 2] = 255, 0, 51  # red above green and blue: not grey
+    Image.fromarray(rgb).save(tmp_path / "red.png")
+    x = read_image(tmp_path / "red.png", 3, (2, 3), allow_grey=False)
+    assert x.shape == (3, 2, 3)
+    torch.testing.assert_close(x[:, 0, 0], torch.tensor([1.0, -1.0, 51 / 127.5 - 1]))
+    grey = np.full((2, 3), 102, np.uint8)
+    Image.fromarray(grey).save(tmp_path / "grey.png")
+    with pytest.raises(ValueError, match="grey image but the model makes colour"):
+        read_image(tmp_path / "grey.png", 3, (2, 3), allow_grey=False)
+    torch.testing.assert_close(read_image(tmp_path / "grey.png", 1, (2, 3)),
+                               torch.full((1, 2, 3), 102 / 127.5 - 1))
+    with pytest.raises(ValueError, match="is 2×3 but this task needs 4×3; pass --resize"):
+        read_image(tmp_path / "grey.png", 1, (4, 3))
+    assert read_image(tmp_path / "grey.png", 1, (4, 6), resize=True).shape == (1, 4, 6)
+
+
+def test_read_mask_marks_pixels_at_least_half_grey(tmp_path):
+    Image.fromarray(np.array([[0, 127, 128, 255]], np.uint8)).save(tmp_path / "m.png")
+    assert read_mask(tmp_path / "m.png", (1, 4)).tolist() == [[[0.0, 0.0, 1.0, 1.0]]]
+    with pytest.raises(ValueError, match="mask .* is 1×4 but the image is 2×4"):
+        read_mask(tmp_path / "m.png", (2, 4))
