@@ -251,3 +251,16 @@ def test_stochastic_sampler_defaults_churn_at_every_sigma_with_unit_noise():
     assert [s for _, s in spy.calls] == pytest.approx([110.0, 0.5, 0.55])  # Heun 2 NFE, Euler 1
     z = StackedGenerator([3]).randn([2], dtype=torch.float64)
     torch.testing.assert_close(spy.calls[0][0], math.sqrt(110.0**2 - 100.0**2) * z)
+
+
+def test_stochastic_sampler_draws_noise_only_where_it_churns():
+    """Outside [S_tmin, S_tmax] nothing is drawn: the first churned step (σ = 2, after σ = 4 above
+    S_tmax) adds each seed's first normal draws."""
+    x = torch.zeros(1, 2, dtype=torch.float64)
+    spy = SpyDenoiser()
+    sample_edm_stochastic(spy, x, [4.0, 2.0, 0.0], generator=StackedGenerator([3]), S_churn=0.2,
+                          S_tmax=3.0)
+    assert [s for _, s in spy.calls] == pytest.approx([4.0, 2.0, 2.2])
+    z = StackedGenerator([3]).randn([2], dtype=torch.float64)
+    # x stays 0 up to σ = 2 (x = 0, D = 0): what σ = 2 sees is the churn noise alone
+    torch.testing.assert_close(spy.calls[2][0], math.sqrt(2.2**2 - 4.0) * z)
