@@ -201,7 +201,7 @@ def test_the_plugin_is_found_through_its_entry_point():
     assert result.exit_code == 0, result.output
     record = json.loads(result.output)
     assert {"name": "rf", "distribution": zoo.DISTRIBUTION, "version": zoo.__version__,
-            "hooks": ["register_methods"]} in record["plugins"]
+            "hooks": ["register_methods", "register_samplers"]} in record["plugins"]
     assert record["registered"]["methods"]["rf"] == f"rf ({zoo.DISTRIBUTION})"
     assert not record["failures"]
 
