@@ -1,4 +1,4 @@
-"""zoo.editing's image and mask reading against pixel values written by hand, written against
+"""zoo.editing's image and mask reading and its rows against pixel values written by hand, written against
 cosmic-ray's survivors (issue 16; docs/testing.md)."""
 
 import numpy as np
@@ -6,7 +6,8 @@ import pytest
 import torch
 from PIL import Image
 
-from zoo.editing import read_image, read_mask
+from zoo.diffusion import Denoiser
+from zoo.editing import edit_files, read_image, read_mask
 
 
 def test_read_image_scales_to_minus_one_one_and_refuses_grey_only_when_asked(tmp_path):
@@ -32,3 +33,20 @@ def test_read_mask_marks_pixels_at_least_half_grey(tmp_path):
     assert read_mask(tmp_path / "m.png", (1, 4)).tolist() == [[[0.0, 0.0, 1.0, 1.0]]]
     with pytest.raises(ValueError, match="mask .* is 1×4 but the image is 2×4"):
         read_mask(tmp_path / "m.png", (2, 4))
+
+
+def test_inpaint_row_shows_the_input_the_mask_in_minus_one_one_and_the_result(tmp_path):
+    """The panels: the image read, 2ω − 1 for the mask ω (white = 1: generated), the result."""
+    pixels = np.arange(16, dtype=np.uint8).reshape(4, 4) * 16
+    (tmp_path / "in").mkdir()
+    Image.fromarray(pixels).save(tmp_path / "in" / "a.png")
+    mask = np.zeros((4, 4), np.uint8)
+    mask[:, 2:] = 255
+    Image.fromarray(mask).save(tmp_path / "mask.png")
+    f = Denoiser(lambda x, c_noise, labels=None: torch.zeros_like(x), "consistency")
+    names, rows = edit_files(f, "inpaint", tmp_path / "in", shape=(1, 4, 4), sigmas=[80.0, 1.0],
+                             sigma_min=0.002, sigma_max=80.0, mask=tmp_path / "mask.png")
+    (row,) = rows
+    assert names == ["a"] and row.shape == (3, 1, 4, 4)
+    torch.testing.assert_close(row[0, 0], torch.from_numpy(pixels / 127.5 - 1).float())
+    assert row[1, 0].tolist() == [[-1.0, -1.0, 1.0, 1.0]] * 4
