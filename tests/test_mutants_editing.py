@@ -1,5 +1,5 @@
-"""zoo.editing's image and mask reading and its rows against pixel values written by hand, written against
-cosmic-ray's survivors (issue 16; docs/testing.md)."""
+"""zoo.editing's image and mask reading and its rows against pixel values written by hand,
+written against cosmic-ray's survivors (issue 16; docs/testing.md)."""
 
 import numpy as np
 import pytest
