@@ -134,10 +134,17 @@ def test_fd297_is_fd_digits_of_each_set_and_its_floor_the_held_out_split(train, 
     assert result["FD297-digits ±"] == pytest.approx(abs(per_set[0] - per_set[1]) / 2, rel=1e-4)
     floor = evaluate(test.x, train, metrics=["fd-digits"])["FD-digits"]
     assert result["FD297-digits floor"] == pytest.approx(floor, rel=1e-5)
-    one_set = evaluate(test.x, train, metrics=["fdinf-digits"])  # the floor's own computation
-    assert "FD297-digits ±" not in one_set  # one set: no spread to measure
+
+
+def test_floors_are_the_samples_computation_on_real_data(train, test, few_subsets):
+    held_out = evaluate(test.x, train, metrics=["fdinf-digits"])  # the floor's pool, one set
+    assert "FD297-digits ±" not in held_out  # one set: no spread to measure
     for key in FD_KEYS[:2]:
-        assert one_set[key] == pytest.approx(one_set[f"{key} floor"], rel=1e-9)
+        assert held_out[key] == pytest.approx(held_out[f"{key} floor"], rel=1e-9), key
+    training = evaluate(train.x, train, metrics=["fdinf-digits"])  # five sets
+    assert training["FD∞-digits held-out"] == pytest.approx(
+        training["FD∞-digits held-out floor"], rel=1e-9)
+    assert training["FD∞-digits held-out ±"] > 0
 
 
 def test_fdinf_digits_does_not_depend_on_sample_order_or_batch_size(train, few_subsets):
@@ -160,11 +167,15 @@ def test_fd_grows_with_corruption_far_above_the_floors(train, few_subsets):
         assert values[1][key] > 5 * abs(values[1][f"{key} floor"]), key
 
 
-def test_fdinf_digits_errors(train, test):
+def test_fdinf_digits_errors(train, test, monkeypatch):
     with pytest.raises(ValueError, match="sets of 297 samples.*got 296 samples, need at least 297"):
         evaluate(noisy(train.x[:296], 0.1), train, metrics=["fdinf-digits"])
     with pytest.raises(ValueError, match="digits training split.*another split"):
         evaluate(test.x, test, metrics=["fdinf-digits"])
+    with monkeypatch.context() as patch:
+        patch.setattr(HeldOutFDMetric, "SET_SIZE", 298)
+        with pytest.raises(ValueError, match="sets of 298, the held-out split's size.*holds 297"):
+            evaluate(noisy(train.x[:400], 0.1), train, metrics=["fdinf-digits"])
     blobs = Dataset("blobs", torch.zeros(3, 1, 8, 8), None, "0" * 64, "image")
     with pytest.raises(ValueError, match="'blobs' is not digits"):
         HeldOutFDMetric().compute(torch.zeros(300, 1, 8, 8), blobs)

@@ -166,8 +166,6 @@ class MemorisationMetric:
     def compute(self, samples, dataset, *, seed: int = 0, batch_size: int = 256) -> dict:
         train, held_out = digits_splits(dataset, self.name)
         samples = torch.as_tensor(samples)
-        if len(samples) == 0:
-            raise ValueError(f"metric {self.name!r} needs at least one sample, got none")
         finite = bool(torch.isfinite(samples).all())
         share, floor = memorised_share(pixels(samples), pixels(train.x), pixels(held_out.x),
                                        quantile=self.QUANTILE, chunk=batch_size)
