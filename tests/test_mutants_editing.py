@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 
 from zoo.diffusion import Denoiser
-from zoo.editing import edit_files, read_image, read_mask
+from zoo.editing import denoise, edit_files, interpolate, read_image, read_mask, super_resolve
 
 
 def test_read_image_scales_to_minus_one_one_and_refuses_grey_only_when_asked(tmp_path):
@@ -50,3 +50,22 @@ def test_inpaint_row_shows_the_input_the_mask_in_minus_one_one_and_the_result(tm
     assert names == ["a"] and row.shape == (3, 1, 4, 4)
     torch.testing.assert_close(row[0, 0], torch.from_numpy(pixels / 127.5 - 1).float())
     assert row[1, 0].tolist() == [[-1.0, -1.0, 1.0, 1.0]] * 4
+
+
+def test_denoise_and_interpolate_clip_only_when_asked():
+    """denoise = f(y, σ), interpolate = f(σ_max·z_α, σ_max), clamped to ``clip`` unless None."""
+    f = lambda x, sigma, labels=None: 3 * x + sigma
+    y = torch.tensor([[[[0.5, -0.5]]]])
+    assert denoise(f, y, 0.1, clip=None).flatten().tolist() == pytest.approx([1.6, -1.4])
+    assert denoise(f, y, 0.1).flatten().tolist() == [1.0, -1.0]
+    z0, z1 = torch.tensor([[[1.0, 0.0]]]), torch.tensor([[[0.0, 1.0]]])
+    ends = interpolate(f, z0, z1, [0.0, 1.0], sigma_max=2.0, clip=None)
+    assert ends.flatten().tolist() == pytest.approx([8.0, 2.0, 2.0, 8.0])
+    assert interpolate(f, z0, z1, [0.0, 1.0], sigma_max=2.0).abs().max() == 1.0
+
+
+def test_super_resolution_needs_a_batch_of_images():
+    f = lambda x, sigma, labels=None: x
+    for shape in ((1, 4, 4), (1, 1, 1, 4, 4)):
+        with pytest.raises(ValueError, match="images must be \\[B, C, H, W\\], got shape"):
+            super_resolve(f, torch.zeros(shape), 2, [80.0], generator=None)
