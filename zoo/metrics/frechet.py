@@ -7,7 +7,7 @@ different sizes cannot be compared. Two remedies, both on sets of one size N:
 - **FD at N**: split the samples into ``n // N`` disjoint random sets of N and average their FDs
   (the spread over sets gives the standard error);
 - **FD∞** (Chong & Forsyth 2020, "Effectively Unbiased FID and Inception Score and where to
-  find them", §3.1): FD at several sizes n, a least-squares line FD = a + b/n, extrapolated to
+  find them", CVPR): FD at several sizes n, a least-squares line FD = a + b/n, extrapolated to
   1/n → 0 (the intercept a). Within one set the sizes are random subsets of it (the set itself at
   n = N): subsets of a finite set follow FD_set + b(1/n − 1/N), so the intercept,
   FD_set − b/N, removes the set's own bias as well.
@@ -50,7 +50,7 @@ def subset_sizes(size: int) -> np.ndarray:
 
 def extrapolate(sizes, values) -> float:
     """The intercept a of the least-squares line ``values ≈ a + b / sizes``: the value at
-    1/n → 0 (Chong & Forsyth 2020, §3.1)."""
+    1/n → 0 (Chong & Forsyth 2020)."""
     sizes = np.asarray(sizes, dtype=np.float64)
     if sizes.ndim != 1 or len(sizes) < 2 or len(np.unique(sizes)) < 2:
         raise ValueError(f"extrapolating to 1/n → 0 needs values at two or more distinct sizes; "
