@@ -121,7 +121,8 @@ def test_load_checkpoint_refuses_what_is_not_a_zoo_checkpoint_of_this_version(tm
         load_checkpoint(tmp_path / "none.pt")
     for state, message in (({"step": 1}, "is not a zoo checkpoint"), ([1, 2], "not a zoo"),
                            ({"format": "zoo-checkpoint", "format_version": 2},
-                            "has checkpoint format version 2, this zoo reads version 1")):
+                            "has checkpoint format version 2, this zoo reads version 1"),
+                           ({"format": "zoo-checkpoint", "format_version": 0}, "version 0")):
         torch.save(state, tmp_path / "x.pt")
         with pytest.raises(CheckpointError, match=message):
             load_checkpoint(tmp_path / "x.pt")
