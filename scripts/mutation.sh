@@ -98,6 +98,31 @@ baseline_timeout() {  # work tests... -> 4x the unmutated run's seconds, at leas
   echo $(( (end - start) * 4 > 30 ? (end - start) * 4 : 30 ))
 }
 
+skip_annotations() {  # session.sqlite module: under `from __future__ import annotations` an
+  # annotation is never evaluated, so a mutant inside one is equivalent by construction
+  "$PY" - "$@" <<'PY'
+import ast, sys
+from cosmic_ray.work_db import use_db, WorkDB
+from cosmic_ray.work_item import WorkResult, WorkerOutcome
+session, module = sys.argv[1], sys.argv[2]
+tree = ast.parse(open(module).read())
+if not any(isinstance(n, ast.ImportFrom) and n.module == "__future__"
+           and any(a.name == "annotations" for a in n.names) for n in tree.body):
+    sys.exit(0)
+spans = []
+for node in ast.walk(tree):
+    for ann in ([node.annotation] if isinstance(node, (ast.arg, ast.AnnAssign)) else []) + \
+            ([node.returns] if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) else []):
+        if ann is not None:
+            spans.append(((ann.lineno, ann.col_offset), (ann.end_lineno, ann.end_col_offset)))
+with use_db(session, WorkDB.Mode.open) as db:
+    inside = [item.job_id for item in db.pending_work_items
+              if any(lo <= tuple(m.start_pos) < hi for m in item.mutations for lo, hi in spans)]
+    db.set_multiple_results(inside, WorkResult(output="in an annotation",
+                                               worker_outcome=WorkerOutcome.SKIPPED))
+PY
+}
+
 skip_out_of_scope() {  # session.sqlite definition-names...
   "$PY" - "$@" <<'PY'
 import sys
@@ -154,6 +179,7 @@ run_one() {
     "$PY" -m cosmic_ray.cli init cosmic-ray.toml session.sqlite
     "$ROOT/.venv/bin/cr-filter-operators" session.sqlite cosmic-ray.toml
     # shellcheck disable=SC2086
+    skip_annotations session.sqlite "$module"
     [ -z "${SCOPE[$module]:-}" ] || skip_out_of_scope session.sqlite ${SCOPE[$module]}
     [ -z "${MUTATION_SAMPLE:-}" ] || keep_a_sample session.sqlite "$MUTATION_SAMPLE" "$module"
     "$PY" -m cosmic_ray.cli exec cosmic-ray.toml session.sqlite
