@@ -228,7 +228,7 @@ def test_memorised_share_threshold_by_hand():
 
 
 def test_digits_training_split_gets_the_held_out_metrics_by_default(train, test):
-    assert default_metrics(train) == ["fd-digits", "fdinf-digits", "memorisation-digits"]
+    assert default_metrics(train) == ["fdinf-digits", "memorisation-digits", "fd-digits"]
     assert default_metrics(test) == ["fd-digits"]
     for name in ("fdinf-digits", "memorisation-digits"):
         metric = plugins.get("metrics", name)

@@ -192,7 +192,7 @@ def test_w2_is_the_mean_over_disjoint_sets_each_against_its_own_true_set(monkeyp
 def test_defaults_directions_and_protocol(train):
     toy = load_dataset("checkerboard", n=100)
     assert default_metrics(toy) == ["w2"]
-    assert default_metrics(train) == ["fd-digits", "fdinf-digits", "memorisation-digits"]
+    assert default_metrics(train) == ["fdinf-digits", "memorisation-digits", "fd-digits"]
     assert default_metrics(load_dataset("digits", split="test")) == ["fd-digits"]
     assert default_metrics(images()) == ["fid"]
     for name in ("w2", "fd-digits", "fid"):
@@ -234,6 +234,8 @@ def test_samples_that_do_not_match_the_dataset(train):
     with pytest.raises(ValueError, match=r"\[n, 1, 8, 8\]"):
         evaluate(torch.zeros(20, 64), train)
     with pytest.raises(ValueError, match="at least 10 samples"):
+        evaluate(train.x[:5], train, metrics=["fd-digits"])
+    with pytest.raises(ValueError, match="got 5 samples, need at least 297"):
         evaluate(train.x[:5], train)
     with pytest.raises(ValueError, match="both report 'W2'"):
         toy = load_dataset("checkerboard", n=100)

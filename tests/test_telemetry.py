@@ -225,3 +225,15 @@ def test_dry_run_writes_nothing_and_reports_what_the_run_would_record(tmp_path, 
                                        "--run-dir", str(run)])
     assert result.exit_code == 0, result.output
     assert settings == {**json.loads((run / "config.json").read_text()), "iterations": 1000}
+
+
+def test_eval_n_below_what_a_default_metric_measures_is_refused_before_training(tmp_path):
+    m = method("edm")
+    config = m.configure("digits", iterations=4, eval_every_kimg=0.128, eval_n=100)
+    config.method = "edm"
+    data = load_dataset("digits")
+    with pytest.raises(ValueError, match=r"eval_n=100 .*fdinf-digits needs 297.*eval_n >= 297"):
+        m.make_trainer(m.make_task(config, data), config, data, tmp_path, progress=False)
+    assert not list(tmp_path.iterdir())  # nothing trained, nothing written
+    config.eval_n = 297  # the held-out split's size is enough
+    m.make_trainer(m.make_task(config, data), config, data, tmp_path / "ok", progress=False)

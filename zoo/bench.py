@@ -50,7 +50,7 @@ from zoo.training.cost import forward_equivalents, run_cost
 
 # Samples per row unless asked, by the dataset's default metric: points, five W2 sets of 2000
 # (zoo.metrics.W2Metric); digits 2000; Inception FID on real images: the published FID-50k.
-DEFAULT_N = {"w2": 10_000, "fd-digits": 2_000, "fid": 50_000}
+DEFAULT_N = {"w2": 10_000, "fdinf-digits": 2_000, "fd-digits": 2_000, "fid": 50_000}
 PUBLISHED_N = DEFAULT_N["fid"]
 #: Samples shown in each row's picture (the grid; a scatter plot shows every point).
 PICTURE_N = 64

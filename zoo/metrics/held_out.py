@@ -83,6 +83,7 @@ class HeldOutFDMetric:
     name = "fdinf-digits"
     kinds = ("image",)
     SET_SIZE = 297
+    min_samples = SET_SIZE
     SUBSETS = 20
     lower_is_better = {
         "FD297-digits": True, "FD297-digits ±": None, "FD297-digits floor": True,

@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 import zoo
 from zoo import distributed
 from zoo.data import BatchLoader
-from zoo.metrics import default_metrics, evaluate
+from zoo.metrics import default_metrics, evaluate, min_samples
 from zoo.training.checkpoint import (
     CHECKPOINT_NAME,
     PREVIOUS_NAME,
@@ -213,6 +213,11 @@ class TrainingTask(abc.ABC):
         pass
 
 
+def eval_samples(config: TrainConfig, dataset) -> int:
+    """Samples per ``eval_every_kimg`` measurement: ``eval_n``, or 5000 for FID, else 2000."""
+    return config.eval_n or (5000 if "fid" in default_metrics(dataset) else 2000)
+
+
 class Trainer:
     """Runs a :class:`TrainingTask` for ``config.iterations`` steps, writing ``run_dir``:
     ``checkpoint.pt`` (atomic; the one before it kept as ``checkpoint-prev.pt``), ``config.json``
@@ -232,6 +237,15 @@ class Trainer:
             raise ValueError("sample_every_kimg and eval_every_kimg need the method's sampler: "
                              "build the trainer with Method.make_trainer")
         self.sample_fn = sample_fn
+        if config.eval_every_kimg:
+            n = eval_samples(config, dataset)
+            short = [f"{m} needs {k}" for m in default_metrics(dataset)
+                     if n < (k := min_samples(m))]
+            if short:
+                raise ValueError(f"eval_n={config.eval_n} gives {n} samples per measurement, too "
+                                 f"few: {'; '.join(short)}; pass eval_n >= "
+                                 f"{max(map(min_samples, default_metrics(dataset)))} or 0 (the "
+                                 "default)")
         self.writer_class = summary_writer_class() if config.tensorboard else None
         self.writer = None
         self.task, self.config, self.dataset = task, config, dataset
@@ -607,7 +621,7 @@ class Trainer:
         fixed seeds from the EMA weights, appended to ``metrics.jsonl`` (and TensorBoard) by
         rank 0, which returns the row."""
         c = self.config
-        n = c.eval_n or (5000 if "fid" in default_metrics(self.dataset) else 2000)
+        n = eval_samples(c, self.dataset)
         start = time.perf_counter()
         x = self._sample(n)
         if self.rank != 0:
