@@ -96,10 +96,15 @@ def test_train_missing_goes_from_nothing_to_all_outputs(benched):
         table = list(csv.DictReader(f))
     assert [int(r["nfe"]) for r in table] == [n for _, n in EDM_ROWS] + [1, 2, 4]
     markdown = (out / "table.md").read_text().splitlines()
-    assert markdown[0].startswith("| METHOD | NFE | W2↓ |") and "samples/s" in markdown[0]
-    assert len(markdown) == 2 + len(EDM_ROWS) + 3
+    assert markdown[0].startswith("| METHOD | NFE | W2↓ | samples/s |")  # ± and floor: no columns
+    assert len(markdown) == 2 + 1 + len(EDM_ROWS) + 3
+    floor = report.results[0].metrics["W2 floor"]
+    assert markdown[2].startswith(f"| real data (floor) | — | {floor:.4g} |")
+    first = report.results[0].metrics
+    assert f"| {first['W2']:.4g} ± {first['W2 ±']:.2g} |" in markdown[3]
     text = format_table(report)
-    assert text.splitlines()[0].split()[:3] == ["METHOD", "NFE", "W2↓"]
+    assert text.splitlines()[0].split()[:4] == ["METHOD", "NFE", "W2↓", "samples/s"]
+    assert text.splitlines()[2].startswith("real data (floor)")
 
 
 def test_trained_edm_beats_its_untrained_weights_on_the_same_bench(tmp_path, monkeypatch):

@@ -625,15 +625,33 @@ def cost_cells(cost: dict | None) -> list[str]:
     return [_fmt(cost["images"] / 1e6), _fmt(forward_equivalents(cost) / 1e9)]
 
 
+#: Result-name suffixes that are not columns of their own: a value's standard error joins its
+#: cell ("0.081 ± 0.002"), and its floor (what real data scores, the same in every row) makes
+#: the table's first row.
+STDERR, FLOOR = " ±", " floor"
+
+
 def table_rows(report: BenchReport) -> tuple[list[str], list[list[str]]]:
     """Header and cells in the paper's layout: METHOD | NFE | metrics | samples/s, then the
-    training cost (teachers included)."""
-    names = report.metric_names
+    training cost (teachers included); ``value ± standard error`` cells, and a first row
+    ``real data (floor)`` holding the metrics' floors when they report any."""
+    names = [k for k in report.metric_names if not k.endswith((STDERR, FLOOR))]
     header = ["METHOD", "NFE", *[f"{k}{_arrow(k)}" for k in names], "samples/s", "train Mimg",
               "train passes (G fwd-eq)"]
-    cells = [[r.row.label + (" [raw weights]" if r.weights == "raw" else ""), str(r.row.nfe),
-              *[_fmt(r.metrics[k]) if k in r.metrics else "" for k in names],
-              f"{r.samples_per_s:.0f}", *cost_cells(r.cost)] for r in report.results]
+
+    def cell(metrics: dict, key: str) -> str:
+        if key not in metrics:
+            return ""
+        stderr = metrics.get(key + STDERR)
+        return _fmt(metrics[key]) + ("" if stderr is None else f" ± {stderr:.2g}")
+
+    floors = {k: r.metrics[k + FLOOR] for r in reversed(report.results) for k in names
+              if k + FLOOR in r.metrics}
+    cells = [["real data (floor)", "—", *[cell(floors, k) for k in names], "", "", ""]] * bool(
+        floors)
+    cells += [[r.row.label + (" [raw weights]" if r.weights == "raw" else ""), str(r.row.nfe),
+               *[cell(r.metrics, k) for k in names], f"{r.samples_per_s:.0f}",
+               *cost_cells(r.cost)] for r in report.results]
     return header, cells
 
 
@@ -649,7 +667,9 @@ def format_table(report: BenchReport) -> str:
 
     rule = "-" * len(line(header))
     lines = [line(header), rule]
-    for i, (result, row) in enumerate(zip(report.results, cells, strict=True)):
+    floor_rows = len(cells) - len(report.results)
+    lines += [line(row) for row in cells[:floor_rows]] + [rule] * floor_rows
+    for i, (result, row) in enumerate(zip(report.results, cells[floor_rows:], strict=True)):
         if i and result.row.label != report.results[i - 1].row.label:
             lines.append(rule)
         lines.append(line(row))
@@ -690,10 +710,9 @@ def plot_metric_vs_nfe(report: BenchReport, path: Path) -> Path:
     for label in dict.fromkeys(r.row.label for r in report.results):
         points = [(r.row.nfe, r.metrics[primary]) for r in report.results if r.row.label == label]
         ax.plot(*zip(*points, strict=True), marker="o", label=label)
-    floor = [r.metrics[f"{primary} floor"] for r in report.results
-             if f"{primary} floor" in r.metrics]
+    floor = [r.metrics[primary + FLOOR] for r in report.results if primary + FLOOR in r.metrics]
     if floor:
-        ax.axhline(sum(floor) / len(floor), color="0.4", linestyle="--", label=f"{primary} floor")
+        ax.axhline(sum(floor) / len(floor), color="0.4", linestyle="--", label=primary + FLOOR)
     ax.set_xscale("log")
     values = [r.metrics[primary] for r in report.results] + floor
     if all(v > 0 for v in values):
