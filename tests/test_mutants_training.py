@@ -1,8 +1,9 @@
-"""The batch loader and checkpoints against hand computations of what their docs
-promise, written against cosmic-ray's survivors (issue 16; docs/testing.md)."""
+"""The batch loader, checkpoints and the trainer's schedule against hand computations of what
+their docs promise, written against cosmic-ray's survivors (issue 16; docs/testing.md)."""
 
 import pytest
 import torch
+from test_mutants import trainer_for
 
 from zoo.data import BatchLoader
 from zoo.data.datasets import Dataset
@@ -126,3 +127,19 @@ def test_load_checkpoint_refuses_what_is_not_a_zoo_checkpoint_of_this_version(tm
         torch.save(state, tmp_path / "x.pt")
         with pytest.raises(CheckpointError, match=message):
             load_checkpoint(tmp_path / "x.pt")
+
+
+# ------------------------------------------------------------------ the trainer's schedule
+
+
+def test_intervals_end_where_the_sample_count_crosses_a_multiple_and_at_the_last_step(tmp_path):
+    """Batch 32, every 0.1 kimg = 100 samples, 12 iterations: 32·s crosses 100, 200, 300 at
+    s = 4, 7, 10 (128, 224, 320), and s = 12 is the last step; every 0 kimg: never."""
+    trainer = trainer_for(tmp_path, iterations=12)
+    due = []
+    for step in range(1, 13):
+        trainer.step = step
+        if trainer._due(0.1):
+            due.append(step)
+        assert not trainer._due(0)
+    assert due == [4, 7, 10, 12]
