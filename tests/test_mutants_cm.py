@@ -7,6 +7,7 @@ import pytest
 import torch
 from test_cm import FixedNoise, cm_config, consistency_fn
 from zoo_cm.loss import (
+    ConsistencyTraining,
     ContinuousConsistency,
     ct_num_scales,
     ct_target_ema,
@@ -92,3 +93,26 @@ def test_continuous_loss_value_is_half_lambda_tau_prime_squared_tangent_norm():
     lam = 1 / t**2 + 1
     expected = 0.5 * lam * dt_du**2 * (df * (2 / 2) * df).sum(1)
     torch.testing.assert_close(value.detach(), expected, rtol=1e-5, atol=0)
+
+
+def test_discrete_pairs_are_adjacent_grid_points_and_cover_every_interval():
+    """n ~ U{1, …, N−1} (Algorithm 3): with the trainer's own noise, the online network sees
+    t_{n+1} and the target t_n, always neighbours on the Karras grid (written out here), and
+    every one of the N − 1 intervals is drawn."""
+    from zoo.training.trainer import BatchNoise
+
+    f = consistency_fn(torch.float64)
+    config = cm_config(mode="ct", init="random", iterations=10, s0=5, s1=5)
+    task = ConsistencyTraining(f, config, l2_distance)
+    seen = {}
+    task.net.register_forward_hook(lambda m, args, out: seen.__setitem__("online", args[1]))
+    task.target.register_forward_hook(lambda m, args, out: seen.__setitem__("target", args[1]))
+    x = torch.zeros(256, 2, dtype=torch.float64)
+    task.loss(task.net, x, None, BatchNoise(seed=0, step=0, global_batch=256))
+    grid = [(80 ** (1 / 7) + i / 4 * (0.002 ** (1 / 7) - 80 ** (1 / 7))) ** 7 for i in range(5)]
+    pairs = set()
+    for t_next, t in zip(seen["online"].tolist(), seen["target"].tolist()):
+        i = min(range(5), key=lambda j: abs(grid[j] - t_next))
+        assert t_next == pytest.approx(grid[i], rel=1e-9) and t == pytest.approx(grid[i + 1])
+        pairs.add(i)
+    assert pairs == {0, 1, 2, 3}

@@ -50,3 +50,17 @@ def test_w2_metric_needs_a_true_sampler():
     digits.sample_true = None
     with pytest.raises(ValueError, match="W2 needs a dataset with a true sampler"):
         W2Metric().compute(torch.zeros(10, 2), digits)
+
+
+def test_w2_sets_are_the_documented_2000_points(monkeypatch):
+    """n samples make n // 2000 sets (one when fewer): 4000 → 2000 + 2000, 3999 → one of 3999
+    (the sizes seen by a stand-in for the transport solver)."""
+    import zoo.metrics.w2 as w2
+
+    sizes = []
+    monkeypatch.setattr(w2, "wasserstein2", lambda a, b: sizes.append(len(a)) or 1.0)
+    toy = load_dataset("checkerboard", n=10)
+    for n, expected in ((4000, [2000, 2000]), (3999, [3999]), (100, [100])):
+        sizes.clear()
+        W2Metric().compute(torch.zeros(n, 2), toy)
+        assert sizes == expected * 2  # each set against its reference, then the floors
