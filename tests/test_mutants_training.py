@@ -143,3 +143,28 @@ def test_intervals_end_where_the_sample_count_crosses_a_multiple_and_at_the_last
             due.append(step)
         assert not trainer._due(0)
     assert due == [4, 7, 10, 12]
+
+
+def test_batch_noise_of_a_rank_is_its_slice_of_the_global_batchs_draws():
+    """Each rank's numbers are its contiguous share of what one process draws for the global
+    batch (BatchNoise's docstring), for every kind of draw."""
+    from zoo.training.trainer import BatchNoise
+
+    whole = BatchNoise(3, 7, 8)
+    draws = [whole.randn(2), whole.rand(), whole.randint(0, 5)]
+    for rank in range(2):
+        part = BatchNoise(3, 7, 8, rank=rank, world_size=2)
+        rows = slice(4 * rank, 4 * rank + 4)
+        for got, full in zip([part.randn(2), part.rand(), part.randint(0, 5)], draws):
+            assert torch.equal(got, full[rows])
+
+
+def test_throughput_is_the_timed_steps_samples_over_their_seconds(tmp_path, monkeypatch):
+    """samples/s = steps·batch / (seconds of the timed steps), on a clock that reads 100 s when
+    the timed steps start and 102 s when they end."""
+    import zoo.training.trainer as trainer_module
+
+    trainer = trainer_for(tmp_path, iterations=5)
+    clock = iter([100.0, 102.0])
+    monkeypatch.setattr(trainer_module.time, "perf_counter", lambda: next(clock))
+    assert trainer.throughput(steps=3, warmup=1) == 3 * 32 / 2.0
