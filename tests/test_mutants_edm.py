@@ -1,0 +1,13 @@
+"""zoo_edm's sampling entry point, written against cosmic-ray's survivors (issue 16;
+docs/testing.md)."""
+
+import pytest
+
+import zoo.plugins
+
+
+@pytest.mark.parametrize("steps", [0, -1])
+def test_edm_sample_refuses_fewer_than_one_step_before_touching_the_run(steps):
+    edm = zoo.plugins.get("methods", "edm")
+    with pytest.raises(ValueError, match=f"--steps must be >= 1, got {steps}"):
+        edm.sample(None, 4, steps=steps)
