@@ -168,3 +168,20 @@ def test_throughput_is_the_timed_steps_samples_over_their_seconds(tmp_path, monk
     clock = iter([100.0, 102.0])
     monkeypatch.setattr(trainer_module.time, "perf_counter", lambda: next(clock))
     assert trainer.throughput(steps=3, warmup=1) == 3 * 32 / 2.0
+
+
+def test_learning_rate_warms_up_linearly_then_decays_linearly_to_zero(tmp_path):
+    """lr·(s+1)/W for s < W = 4, then lr·(K − s)/(K − W) for K = 10 (the docstring's schedule)."""
+    trainer = trainer_for(tmp_path, iterations=10, lr=0.5, lr_warmup=4, lr_decay="linear")
+    expected = [0.5 * (s + 1) / 4 for s in range(4)] + [0.5 * (10 - s) / 6 for s in range(4, 10)]
+    assert [trainer.lr_at(s) for s in range(10)] == pytest.approx(expected, rel=1e-12)
+
+
+def test_only_rank_zero_speaks(tmp_path):
+    said = []
+    trainer = trainer_for(tmp_path, iterations=1)
+    trainer._echo = said.append
+    trainer.echo("from rank 0")
+    trainer.rank = 1
+    trainer.echo("from rank 1")
+    assert said == ["from rank 0"]
