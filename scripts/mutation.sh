@@ -215,8 +215,8 @@ summary() {
   "$PY" - "$OUT" <<'PY'
 import glob, os, sqlite3, sys
 out = sys.argv[1]
-print("| module | commit | mutants | killed | timeout | survived | kill rate |")
-print("|---|---|---|---|---|---|---|")
+print("| module | commit | mutants | killed | timeout | incompetent | survived | kill rate |")
+print("|---|---|---|---|---|---|---|---|")
 for path in sorted(glob.glob(os.path.join(out, "*.sqlite"))):
     db = sqlite3.connect(path)
     rows = db.execute("select r.worker_outcome, r.test_outcome from work_items w "
@@ -225,13 +225,16 @@ for path in sorted(glob.glob(os.path.join(out, "*.sqlite"))):
     done = [r for r in ran if r[0] is not None]
     timeout = sum(r[0] == "TIMEOUT" for r in done)
     survived = sum(r[1] == "SURVIVED" for r in done)
-    killed = len(done) - timeout - survived
+    incompetent = sum(r[1] == "INCOMPETENT" for r in done)  # the mutant could not be run
+    killed = len(done) - timeout - survived - incompetent
     module = db.execute("select module_path from mutation_specs limit 1").fetchone()[0]
     commit_file = path[:-len(".sqlite")] + ".commit"
     commit = open(commit_file).read().strip() if os.path.exists(commit_file) else "?"
     pending = f" ({len(ran) - len(done)} pending)" if len(done) < len(ran) else ""
-    rate = f"{100 * (killed + timeout) / len(done):.1f} %" if done else "-"
-    print(f"| `{module}` | {commit} | {len(done)}{pending} | {killed} | {timeout} | {survived} | {rate} |")
+    tested = len(done) - incompetent
+    rate = f"{100 * (killed + timeout) / tested:.1f} %" if tested else "-"
+    print(f"| `{module}` | {commit} | {len(done)}{pending} | {killed} | {timeout} | {incompetent} "
+          f"| {survived} | {rate} |")
 PY
 }
 
