@@ -67,8 +67,8 @@ def test_w2_sets_are_the_documented_2000_points(monkeypatch):
 
 
 def test_evaluate_without_a_seed_is_the_seed_0_evaluation():
-    """What `zoo bench` and the trainer record when no seed is given: seed 0 (the W2 references
-    depend on it, so another default would move every toy number)."""
+    """The default seed is 0, as for Evaluation and every metric's compute; the W2 references
+    depend on it, so another default would move every toy number measured without a seed."""
     from zoo.metrics import evaluate
 
     toy = load_dataset("checkerboard", n=100)
