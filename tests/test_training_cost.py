@@ -7,12 +7,13 @@ import pytest
 import torch
 import zoo_cm.loss
 import zoo_meanflow.loss
+import zoo_scm.loss
 
 import zoo.plugins
 from zoo.bench import run_bench
 from zoo.nets.mlp import MLPDenoiserNet
 from zoo.training import load_checkpoint
-from zoo.training.cost import forward_equivalents, run_cost
+from zoo.training.cost import BUDGETS, forward_equivalents, run_cost
 
 BATCH, ITERATIONS = 8, 3
 TINY = {"batch_size": BATCH, "iterations": ITERATIONS, "lr_warmup": 0, "checkpoint_every": 2,
@@ -27,7 +28,7 @@ class Spy:
     def __init__(self, monkeypatch):
         self.forward = self.backward = 0
         self.in_jvp = False
-        for module in (zoo_cm.loss, zoo_meanflow.loss):
+        for module in (zoo_cm.loss, zoo_meanflow.loss, zoo_scm.loss):
             monkeypatch.setattr(module, "jvp", self.wrap(module.jvp))
 
     def wrap(self, jvp):
@@ -142,6 +143,61 @@ def test_meanflow_counts_its_jvp_as_two_forward_passes(tmp_path, monkeypatch):
     assert (spy.forward, spy.backward) == (3 * ITERATIONS * BATCH, ITERATIONS * BATCH)
 
 
+@pytest.mark.parametrize("name, overrides, passes", [
+    ("ect", {}, (2, 1)), ("scm", {"mode": "sct"}, (3, 1)), ("scm", {"mode": "scd"}, (4, 1))],
+    ids=["ect", "sct", "scd"])
+def test_ect_and_scm_record_what_the_spy_counts_and_add_the_teacher(
+        teacher, tmp_path, monkeypatch, name, overrides, passes):
+    teacher_dir, _ = teacher
+    spy = train(name, tmp_path / name, monkeypatch, teacher=str(teacher_dir), **overrides)
+    images = ITERATIONS * BATCH
+    cost = own_cost(tmp_path / name)
+    assert cost == {"images": images, "forward": spy.forward, "backward": spy.backward}
+    assert (spy.forward, spy.backward) == (passes[0] * images, passes[1] * images)
+    assert run_cost(tmp_path / name) == {k: cost[k] + own_cost(teacher_dir)[k] for k in cost}
+
+
+#: Every few-step method's digits preset: (method, mode, what it starts from). From the teacher
+#: (distilled, tuned, or started from its weights): the student budget; from nothing: the
+#: teacher's and the student's; 1-RF is the teacher of 2-RF: the teacher's.
+DIGITS_RUNS = [("cm", "cd", "teacher"), ("cm", "ct", "nothing"), ("cm", "cd-cont", "teacher"),
+               ("cm", "ct-cont", "teacher"), ("pd", None, "teacher"), ("rf", None, "is teacher"),
+               ("rf", "reflow", "teacher"), ("meanflow", None, "nothing"), ("ect", None, "teacher"),
+               ("scm", "sct", "teacher"), ("scm", "scd", "teacher")]
+
+
+@pytest.mark.parametrize("name, mode, start", DIGITS_RUNS,
+                         ids=[f"{n}-{m}" if m else n for n, m, _ in DIGITS_RUNS])
+def test_digits_presets_spend_one_common_budget(teacher, tmp_path, monkeypatch, name, mode,
+                                                start):
+    """The passes per sample a tiny run of the preset's mode records (the spy tests above check
+    them), times the digits preset's iterations, batch and stages, plus its one-off passes,
+    spend the budget within one iteration."""
+    teacher_dir, _ = teacher
+    mode_opts = {"mode": mode} if mode else {}
+    toy = dict(mode_opts)
+    if start == "teacher" and name != "rf":
+        toy["teacher"] = str(teacher_dir)
+    if name == "pd":
+        toy["teacher_steps"] = 2
+    if mode == "reflow":
+        train("rf", tmp_path / "rf", monkeypatch)
+        toy.update(teacher=str(tmp_path / "rf"), reflow_pairs=4, reflow_steps=2)
+    train(name, tmp_path / "run", monkeypatch, **toy)
+    run = tmp_path / "run" / "stage-0-nfe-1" if name == "pd" else tmp_path / "run"
+    cost = own_cost(run)
+    setup = 4 * 2 if mode == "reflow" else 0  # the pairs' Euler steps, forward only
+    per_sample = forward_equivalents({**cost, "forward": cost["forward"] - setup}) / cost["images"]
+    config = zoo.plugins.get("methods", name).configure("digits", **mode_opts)
+    stages = config.teacher_steps.bit_length() - 1 if name == "pd" else 1
+    one_off = config.reflow_pairs * config.reflow_steps if mode == "reflow" else 0
+    budget = {"teacher": BUDGETS["digits"]["student"], "nothing": sum(BUDGETS["digits"].values()),
+              "is teacher": BUDGETS["digits"]["teacher"]}[start]
+    iteration = config.batch_size * per_sample * stages
+    spent = config.iterations * iteration + one_off
+    assert budget - iteration < spent <= budget
+
+
 def test_resume_continues_the_count(tmp_path, monkeypatch):
     method = zoo.plugins.get("methods", "edm")
     train("edm", tmp_path / "whole", monkeypatch, iterations=4)
@@ -182,3 +238,14 @@ def test_bench_outputs_carry_the_cost_and_plot_quality_against_it(teacher, monke
     assert {"train_images", "train_forward", "train_backward",
             "train_forward_equivalents"} <= set(header)
     assert (out / "metric_vs_cost.png").stat().st_size > 0
+
+
+def test_budget_iterations_round_down_and_refuse_a_budget_below_one_iteration():
+    from zoo.training.cost import budget_iterations
+
+    passes = {"forward": 2, "backward": 1}  # 4 forward-equivalents per sample
+    assert budget_iterations(4 * 10 * 7 + 39, 10, passes) == 7
+    assert budget_iterations(4 * 10 * 7 + 40, 10, passes, stages=2) == 4  # 80 an iteration
+    assert budget_iterations(100 + 4 * 10 * 3, 10, passes, setup={"forward": 100, "backward": 0}) == 3
+    with pytest.raises(ValueError, match="does not cover one iteration"):
+        budget_iterations(39, 10, passes)

@@ -14,6 +14,7 @@ from zoo.diffusion.samplers import generate, parse_sigmas, sample_consistency
 from zoo.methods import DEFAULT_RUNS_ROOT, BenchRow, Method, Samples, draw_labels, preset_scale
 from zoo.plugins import get
 from zoo.training.config import TrainConfig, setting
+from zoo.training.cost import BUDGETS, budget_iterations
 from zoo_ect.loss import EasyConsistencyTuning
 
 #: Settings the student takes from its teacher: it starts from the teacher's network.
@@ -70,15 +71,21 @@ def sample_sigmas(text, sigma_min: float, name: str) -> list[float]:
     return sigmas
 
 
+#: The digits student budget at ECT's passes (an online forward and backward, a target forward).
+DIGITS_ITERATIONS = budget_iterations(BUDGETS["digits"]["student"], 128,
+                                      {"forward": 2, "backward": 1})
+
 PRESETS = {
     # 2D toy data, from the toy edm teacher's MLP: 34 s of one core (a 4000-iteration teacher;
     # docs/methods/ect.md): one-step W2 0.135 (400 iterations, d = 50: 0.179; d = 100 there,
     # 4 stages: 0.51, the EMA lagging each stage). 2-step σ: 0.1 (0.134; CIFAR-10's 0.821: 0.135).
     "toy": dict(batch_size=256, iterations=800, optimizer="adam", lr=1e-3, stage_iterations=100,
                 ema_halflife_kimg=50.0, checkpoint_every=800, sample_sigmas="80,0.1"),
-    # 8×8 digits, from the digits edm teacher's small SongUNet.
-    "digits": dict(batch_size=128, iterations=2000, optimizer="radam", lr=1e-4,
-                   stage_iterations=250, ema_halflife_kimg=10.0, checkpoint_every=500,
+    # 8×8 digits, from the digits edm teacher's small SongUNet, on the student budget
+    # (zoo.training.cost.BUDGETS); 8 stages, as the CIFAR-10 run's d = iterations/8. Untuned.
+    "digits": dict(batch_size=128, optimizer="radam", lr=1e-4,
+                   iterations=DIGITS_ITERATIONS, stage_iterations=DIGITS_ITERATIONS // 8,
+                   ema_halflife_kimg=10.0, checkpoint_every=500,
                    network_kwargs={"dropout": 0.2}),
     # The official CIFAR-10 run (locuslab/ect, `bash run_ecm.sh`, batch 128 and 200k
     # iterations, ECM 1-step FID 3.86 / 2-step 2.15 in its README; the paper's Table 1 "ECT

@@ -14,6 +14,7 @@ import click
 from zoo.diffusion.samplers import generate
 from zoo.methods import DEFAULT_RUNS_ROOT, BenchRow, Method, Samples, draw_labels, preset_scale
 from zoo.training import TrainConfig, config_to_dict, setting
+from zoo.training.cost import BUDGETS, budget_iterations
 from zoo_rf.flow import RectifiedFlowLoss, ReflowPairs, VelocityField, euler_grid
 
 PAIRS_NAME = "reflow-pairs.pt"
@@ -60,8 +61,11 @@ PRESETS = {
     # 2D points: the registry's MLP (positional embedding of 999·t), ~8 min on a shared CPU.
     "toy": dict(network="mlp", batch_size=512, iterations=3000, lr=2e-3, lr_warmup=200,
                 lr_decay="linear", ema_halflife_kimg=50.0, checkpoint_every=2000),
-    # 8×8 digits: the small SongUNet, as EDM's digits preset.
-    "digits": dict(network="ddpmpp-small", batch_size=128, iterations=6000, lr=1e-3,
+    # 8×8 digits: the small SongUNet, as EDM's digits preset, on the teacher's budget
+    # (zoo.training.cost.BUDGETS).
+    "digits": dict(network="ddpmpp-small", batch_size=128, lr=1e-3,
+                   iterations=budget_iterations(BUDGETS["digits"]["teacher"], 128,
+                                                {"forward": 1, "backward": 1}),
                    lr_warmup=1000, ema_halflife_kimg=50.0, checkpoint_every=2000),
     # The official CIFAR-10 1-RF, gnobitab/RectifiedFlow ImageGeneration/configs/rectified_flow/
     # cifar10_rf_gaussian_ddpmpp.py over configs/default_cifar10_configs.py: score_sde's NCSN++
@@ -81,7 +85,11 @@ PRESETS = {
 REFLOW_PRESETS = {
     # 2-RF on toy: fine-tunes 1-RF on 20k pairs of its 100-step ODE.
     "toy": dict(iterations=1500, lr=1e-3, reflow_pairs=20_000, reflow_steps=100),
-    "digits": dict(iterations=3000, lr=5e-4, reflow_pairs=20_000, reflow_steps=100),
+    # 2-RF on digits: the student budget, the pairs' ODE solves (5k × 100 Euler steps) included.
+    "digits": dict(iterations=budget_iterations(BUDGETS["digits"]["student"], 128,
+                                                {"forward": 1, "backward": 1},
+                                                setup={"forward": 5000 * 100, "backward": 0}),
+                   lr=5e-4, reflow_pairs=5000, reflow_steps=100),
     # cifar10_rf_gaussian_reflow_train.py: EMA 0.9999 and the default dropout 0.1; the README
     # suggests >= 1M pairs ("For CIFAR10, we suggest to generate at least 1M pairs"), made with
     # RK45 (tol 1e-5) in the official code, 1000 Euler steps here.

@@ -15,6 +15,7 @@ from zoo.diffusion.samplers import generate, sample_consistency
 from zoo.methods import DEFAULT_RUNS_ROOT, BenchRow, Method, Samples, draw_labels, preset_scale
 from zoo.plugins import get
 from zoo.training import TrainConfig, config_from_dict, config_to_dict, setting
+from zoo.training.cost import BUDGETS, budget_iterations
 from zoo_scm.loss import SCMLoss
 from zoo_scm.trigflow import PAPER_MID_TIME, TIME_LABELS, TrigFlowConsistency, time_to_sigma
 
@@ -95,15 +96,17 @@ PRESETS = {
         "sct": dict(),
         "scd": dict(),
     },
-    # 8×8 digits: the teacher's small SongUNet; untuned (a 10-iteration sanity run only). A
-    # step costs a JVP, a forward and a backward pass (sCD: and the teacher's forward), about
-    # MeanFlow's: 1000 iterations, its digits budget.
+    # 8×8 digits: the teacher's small SongUNet; untuned (a 10-iteration sanity run only). Both
+    # start from the teacher and spend the student budget (zoo.training.cost.BUDGETS): a JVP, a
+    # forward and a backward pass per sample (sCD: and the teacher's forward).
     "digits": {
-        "common": dict(batch_size=128, iterations=1000, optimizer="adam", lr=2e-4,
+        "common": dict(batch_size=128, optimizer="adam", lr=2e-4,
                        adam_beta2=0.99, ema_halflife_kimg=10.0, checkpoint_every=500,
                        tangent_warmup=250),
-        "sct": dict(),
-        "scd": dict(),
+        "sct": dict(iterations=budget_iterations(BUDGETS["digits"]["student"], 128,
+                                                 {"forward": 3, "backward": 1})),
+        "scd": dict(iterations=budget_iterations(BUDGETS["digits"]["student"], 128,
+                                                 {"forward": 4, "backward": 1})),
     },
     # The paper's CIFAR-10 runs (App. G.2 "CIFAR-10"; G.2's first paragraph for c, H and the
     # batch size; Sec. 5.2 and G.2 for sampling). docs/methods/scm.md lists the deviations.

@@ -59,3 +59,25 @@ def run_cost(run_dir) -> dict[str, int] | None:
         if not teacher:
             return total
         path = Path(teacher)
+
+
+#: One training budget per preset scale, in forward-equivalent passes on single samples: the
+#: ``teacher`` (the EDM run every distilled or tuned method starts from) and the ``student`` (what
+#: each few-step method spends on top of its starting point). Methods trained from nothing (CT,
+#: MeanFlow) get both, so every few-step row of the scale's bench costs the same in total.
+#: digits: EDM's 6000 iterations of batch 128 at 3 passes (forward, backward); CD's 2000 at 6
+#: (student forward and backward, target forward, the teacher's Heun step).
+BUDGETS = {"digits": {"teacher": 6000 * 128 * 3, "student": 2000 * 128 * 6}}
+
+
+def budget_iterations(budget: int, batch_size: int, passes: dict, setup: dict | None = None,
+                      stages: int = 1) -> int:
+    """The iterations per stage at which a run of ``stages`` stages, ``passes`` per sample and
+    step (:meth:`~zoo.training.TrainingTask.passes_per_sample`) and ``setup`` passes once
+    spends ``budget`` forward-equivalents, rounded down."""
+    per_iteration = batch_size * forward_equivalents(passes) * stages
+    left = budget - (forward_equivalents(setup) if setup else 0)
+    if left < per_iteration:
+        raise ValueError(f"a budget of {budget} forward-equivalents does not cover one iteration "
+                         f"({per_iteration}) after the setup's {budget - left}")
+    return left // per_iteration
