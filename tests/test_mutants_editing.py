@@ -69,3 +69,17 @@ def test_super_resolution_needs_a_batch_of_images():
     for shape in ((1, 4, 4), (1, 1, 1, 4, 4)):
         with pytest.raises(ValueError, match="images must be \\[B, C, H, W\\], got shape"):
             super_resolve(f, torch.zeros(shape), 2, [80.0], generator=None)
+
+
+def test_colorize_row_shows_the_luma_the_model_was_given(tmp_path):
+    """The observed panel is Y = 0.2989·R + 0.587·G + 0.114·B (ITU-R BT.601) of the input, in
+    every channel."""
+    rgb = np.zeros((4, 4, 3), np.uint8)
+    rgb[...] = (204, 51, 153)
+    (tmp_path / "in").mkdir()
+    Image.fromarray(rgb).save(tmp_path / "in" / "a.png")
+    f = Denoiser(lambda x, c_noise, labels=None: torch.zeros_like(x), "consistency")
+    _, (row,) = edit_files(f, "colorize", tmp_path / "in", shape=(3, 4, 4), sigmas=[80.0],
+                           sigma_min=0.002, sigma_max=80.0)
+    r, g, b = (v / 127.5 - 1 for v in (204, 51, 153))
+    torch.testing.assert_close(row[0], torch.full((3, 4, 4), 0.2989 * r + 0.587 * g + 0.114 * b))
