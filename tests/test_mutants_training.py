@@ -89,6 +89,9 @@ def test_loader_refuses_bad_settings():
     for kw, message in bad:
         with pytest.raises(ValueError, match=message):
             BatchLoader(ds, **{"batch_size": 4, **kw})
+    audio = Dataset("hand", torch.zeros(4, 1, 8), None, "0", "audio")  # any kind but images
+    with pytest.raises(ValueError, match="hflip is for images; dataset 'hand' holds audio"):
+        BatchLoader(audio, 2, hflip=True)
     BatchLoader(ds, 1)  # one sample a batch, rank 1 of 2: fine
     BatchLoader(ds, 2, rank=1, world_size=2)
     with pytest.raises(ValueError, match="is empty"):
