@@ -83,3 +83,9 @@ def test_colorize_row_shows_the_luma_the_model_was_given(tmp_path):
                            sigma_min=0.002, sigma_max=80.0)
     r, g, b = (v / 127.5 - 1 for v in (204, 51, 153))
     torch.testing.assert_close(row[0], torch.full((3, 4, 4), 0.2989 * r + 0.587 * g + 0.114 * b))
+
+
+def test_an_unreadable_image_is_refused_with_its_path(tmp_path):
+    (tmp_path / "a.png").write_bytes(b"not an image")
+    with pytest.raises(ValueError, match="cannot read image .*a.png"):
+        read_image(tmp_path / "a.png", 1, (2, 2))

@@ -1,6 +1,9 @@
 """The batch loader, checkpoints and the trainer's schedule against hand computations of what
 their docs promise, written against cosmic-ray's survivors (issue 16; docs/testing.md)."""
 
+import json
+import time
+
 import pytest
 import torch
 from test_mutants import trainer_for
@@ -188,3 +191,31 @@ def test_only_rank_zero_speaks(tmp_path):
     trainer.rank = 1
     trainer.echo("from rank 1")
     assert said == ["from rank 0"]
+
+
+def logged_steps(run_dir):
+    rows = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
+    return rows, [r["step"] for r in rows if "loss" in r]
+
+
+def test_a_resumed_run_logs_each_step_once_and_its_rate_counts_samples(tmp_path):
+    """Killed after step 4 with the checkpoint at 3: the resume drops the killed run's row of
+    step 4 and logs it again, so steps 1..6 appear once each; the logged samples/s is at least
+    the samples of its window over the whole call's wall time (measured here)."""
+
+    class Killed(Exception):
+        pass
+
+    def kill_at_4(step, loss):
+        if step == 4:
+            raise Killed
+
+    with pytest.raises(Killed):
+        trainer_for(tmp_path, iterations=6, log_every=1).fit(on_step=kill_at_4)
+    assert logged_steps(tmp_path)[1] == [1, 2, 3, 4]
+    start = time.perf_counter()
+    trainer_for(tmp_path, iterations=6, log_every=1).fit(resume=True)
+    seconds = time.perf_counter() - start
+    rows, steps = logged_steps(tmp_path)
+    assert steps == [1, 2, 3, 4, 5, 6]
+    assert all(r["samples_per_s"] >= 32 / seconds for r in rows if r["step"] > 3 and "loss" in r)
