@@ -16,6 +16,7 @@ from zoo.diffusion.samplers import generate, parse_sigmas
 from zoo.methods import DEFAULT_RUNS_ROOT, BenchRow, Method, Samples, draw_labels, preset_scale
 from zoo.plugins import get
 from zoo.training.config import TrainConfig, config_from_dict, config_to_dict, setting
+from zoo.training.cost import BUDGETS, budget_iterations
 from zoo_cm.loss import (
     CT_MU_FORMS,
     DISTANCES,
@@ -119,14 +120,26 @@ PRESETS = {
     # validation FD-digits 2.89 / 1.41).
     # sample_sigmas: the validation search on FD-digits against the held-out test split
     # (--repeats 2), CT: 1.86 (1 step), 0.95 (σ 0.8), 1.02 (σ 1.2).
+    # Iterations: the digits budgets (zoo.training.cost.BUDGETS): CD, CD∞ and CT∞ (started from
+    # the teacher's weights) spend the student budget on top of their teacher; CT, trained from
+    # nothing, the teacher's and the student's, so every row costs the same in total (passes
+    # per sample: the losses').
     "digits": {
         "common": dict(network="ddpmpp-small", batch_size=128, ema_halflife_kimg=10.0,
                        checkpoint_every=500),
-        "cd": dict(iterations=2000, lr=2e-4, num_scales=18, target_ema=0.0, sample_sigmas="80,0.8"),
-        "ct": dict(iterations=8000, init="random", lr=1e-3, lr_decay="linear", s0=2, s1=30,
-                   mu0=0.9, sample_sigmas="80,0.8"),
-        "cd-cont": dict(iterations=1000, lr=5e-4, lr_decay="linear"),
-        "ct-cont": dict(iterations=1000, lr=5e-4, lr_decay="linear"),
+        "cd": dict(iterations=budget_iterations(BUDGETS["digits"]["student"], 128,
+                                                {"forward": 4, "backward": 1}),
+                   lr=2e-4, num_scales=18, target_ema=0.0, sample_sigmas="80,0.8"),
+        "ct": dict(iterations=budget_iterations(sum(BUDGETS["digits"].values()), 128,
+                                                {"forward": 2, "backward": 1}),
+                   init="random", lr=1e-3, lr_decay="linear", s0=2, s1=30, mu0=0.9,
+                   sample_sigmas="80,0.8"),
+        "cd-cont": dict(iterations=budget_iterations(BUDGETS["digits"]["student"], 128,
+                                                     {"forward": 4, "backward": 1}),
+                        lr=5e-4, lr_decay="linear"),
+        "ct-cont": dict(iterations=budget_iterations(BUDGETS["digits"]["student"], 128,
+                                                     {"forward": 3, "backward": 1}),
+                        lr=5e-4, lr_decay="linear"),
     },
     # The official CIFAR-10 runs, openai/consistency_models_cifar10 configs/ (cifar10_ve_cd.py,
     # cifar10_ve_ct_adaptive.py, cifar10_ve_continuous.py; file:line below), as in the paper's

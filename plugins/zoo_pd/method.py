@@ -41,6 +41,7 @@ from zoo.training.config import (
     save_config,
     setting,
 )
+from zoo.training.cost import BUDGETS, budget_iterations
 
 #: The distilled architecture and preconditioning are the teacher's (the student starts from it);
 #: the config's network_kwargs override the teacher's (e.g. the student's dropout).
@@ -74,8 +75,11 @@ PRESETS = {
     # 2D toy data: 64 → 1 steps in 6 stages of 1500 iterations, a few CPU minutes in all.
     "toy": dict(network="mlp", batch_size=512, iterations=1500, teacher_steps=64, lr=5e-4,
                 lr_decay="linear", ema_halflife_kimg=20.0, checkpoint_every=500),
-    # 8×8 digits: the small SongUNet, 16 → 1 steps in 4 short stages (CPU-sized).
-    "digits": dict(network="ddpmpp-small", batch_size=128, iterations=1000, teacher_steps=16,
+    # 8×8 digits: the small SongUNet, 16 → 1 steps in 4 short stages (CPU-sized) that share the
+    # student budget of the digits presets (zoo.training.cost.BUDGETS).
+    "digits": dict(network="ddpmpp-small", batch_size=128, teacher_steps=16,
+                   iterations=budget_iterations(BUDGETS["digits"]["student"], 128,
+                                                {"forward": 3, "backward": 1}, stages=4),
                    lr=2e-4, lr_decay="linear", ema_halflife_kimg=20.0, checkpoint_every=500),
     # The official CIFAR-10 run, openai/consistency_models_cifar10
     # configs/cifar10_ve_progressive_distillation.py (file:line below; docs/reproduction.md).
