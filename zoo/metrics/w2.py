@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 import numpy as np
+import ot
 import torch
-from scipy.optimize import linear_sum_assignment
 from scipy.spatial.distance import cdist
 
 
 def wasserstein2(a, b) -> float:
-    """Exact W2 between two equal-size empirical distributions.
-
-    With uniform weights and equal sizes an optimal transport plan is a permutation
-    (Birkhoff–von Neumann), so the assignment problem on squared distances solves it exactly:
-    W2 = sqrt(min_π (1/n) Σ_i ‖a_i − b_π(i)‖²).
-    """
+    """Exact W2 between two equal-size empirical distributions with uniform weights:
+    W2 = sqrt(min_π Σ_ij π_ij ‖a_i − b_j‖²) over transport plans π, solved exactly by POT's
+    network simplex (``ot.emd2``; with equal sizes an optimal plan is a permutation,
+    Birkhoff–von Neumann, so this equals the assignment problem's value at a fraction of its
+    time on far-apart sets)."""
     a = np.asarray(torch.as_tensor(a, dtype=torch.float64).cpu())
     b = np.asarray(torch.as_tensor(b, dtype=torch.float64).cpu())
     if a.ndim != 2 or a.shape != b.shape:
@@ -22,8 +21,11 @@ def wasserstein2(a, b) -> float:
     if not (np.isfinite(a).all() and np.isfinite(b).all()):
         return float("inf")
     cost = cdist(a, b, "sqeuclidean")
-    rows, cols = linear_sum_assignment(cost)
-    return float(np.sqrt(cost[rows, cols].mean()))
+    weights = np.full(len(a), 1.0 / len(a))
+    value, log = ot.emd2(weights, weights, cost, numItermax=10**9, log=True)
+    if log["warning"] is not None:
+        raise RuntimeError(f"exact optimal transport did not converge: {log['warning']}")
+    return float(np.sqrt(max(value, 0.0)))
 
 
 class W2Metric:
