@@ -349,3 +349,34 @@ def test_samples_are_kept_except_for_published_size_image_rows():
     with pytest.raises(BenchError, match="--save-samples png writes images; dataset p holds "
                                          "points"):
         export_formats("png", points, 10)
+
+
+def test_parallel_training_trains_every_run_as_it_would_alone(benched, tmp_path):
+    """--jobs 2: EDM first, then PD in a forked process beside the others; every run's weights
+    bit-identical to the sequential bench's (the fixture's), requirements trained first."""
+    root, _ = benched
+    messages = []
+    run_bench(["edm", "pd"], "toy", runs_root=tmp_path / "runs", train_missing=True, n=32,
+              batch_size=32, out=tmp_path / "out", progress=False, echo=messages.append, jobs=2)
+    assert [m for m in messages if m.endswith(" trained")] == [
+        f"edm: {tmp_path / 'runs' / 'toy' / 'edm'} trained",
+        f"pd: {tmp_path / 'runs' / 'toy' / 'pd'} trained"]
+    for part in ("edm", "pd/stage-2-nfe-1"):
+        mine = load_checkpoint(tmp_path / "runs" / "toy" / part)
+        theirs = load_checkpoint(root / "runs" / "toy" / part)
+        for key in ("net", "ema"):
+            for name, value in theirs[key].items():
+                assert torch.equal(mine[key][name], value), (part, key, name)
+
+
+def test_a_failed_parallel_run_is_an_error_naming_it(tmp_path, monkeypatch, capfd):
+    def boom(self, *args, **kwargs):
+        raise RuntimeError("boom in pd's training")
+
+    monkeypatch.setattr(type(zoo.plugins.get("methods", "pd")), "train", boom)
+    with pytest.raises(BenchError, match=r"training pd run .*pd failed \(exit 1"):
+        run_bench(["edm", "pd"], "toy", runs_root=tmp_path / "runs", train_missing=True, n=32,
+                  batch_size=32, out=tmp_path / "out", progress=False, echo=lambda m: None,
+                  jobs=2)
+    assert "boom in pd's training" in capfd.readouterr().err
+    assert load_checkpoint(tmp_path / "runs" / "toy" / "edm")["step"] == 20  # the teacher stays

@@ -28,10 +28,13 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import multiprocessing
+import multiprocessing.connection
 import os
 import re
 import subprocess
 import time
+import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -271,51 +274,118 @@ def apply_settings(name: str, config, settings: dict[str | None, dict]):
 
 def prepare_runs(methods: dict[str, Method], dataset: str, data: Dataset, runs_root: Path, *,
                  train_missing: bool, device: str, progress: bool, echo=print, settings=None,
-                 entries: list[ModelEntry] | None = None):
+                 entries: list[ModelEntry] | None = None, jobs: int = 1):
     """Train (with ``train_missing``) or refuse absent runs, requirements first, and refuse runs
     on other data before anything is trained from them; runs to train take the ``--set``
     ``settings`` (:func:`parse_settings`) over their presets; a run without a config (a dataset
-    without training presets, e.g. LSUN-256) must be imported. Returns the rows of the
+    without training presets, e.g. LSUN-256) must be imported. Up to ``jobs`` runs whose
+    requirements are trained train at once (:func:`train_runs`). Returns the rows of the
     ``entries`` (default: each method's own rows) as ``[(entry, BenchRow)]``, a row that two
     entries give listed once, and each row's run record (step, checksum)."""
     entries = entries or [ModelEntry(name) for name in methods]
-    rows, records = [], {}
-    for name in training_order(methods):
-        method = methods.get(name) or plugins.get("methods", name)
+    order = training_order(methods)
+    resolved = {name: methods.get(name) or plugins.get("methods", name) for name in order}
+    runs, missing = [], []
+    for name in order:
+        method = resolved[name]
         for run_name, config in method.bench_configs(dataset, runs_root).items():
             run_dir = Path(runs_root) / dataset / run_name
+            runs.append((name, run_dir))
             problem = run_problem(method, run_dir)
             if problem and config is None:
                 raise BenchError(f"{name} run {run_dir} {problem}, and dataset {dataset} has no "
                                  f"{name} training preset: import a released checkpoint there "
                                  "(zoo import-openai or zoo import-edm, docs/reproduce.md)")
-            if config is not None:
-                config = apply_settings(name, config, settings or {})
             if problem:
+                config = apply_settings(name, config, settings or {})
                 command = train_command(name, method, config, dataset, run_dir)
                 if not train_missing:
                     needed = "" if name in methods else f" (required by {', '.join(methods)})"
                     raise BenchError(f"{name} run {run_dir} {problem}{needed}. Create it with "
                                      f"`{command}`, or pass --train-missing")
                 echo(f"{name}: {run_dir} {problem}; training it: {command}")
-                try:  # an unfinished run continues with its own settings
-                    method.saved_config(run_dir)
-                except CheckpointError:
-                    config.device = device
-                    method.train(config, run_dir, progress=progress)
-                else:
-                    method.resume(run_dir, {"device": device}, progress=progress, echo=echo)
-                problem = run_problem(method, run_dir)
-                if problem:
-                    raise BenchError(f"{name} run {run_dir} {problem} after training")
-            records.update(check_same_data(method.bench_rows(run_dir), dataset, data))
-            for entry in (e for e in entries if e.method == name):
-                run_rows = (method.bench_rows(run_dir) if entry.sampler is None else
-                            method.sampler_rows(run_dir, entry.sampler, entry.options))
-                records.update(check_same_data(run_rows, dataset, data))
-                rows += [(entry, row) for row in run_rows if not any(
-                    e.method == name and r == row for e, r in rows)]
+                config.device = device
+                missing.append((name, run_dir, config))
+    train_runs(resolved, missing, jobs=jobs, progress=progress, echo=echo)
+    rows, records = [], {}
+    for name, run_dir in runs:
+        method = resolved[name]
+        problem = run_problem(method, run_dir)
+        if problem:
+            raise BenchError(f"{name} run {run_dir} {problem} after training")
+        records.update(check_same_data(method.bench_rows(run_dir), dataset, data))
+        for entry in (e for e in entries if e.method == name):
+            run_rows = (method.bench_rows(run_dir) if entry.sampler is None else
+                        method.sampler_rows(run_dir, entry.sampler, entry.options))
+            records.update(check_same_data(run_rows, dataset, data))
+            rows += [(entry, row) for row in run_rows if not any(
+                e.method == name and r == row for e, r in rows)]
     return rows, records
+
+
+def _train_one(method: Method, config, run_dir: Path, *, progress: bool, echo) -> None:
+    """Train one missing run; an unfinished one continues with its own settings."""
+    try:
+        method.saved_config(run_dir)
+    except CheckpointError:
+        method.train(config, run_dir, progress=progress)
+    else:
+        method.resume(run_dir, {"device": config.device}, progress=progress, echo=echo)
+
+
+def _train_child(method: Method, config, run_dir: Path, echo) -> None:
+    try:
+        _train_one(method, config, run_dir, progress=False, echo=echo)
+    except BaseException:
+        traceback.print_exc()
+        os._exit(1)
+    os._exit(0)
+
+
+def train_runs(methods: dict[str, Method], missing: list, *, jobs: int = 1, progress: bool,
+               echo=print) -> None:
+    """Train the ``missing`` runs ``[(method name, run_dir, config)]`` (given requirements
+    first). ``jobs`` > 1 trains up to that many at once in forked processes (one CPU thread
+    each for small networks, zoo.training.threads), each as soon as every run of the methods it
+    requires (``Method.requires``) is trained; a run trains exactly as it would alone (its noise
+    depends only on its seed and step). A failed run stops the others (they checkpoint on
+    SIGTERM, so ``--train-missing`` continues them) and is an error naming its run."""
+    if jobs <= 1 or len(missing) <= 1:
+        for name, run_dir, config in missing:
+            _train_one(methods[name], config, run_dir, progress=progress, echo=echo)
+        return
+    context = multiprocessing.get_context("fork")
+    waiting, running = list(missing), {}
+    pending = {name for name, _, _ in missing}
+    try:
+        while waiting or running:
+            for job in list(waiting):
+                name, run_dir, config = job
+                blocked = any(r in pending for r in methods[name].requires)
+                if len(running) < jobs and not blocked:
+                    process = context.Process(target=_train_child,
+                                              args=(methods[name], config, run_dir, echo))
+                    process.start()
+                    running[process.sentinel] = (process, job)
+                    waiting.remove(job)
+            if not running:
+                raise BenchError(f"runs {[str(j[1]) for j in waiting]} wait on requirements "
+                                 "that no run trains")
+            for sentinel in multiprocessing.connection.wait(list(running)):
+                process, (name, run_dir, _) = running.pop(sentinel)
+                process.join()
+                if process.exitcode != 0:
+                    raise BenchError(f"training {name} run {run_dir} failed (exit "
+                                     f"{process.exitcode}; its error is printed above)")
+                echo(f"{name}: {run_dir} trained")
+                if not any(j[0] == name for j in waiting) and not any(
+                        j[0] == name for _, j in running.values()):
+                    pending.discard(name)
+    finally:
+        for process, _ in running.values():
+            process.terminate()  # SIGTERM: the trainer checkpoints the step it reached
+        for process, _ in running.values():
+            process.join()
 
 
 def check_same_data(rows: list[BenchRow], dataset: str, data: Dataset) -> dict[Path, dict]:
@@ -388,7 +458,8 @@ def export_formats(save_samples: str, data: Dataset, n: int) -> str:
 def run_bench(models: list[str], dataset: str, *, runs_root="runs", train_missing=False,
               n=None, seed=0, batch_size=500, out=None, device="cpu", inception_weights=None,
               progress=True, echo=print, weights="ema", settings=None,
-              metrics=None, ref=None, save_samples="auto", sampler_options=None) -> BenchReport:
+              metrics=None, ref=None, save_samples="auto", sampler_options=None,
+              jobs=1) -> BenchReport:
     """Prepare the runs of the ``models`` entries (``METHOD`` or ``METHOD:SAMPLER``,
     :func:`parse_models`, with ``sampler_options`` by entry), training missing ones with
     ``settings`` (:func:`prepare_runs`), sample and evaluate every row with the runs'
@@ -412,7 +483,7 @@ def run_bench(models: list[str], dataset: str, *, runs_root="runs", train_missin
         os.environ[fidelity.INCEPTION_ENV] = str(fidelity.inception_weights(inception_weights))
     rows, records = prepare_runs(methods, dataset, data, Path(runs_root),
                                  train_missing=train_missing, device=device, progress=progress,
-                                 echo=echo, settings=settings, entries=entries)
+                                 echo=echo, settings=settings, entries=entries, jobs=jobs)
     report = BenchReport(dataset, data.checksum, n, seed, batch_size, device,
                          note=protocol_note(data, n), ref=str(ref) if ref else None)
     evaluation = zoo_metrics.Evaluation(data, metrics, seed=seed, batch_size=batch_size,

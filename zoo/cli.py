@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -497,6 +498,19 @@ def sample():
 # ---------------------------------------------------------------- bench
 
 
+def training_jobs(jobs: str, device: str) -> int:
+    """``zoo bench --jobs``: a positive number, or auto (see its help)."""
+    if jobs != "auto":
+        if not jobs.isdigit() or int(jobs) < 1:
+            raise UserError(f"--jobs {jobs!r}: accepted: a positive number or auto")
+        return int(jobs)
+    if str(device) not in ("cpu", "auto") or distributed.world_size() > 1:
+        return 1
+    if str(device) == "auto" and torch.cuda.is_available():
+        return 1
+    return max(1, min(4, len(os.sched_getaffinity(0))))
+
+
 @main.command("bench")
 @click.option(
     "--models",
@@ -599,6 +613,14 @@ def sample():
     "npz always, none never; png writes a folder ROW/ of 000000.png... (EDM's fid.py, "
     "clean-fid) instead, both writes both.",
 )
+@click.option(
+    "--jobs",
+    default="auto",
+    show_default=True,
+    help="Runs --train-missing trains at once (each as soon as the runs it requires are "
+    "trained; a run trains exactly as it would alone): a number, or auto: the CPU cores this "
+    "process may use (at most 4) on the CPU, 1 on an accelerator or under torchrun.",
+)
 def bench_command(
     models,
     dataset,
@@ -618,6 +640,7 @@ def bench_command(
     save_samples,
     sampler_options,
     rescore,
+    jobs,
 ):
     """The NFE-versus-metric table: every method's rows from the same seeds through the same
     evaluator. Writes table.md/.csv/.json, metric_vs_nfe.png, metric_vs_cost.png and samples/
@@ -678,6 +701,7 @@ def bench_command(
             ref=ref,
             save_samples=save_samples,
             sampler_options=entry_options,
+            jobs=training_jobs(jobs, device),
         )
     except USER_ERRORS as exc:
         raise UserError(str(exc)) from None
