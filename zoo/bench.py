@@ -347,7 +347,8 @@ def train_runs(methods: dict[str, Method], missing: list, *, jobs: int = 1, prog
     """Train the ``missing`` runs ``[(method name, run_dir, config)]`` (given requirements
     first). ``jobs`` > 1 trains up to that many at once in forked processes (one CPU thread
     each for small networks, zoo.training.threads), each as soon as every run of the methods it
-    requires (``Method.requires``) is trained; a run trains exactly as it would alone (its noise
+    requires (``Method.requires``) and its own ``config.teacher`` run (e.g. 2-RF's 1-RF) are
+    trained; a run trains exactly as it would alone (its noise
     depends only on its seed and step). A failed run stops the others (they checkpoint on
     SIGTERM, so ``--train-missing`` continues them) and is an error naming its run."""
     if jobs <= 1 or len(missing) <= 1:
@@ -361,7 +362,10 @@ def train_runs(methods: dict[str, Method], missing: list, *, jobs: int = 1, prog
         while waiting or running:
             for job in list(waiting):
                 name, run_dir, config = job
-                blocked = any(r in pending for r in methods[name].requires)
+                teacher = Path(getattr(config, "teacher", "") or "/").resolve()
+                blocked = any(r in pending for r in methods[name].requires) or any(
+                    Path(d).resolve() == teacher for _, d, _ in waiting + [
+                        j for _, j in running.values()])
                 if len(running) < jobs and not blocked:
                     process = context.Process(target=_train_child,
                                               args=(methods[name], config, run_dir, echo))
