@@ -33,6 +33,7 @@ import multiprocessing.connection
 import os
 import re
 import subprocess
+import sys
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -333,19 +334,21 @@ def _train_one(method: Method, config, run_dir: Path, *, progress: bool, echo) -
         method.resume(run_dir, {"device": config.device}, progress=progress, echo=echo)
 
 
-def _train_child(method: Method, config, run_dir: Path, echo) -> None:
+def _train_child(method: Method, config, run_dir: Path) -> None:
+    """A spawned process's training (spawned, not forked: OpenMP and other threads' locks do
+    not survive a fork); its error goes to stderr and its exit code to the parent."""
     try:
-        _train_one(method, config, run_dir, progress=False, echo=echo)
+        _train_one(method, config, run_dir, progress=False, echo=print)
     except BaseException:
         traceback.print_exc()
+        sys.stderr.flush()
         os._exit(1)
-    os._exit(0)
 
 
 def train_runs(methods: dict[str, Method], missing: list, *, jobs: int = 1, progress: bool,
                echo=print) -> None:
     """Train the ``missing`` runs ``[(method name, run_dir, config)]`` (given requirements
-    first). ``jobs`` > 1 trains up to that many at once in forked processes (one CPU thread
+    first). ``jobs`` > 1 trains up to that many at once in spawned processes (one CPU thread
     each for small networks, zoo.training.threads), each as soon as every run of the methods it
     requires (``Method.requires``) and its own ``config.teacher`` run (e.g. 2-RF's 1-RF) are
     trained; a run trains exactly as it would alone (its noise
@@ -355,7 +358,7 @@ def train_runs(methods: dict[str, Method], missing: list, *, jobs: int = 1, prog
         for name, run_dir, config in missing:
             _train_one(methods[name], config, run_dir, progress=progress, echo=echo)
         return
-    context = multiprocessing.get_context("fork")
+    context = multiprocessing.get_context("spawn")
     waiting, running = list(missing), {}
     pending = {name for name, _, _ in missing}
     try:
@@ -368,7 +371,7 @@ def train_runs(methods: dict[str, Method], missing: list, *, jobs: int = 1, prog
                         j for _, j in running.values()])
                 if len(running) < jobs and not blocked:
                     process = context.Process(target=_train_child,
-                                              args=(methods[name], config, run_dir, echo))
+                                              args=(methods[name], config, run_dir))
                     process.start()
                     running[process.sentinel] = (process, job)
                     waiting.remove(job)
