@@ -307,6 +307,8 @@ def prepare_runs(methods: dict[str, Method], dataset: str, data: Dataset, runs_r
                 echo(f"{name}: {run_dir} {problem}; training it: {command}")
                 config.device = device
                 missing.append((name, run_dir, config))
+            else:  # refused before anything is trained from it
+                check_same_data(method.bench_rows(run_dir), dataset, data)
     train_runs(resolved, missing, jobs=jobs, progress=progress, echo=echo)
     rows, records = [], {}
     for name, run_dir in runs:
