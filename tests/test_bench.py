@@ -376,3 +376,10 @@ def test_a_failed_parallel_run_is_an_error_naming_it(tmp_path, capfd):
                   batch_size=32, out=tmp_path / "out", progress=False, echo=lambda m: None,
                   jobs=2, settings=settings)
     assert "no-such-teacher" in capfd.readouterr().err
+
+
+def test_staged_runs_count_every_stage_for_the_longest_first_order():
+    pd, edm = zoo.plugins.get("methods", "pd"), zoo.plugins.get("methods", "edm")
+    config = pd.configure("toy", teacher_steps=64, iterations=7)
+    assert pd.total_iterations(config) == 6 * 7  # 64 -> 32 -> ... -> 1: six stages
+    assert edm.total_iterations(edm.configure("toy", iterations=9)) == 9

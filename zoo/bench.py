@@ -353,7 +353,8 @@ def train_runs(methods: dict[str, Method], missing: list, *, jobs: int = 1, prog
     first). ``jobs`` > 1 trains up to that many at once in spawned processes (one CPU thread
     each for small networks, zoo.training.threads), each as soon as every run of the methods it
     requires (``Method.requires``) and its own ``config.teacher`` run (e.g. 2-RF's 1-RF) are
-    trained; a run trains exactly as it would alone (its noise
+    trained, the longest (``Method.total_iterations`` × batch) first; a run trains exactly as it
+    would alone (its noise
     depends only on its seed and step). A failed run stops the others (they checkpoint on
     SIGTERM, so ``--train-missing`` continues them) and is an error naming its run."""
     if jobs <= 1 or len(missing) <= 1:
@@ -361,7 +362,10 @@ def train_runs(methods: dict[str, Method], missing: list, *, jobs: int = 1, prog
             _train_one(methods[name], config, run_dir, progress=progress, echo=echo)
         return
     context = multiprocessing.get_context("spawn")
-    waiting, running = list(missing), {}
+    # the longest first (training images), so that they do not end last
+    waiting = sorted(missing, key=lambda job: -methods[job[0]].total_iterations(job[2])
+                     * job[2].batch_size)
+    running = {}
     pending = {name for name, _, _ in missing}
     try:
         while waiting or running:

@@ -252,6 +252,11 @@ class Method(abc.ABC):
         trainer.fit(resume=resume, on_step=on_step)
         return trainer.run_dir
 
+    def total_iterations(self, config: TrainConfig) -> int:
+        """The training steps a run of ``config`` takes in all (a staged method: every stage's);
+        ``zoo bench --jobs`` starts the longest runs first."""
+        return config.iterations
+
     def dry_run(self, config: TrainConfig, run_dir=None, *, steps: int = 5) -> dict:
         """What training ``config`` would do, without writing anything: the settings the run
         would record, the trained parameters, the samples/s of ``steps`` real training steps on

@@ -286,6 +286,10 @@ class ProgressiveDistillation(Method):
             teacher = stage_dir
         return root
 
+    def total_iterations(self, config: PDConfig) -> int:
+        """Every stage's ``iterations``."""
+        return len(stage_plan(config.teacher_steps)) * config.iterations
+
     def dry_run(self, config: PDConfig, run_dir=None, *, steps: int = 5) -> dict:
         """Stage 0's throughput, projected over every stage's ``iterations`` (the stages train
         the same network on the same batch size); the settings shown are the run's plan."""
@@ -294,9 +298,8 @@ class ProgressiveDistillation(Method):
         report = super().dry_run(self.stage_config(config, 0, Path(config.teacher)), run_dir,
                                  steps=steps)
         report["config"] = config_to_dict(config)
-        stages = len(stage_plan(config.teacher_steps))
-        report["iterations"] = stages * config.iterations
-        report["projected_s"] *= stages
+        report["iterations"] = self.total_iterations(config)
+        report["projected_s"] *= report["iterations"] / config.iterations
         return report
 
     def saved_config(self, run_dir) -> dict:
