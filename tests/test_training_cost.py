@@ -246,6 +246,7 @@ def test_budget_iterations_round_down_and_refuse_a_budget_below_one_iteration():
     passes = {"forward": 2, "backward": 1}  # 4 forward-equivalents per sample
     assert budget_iterations(4 * 10 * 7 + 39, 10, passes) == 7
     assert budget_iterations(4 * 10 * 7 + 40, 10, passes, stages=2) == 4  # 80 an iteration
-    assert budget_iterations(100 + 4 * 10 * 3, 10, passes, setup={"forward": 100, "backward": 0}) == 3
+    setup = {"forward": 100, "backward": 0}
+    assert budget_iterations(100 + 4 * 10 * 3, 10, passes, setup=setup) == 3
     with pytest.raises(ValueError, match="does not cover one iteration"):
         budget_iterations(39, 10, passes)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from zoo.data import Dataset, load_dataset
+from zoo.data import Dataset, dataset_sigma_data, load_dataset
 from zoo.diffusion import Denoiser
 from zoo.nets import build_network, count_parameters
 from zoo.training import CheckpointError, Trainer, TrainingTask, load_checkpoint
@@ -325,3 +325,33 @@ class Method(abc.ABC):
     def build_denoiser(self, config: TrainConfig, data_shape) -> Denoiser:
         """The network wrapped in this method's preconditioning (EDM's by default)."""
         return Denoiser(self.build_net(config, data_shape), "edm")
+
+
+class ModalMethod(Method):
+    """A method with modes (``modes``; the first is the default) whose ``presets`` hold, per
+    dataset scale, ``"common"`` settings and each mode's; the teacher defaults to the dataset's
+    edm run and σ_data to the dataset's."""
+
+    modes: tuple[str, ...] = ()
+    presets: dict = {}
+
+    def preset(self, dataset: str, mode: str | None = None) -> TrainConfig:
+        mode = mode or self.modes[0]
+        if mode not in self.modes:
+            raise ValueError(f"mode={mode!r} is not one of {', '.join(self.modes)}")
+        presets = self.presets[preset_scale(dataset, self.presets)]
+        if mode not in presets:
+            raise ValueError(f"no {mode} preset for dataset {dataset!r}; presets there: "
+                             f"{', '.join(m for m in presets if m != 'common')}")
+        config = self.config_class(method=self.name, dataset=dataset, mode=mode,
+                                   teacher=str(DEFAULT_RUNS_ROOT / dataset / "edm"),
+                                   sigma_data=dataset_sigma_data(dataset), **presets["common"])
+        return config_from_dict(self.config_class, {**config_to_dict(config), **presets[mode]})
+
+    def configure(self, dataset: str, **overrides) -> TrainConfig:
+        """The preset of ``dataset`` for ``overrides["mode"]`` (default: the first mode), then
+        the overrides."""
+        preset = config_to_dict(self.preset(dataset, overrides.get("mode")))
+        config = config_from_dict(self.config_class, {**preset, **overrides})
+        config.validate()
+        return config

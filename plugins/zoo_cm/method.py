@@ -9,13 +9,12 @@ from pathlib import Path
 import click
 
 from zoo.checkpoint_import import ADM_IMAGENET64, _two_step_sigmas
-from zoo.data import dataset_sigma_data
 from zoo.data.images import IMAGENET64_CLASSES
 from zoo.diffusion import SIGMA_DATA, SIGMA_MAX, SIGMA_MIN, Denoiser
 from zoo.diffusion.samplers import generate, parse_sigmas
-from zoo.methods import DEFAULT_RUNS_ROOT, BenchRow, Method, Samples, draw_labels, preset_scale
+from zoo.methods import DEFAULT_RUNS_ROOT, BenchRow, ModalMethod, Samples, draw_labels, preset_scale
 from zoo.plugins import get
-from zoo.training.config import TrainConfig, config_from_dict, config_to_dict, setting
+from zoo.training.config import TrainConfig, setting
 from zoo.training.cost import BUDGETS, budget_iterations
 from zoo_cm.loss import (
     CT_MU_FORMS,
@@ -201,11 +200,13 @@ PRESETS = {
 }
 
 
-class ConsistencyModels(Method):
+class ConsistencyModels(ModalMethod):
     name = "cm"
     description = ("Consistency models (Song et al. 2023): distillation (CD) from an edm teacher, "
                    "training (CT), continuous-time CD∞/CT∞; 1- and few-step sampling")
     config_class = CMConfig
+    modes = MODES
+    presets = PRESETS
     requires = ("edm",)
     parameterization = "consistency"
     default_sampler = "consistency"
@@ -215,25 +216,6 @@ class ConsistencyModels(Method):
         click.Option(["--sigmas"], default=None,
                      help="Explicit σ list, e.g. 80,0.8 (overrides --nfe)."),
     )
-
-    def preset(self, dataset: str, mode: str = "cd") -> CMConfig:
-        if mode not in MODES:
-            raise ValueError(f"mode={mode!r} is not one of {', '.join(MODES)}")
-        presets = PRESETS[preset_scale(dataset, PRESETS)]
-        if mode not in presets:
-            raise ValueError(f"no {mode} preset for dataset {dataset!r}; presets there: "
-                             f"{', '.join(m for m in presets if m != 'common')}")
-        teacher = str(DEFAULT_RUNS_ROOT / dataset / "edm")
-        config = CMConfig(method=self.name, dataset=dataset, mode=mode, teacher=teacher,
-                          sigma_data=dataset_sigma_data(dataset), **presets["common"])
-        return config_from_dict(CMConfig, {**config_to_dict(config), **presets[mode]})
-
-    def configure(self, dataset: str, **overrides) -> CMConfig:
-        """The preset of ``dataset`` for ``overrides["mode"]`` (default cd), then the overrides."""
-        preset = config_to_dict(self.preset(dataset, overrides.get("mode", "cd")))
-        config = config_from_dict(CMConfig, {**preset, **overrides})
-        config.validate()
-        return config
 
     def run_name(self, config: CMConfig) -> str:
         return f"cm-{config.mode}"

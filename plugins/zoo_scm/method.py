@@ -9,12 +9,11 @@ from pathlib import Path
 
 import click
 
-from zoo.data import dataset_sigma_data
 from zoo.diffusion import SIGMA_DATA, SIGMA_MAX
 from zoo.diffusion.samplers import generate, sample_consistency
-from zoo.methods import DEFAULT_RUNS_ROOT, BenchRow, Method, Samples, draw_labels, preset_scale
+from zoo.methods import DEFAULT_RUNS_ROOT, BenchRow, ModalMethod, Samples, draw_labels
 from zoo.plugins import get
-from zoo.training import TrainConfig, config_from_dict, config_to_dict, setting
+from zoo.training import TrainConfig, setting
 from zoo.training.cost import BUDGETS, budget_iterations
 from zoo_scm.loss import SCMLoss
 from zoo_scm.trigflow import PAPER_MID_TIME, TIME_LABELS, TrigFlowConsistency, time_to_sigma
@@ -128,11 +127,13 @@ PRESETS = {
 }
 
 
-class SCM(Method):
+class SCM(ModalMethod):
     name = "scm"
     description = ("sCM (Lu & Song 2024): continuous-time consistency training (sCT) and "
                    "distillation (sCD) in TrigFlow, from an edm run; 1- and 2-step sampling")
     config_class = SCMConfig
+    modes = MODES
+    presets = PRESETS
     requires = ("edm",)
     sample_options = (
         click.Option(["--nfe"], type=click.IntRange(min=1), default=1, show_default=True,
@@ -140,22 +141,6 @@ class SCM(Method):
         click.Option(["--times"], default=None,
                      help="Explicit TrigFlow times after t_max, e.g. 1.1 (overrides --nfe)."),
     )
-
-    def preset(self, dataset: str, mode: str = "sct") -> SCMConfig:
-        if mode not in MODES:
-            raise ValueError(f"mode={mode!r} is not one of {', '.join(MODES)}")
-        presets = PRESETS[preset_scale(dataset, PRESETS)]
-        config = SCMConfig(method=self.name, dataset=dataset, mode=mode,
-                           teacher=str(DEFAULT_RUNS_ROOT / dataset / "edm"),
-                           sigma_data=dataset_sigma_data(dataset), **presets["common"])
-        return config_from_dict(SCMConfig, {**config_to_dict(config), **presets[mode]})
-
-    def configure(self, dataset: str, **overrides) -> SCMConfig:
-        """The preset of ``dataset`` for ``overrides["mode"]`` (default sct), then the overrides."""
-        preset = config_to_dict(self.preset(dataset, overrides.get("mode", "sct")))
-        config = config_from_dict(SCMConfig, {**preset, **overrides})
-        config.validate()
-        return config
 
     def run_name(self, config: SCMConfig) -> str:
         return f"scm-{config.mode}"
