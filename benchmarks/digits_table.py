@@ -20,7 +20,7 @@ every row through the one evaluator from the same seeds, exactly as
   NFE (the floor dashed) and against training cost.
 
     python benchmarks/digits_table.py [--models cm,edm,pd,rf,meanflow,ect,scm] [--runs-root runs]
-        [--out bench/digits] [--device cpu] [--rescore]
+        [--out bench/digits] [--device cpu] [--jobs auto] [--rescore]
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ from zoo.bench import (
     rescore_bench,
     run_bench,
 )
+from zoo.cli import training_jobs
 from zoo.data import load_dataset
 from zoo.metrics import evaluate, lower_is_better
 
@@ -113,6 +114,8 @@ def main(argv=None) -> int:
     parser.add_argument("--rescore", action="store_true",
                         help="recompute the table from the bench's saved samples in --out")
     parser.add_argument("--plot-metric", default="FD297-digits")
+    parser.add_argument("--jobs", default="auto",
+                        help="runs trained at once, as zoo bench --jobs [auto]")
     args = parser.parse_args(argv)
     out = Path(args.out)
     commit = git_commit()  # before training: the code that produced the runs
@@ -122,7 +125,8 @@ def main(argv=None) -> int:
     else:
         report = run_bench(args.models.split(","), "digits", runs_root=args.runs_root,
                            train_missing=True, n=args.n, seed=args.seed,
-                           batch_size=args.batch_size, out=out, device=args.device, echo=echo)
+                           batch_size=args.batch_size, out=out, device=args.device, echo=echo,
+                           jobs=training_jobs(args.jobs, args.device))
     train, test = load_dataset("digits"), load_dataset("digits", split="test")
     floors = floor_metrics(report, evaluate(test.x, train, metrics=["fd-digits"],
                                             seed=report.seed))
