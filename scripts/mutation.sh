@@ -46,6 +46,17 @@ declare -A TESTS=(
   [zoo/metrics/w2.py]="tests/test_mutants_metrics.py tests/test_metrics.py::test_w2_exact_on_known_cases tests/test_metrics.py::test_w2_through_the_evaluator_has_a_positive_floor tests/test_metrics.py::test_w2_is_the_mean_over_disjoint_sets_each_against_its_own_true_set"
   [zoo/editing.py]="tests/test_mutants_editing.py tests/test_editing.py tests/test_mutants.py::test_edit_files_edits_input_i_with_seed_plus_i"
   [zoo/data/loader.py]="tests/test_mutants_training.py tests/test_data.py tests/test_mutants.py"
+  [zoo/metrics/digits.py]="tests/test_mutants_metrics.py tests/test_metrics.py tests/test_fid_protocol.py"
+  [zoo/metrics/frechet.py]="tests/test_mutants_metrics.py tests/test_digits_metrics.py"
+  [zoo/metrics/held_out.py]="tests/test_mutants_metrics.py tests/test_digits_metrics.py"
+  [zoo/metrics/memorisation.py]="tests/test_mutants_metrics.py tests/test_digits_metrics.py"
+  [zoo/training/config.py]="tests/test_mutants_training.py tests/test_training.py tests/test_reliability.py"
+  [zoo/training/rundir.py]="tests/test_mutants_training.py tests/test_reliability.py"
+  [zoo/training/threads.py]="tests/test_mutants_training.py tests/test_reliability.py"
+  [zoo/training/cost.py]="tests/test_mutants_training.py tests/test_training_cost.py"
+  [plugins/zoo_ect/loss.py]="tests/test_ect.py"
+  [plugins/zoo_scm/loss.py]="tests/test_scm.py"
+  [plugins/zoo_scm/trigflow.py]="tests/test_scm.py"
 )
 # module -> the functions/methods mutated (cosmic-ray's innermost definition name); none: all.
 # Registries, option parsing, presets and CLI glue are left to their own tests.
@@ -55,6 +66,10 @@ declare -A SCOPE=(
   [plugins/zoo_edm/method.py]="forward loss sigmas sample"
   [plugins/zoo_rf/flow.py]="interpolate velocity_target euler_grid forward sample_rf_euler make_pairs draw loss"
   [plugins/zoo_pd/method.py]="stage_plan pd_sigmas pd_target truncated_snr_weight sample_pd_euler loss"
+  [zoo/metrics/digits.py]="features_and_logits forward shift train_classifier accuracy load_classifier"
+  [zoo/training/config.py]="setting __post_init__ validate config_to_dict config_from_dict resume_config save_config"
+  [plugins/zoo_ect/loss.py]="ect_stage mapping_n ect_dt pseudo_huber passes_per_sample times loss after_step"
+  [plugins/zoo_scm/loss.py]="scm_tangent normalize_tangent tangent_warmup adaptive_weighted_loss passes_per_sample velocity loss after_step"
   [plugins/zoo_cm/loss.py]="ct_num_scales ct_target_ema karras_time inverse_karras_time_derivative weighting l2_distance l1_distance metric_hvp num_scales target_ema x_smaller loss after_step velocity tangent"
 )
 # Operators left out: on this code base's float tensors they raise instead of computing a
