@@ -75,3 +75,42 @@ def test_evaluate_without_a_seed_is_the_seed_0_evaluation():
     samples = toy.sample_true(50, 1)
     assert evaluate(samples, toy) == evaluate(samples, toy, seed=0)
     assert evaluate(samples, toy)["W2"] != evaluate(samples, toy, seed=1)["W2"]
+
+
+def test_shift_translates_each_image_by_its_drawn_offset_filling_with_background():
+    """shift: image i moved by (dy_i − 1, dx_i − 1) pixels, (dy, dx) the generator's next
+    randint(0, 3, (2, n)) draws; uncovered pixels are −1. Checked against a loop by hand."""
+    from zoo.metrics.digits import shift
+
+    x = torch.rand(40, 1, 8, 8) * 2 - 1
+    dy, dx = torch.randint(0, 3, (2, 40), generator=torch.Generator().manual_seed(5))
+    out = shift(x, torch.Generator().manual_seed(5))
+    hand = torch.full_like(x, -1.0)
+    for i in range(40):
+        oy, ox = int(dy[i]) - 1, int(dx[i]) - 1  # output (r, c) reads input (r + oy, c + ox)
+        for r in range(8):
+            for c in range(8):
+                if 0 <= r + oy < 8 and 0 <= c + ox < 8:
+                    hand[i, 0, r, c] = x[i, 0, r + oy, c + ox]
+    assert torch.equal(out, hand)
+    assert len(set(zip(dy.tolist(), dx.tolist()))) == 9  # every offset occurs in 40 draws
+
+
+def test_train_classifier_is_seeded_and_scales_its_features_to_unit_rms():
+    """train_classifier: the same seed gives the same weights, another seed others; after
+    training, feature_scale makes the features' root-mean-square on the training data 1."""
+    from zoo.metrics.digits import train_classifier
+
+    data = load_dataset("digits")
+    small = type("Small", (), {"x": data.x[:96], "labels": data.labels[:96],
+                               "__len__": lambda self: 96})()
+    a = train_classifier(small, epochs=1, batch_size=32, seed=3)
+    b = train_classifier(small, epochs=1, batch_size=32, seed=3)
+    c = train_classifier(small, epochs=1, batch_size=32, seed=4)
+    for key, value in a.state_dict().items():
+        assert torch.equal(value, b.state_dict()[key]), key
+    assert not torch.equal(a.head.weight, c.head.weight)
+    features, _ = a.features_and_logits(small.x)
+    assert features.pow(2).mean().sqrt().item() == pytest.approx(1.0, rel=1e-5)
+    assert a.feature_scale.item() != 1.0 and not a.training
+    assert not any(p.requires_grad for p in a.parameters())
