@@ -114,3 +114,25 @@ def test_train_classifier_is_seeded_and_scales_its_features_to_unit_rms():
     assert features.pow(2).mean().sqrt().item() == pytest.approx(1.0, rel=1e-5)
     assert a.feature_scale.item() != 1.0 and not a.training
     assert not any(p.requires_grad for p in a.parameters())
+
+
+def test_fd_infinity_from_exactly_two_sizes_is_the_line_through_them():
+    """Two distinct sizes suffice: a = (n₁v₁ − n₂v₂) / (n₁ − n₂) solves v = a + b/n at both."""
+    from zoo.metrics.frechet import extrapolate
+
+    sizes, values = [100, 300], [0.7, 0.4]
+    hand = (100 * 0.7 - 300 * 0.4) / (100 - 300)
+    assert extrapolate(sizes, values) == pytest.approx(hand, rel=1e-12)
+    assert extrapolate([100, 300, 300], [0.7, 0.4, 0.4]) == pytest.approx(hand, rel=1e-12)
+    for bad in ([100], [], [100, 100]):
+        with pytest.raises(ValueError, match="two or more distinct sizes"):
+            extrapolate(bad, [0.5] * len(bad))
+
+
+@pytest.mark.parametrize("quantile", [0.0, 1.0, 1.5, -0.1])
+def test_memorised_share_refuses_a_quantile_outside_the_open_unit_interval(quantile):
+    from zoo.metrics.memorisation import memorised_share
+
+    train, points = torch.zeros(3, 2), torch.ones(4, 2)
+    with pytest.raises(ValueError, match=r"quantile must lie in \(0, 1\)"):
+        memorised_share(points, train, points, quantile=quantile)
