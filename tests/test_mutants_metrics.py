@@ -136,3 +136,52 @@ def test_memorised_share_refuses_a_quantile_outside_the_open_unit_interval(quant
     train, points = torch.zeros(3, 2), torch.ones(4, 2)
     with pytest.raises(ValueError, match=r"quantile must lie in \(0, 1\)"):
         memorised_share(points, train, points, quantile=quantile)
+
+
+@pytest.mark.parametrize("name", ["checkerboard", "toy", "cifar10"])
+def test_held_out_metrics_refuse_other_datasets_by_name_whichever_way_it_sorts(name):
+    from zoo.data import Dataset
+    from zoo.metrics.held_out import digits_splits
+
+    other = Dataset(name, torch.zeros(3, 1, 8, 8), None, "0" * 64, "image")
+    with pytest.raises(ValueError, match=f"dataset '{name}' is not digits"):
+        digits_splits(other, "fdinf-digits")
+
+
+def test_held_out_metrics_name_the_training_splits_checksum_when_given_another_split():
+    from zoo.metrics.held_out import digits_splits
+
+    train, test = load_dataset("digits"), load_dataset("digits", split="test")
+    with pytest.raises(ValueError) as refused:
+        digits_splits(test, "memorisation-digits")
+    assert f"checksum {train.checksum[:16]}…)" in str(refused.value)
+    assert f"checksum {test.checksum[:16]}…, 297 images" in str(refused.value)
+
+
+def test_every_held_out_result_is_lower_is_better_and_its_standard_error_has_no_direction(
+        monkeypatch):
+    """FDs, memorised shares and their floors are lower-is-better (the table's ↓ and the plots
+    rely on it); the ± columns have no direction."""
+    from zoo.metrics import evaluate, lower_is_better
+    from zoo.metrics.held_out import HeldOutFDMetric
+
+    monkeypatch.setattr(HeldOutFDMetric, "SUBSETS", 2)
+    train = load_dataset("digits")
+    result = evaluate(train.x[:594], train, metrics=["fdinf-digits", "memorisation-digits"])
+    keys = [k for k in result if "digits" in k]
+    assert len(keys) == 11
+    for key in keys:
+        assert lower_is_better(key) is (None if key.endswith("±") else True), key
+
+
+def test_fdinf_digits_without_a_seed_is_the_seed_0_evaluation(monkeypatch):
+    from zoo.metrics.held_out import HeldOutFDMetric
+
+    monkeypatch.setattr(HeldOutFDMetric, "SUBSETS", 2)
+    train = load_dataset("digits")
+    samples = (train.x[:600] + 0.3 * torch.randn(600, 1, 8, 8,
+                                                 generator=torch.Generator().manual_seed(0)))
+    metric = HeldOutFDMetric()
+    default = metric.compute(samples.clamp(-1, 1), train)
+    assert default == metric.compute(samples.clamp(-1, 1), train, seed=0)
+    assert default != metric.compute(samples.clamp(-1, 1), train, seed=1)

@@ -250,3 +250,20 @@ def test_budget_iterations_round_down_and_refuse_a_budget_below_one_iteration():
     assert budget_iterations(100 + 4 * 10 * 3, 10, passes, setup=setup) == 3
     with pytest.raises(ValueError, match="does not cover one iteration"):
         budget_iterations(39, 10, passes)
+
+
+#: The digits iterations the README and docs/methods/ state, by hand: the teacher's budget is EDM's
+#: 6000 iterations of batch 128 (3 forward-equivalents a sample); the student's, CD's 2000 at 6.
+DOCUMENTED_DIGITS_ITERATIONS = {
+    ("edm", None): 6000, ("cm", "cd"): 2000, ("cm", "cd-cont"): 2000, ("cm", "ct-cont"): 2400,
+    ("cm", "ct"): 7500, ("pd", None): 600, ("rf", None): 6000, ("rf", "reflow"): 2697,
+    ("meanflow", None): 6000, ("ect", None): 3000, ("scm", "sct"): 2400, ("scm", "scd"): 2000,
+}
+
+
+def test_the_digits_budgets_are_edms_and_cds_runs_and_give_the_documented_iterations():
+    assert BUDGETS["digits"] == {"teacher": 6000 * 128 * 3, "student": 2000 * 128 * 6}
+    for (name, mode), iterations in DOCUMENTED_DIGITS_ITERATIONS.items():
+        config = zoo.plugins.get("methods", name).configure("digits",
+                                                            **({"mode": mode} if mode else {}))
+        assert (config.iterations, config.batch_size) == (iterations, 128), (name, mode)
