@@ -359,3 +359,48 @@ def test_plugin_comes_through_its_entry_point():
     assert points["scm"] == "zoo_scm"
     assert "scm" in zoo.plugins.registry("methods").names()
     assert scm().requires == ("edm",)
+
+
+def test_iteration_k_uses_the_warm_up_factor_of_k_completed_iterations_also_after_resume(
+        workdir, teacher, monkeypatch):
+    """r at iteration k (0-based) is min(1, k/H) (Sec. 4.2), here H = 2: 0, ½, 1, 1; a run
+    resumed after 2 iterations continues with 1, 1 (the count is in the checkpoint)."""
+    import zoo_scm.loss
+
+    seen = []
+    real = zoo_scm.loss.scm_tangent
+    monkeypatch.setattr(zoo_scm.loss, "scm_tangent",
+                        lambda *args: seen.append(args[-1]) or real(*args))
+    method = scm()
+    settings = dict(mode="sct", teacher=str(teacher), batch_size=8, tangent_warmup=2,
+                    checkpoint_every=2, log_every=1)
+    method.train(method.configure("toy", iterations=4, **settings), workdir / "warmup",
+                 progress=False)
+    assert seen == [0.0, 0.5, 1.0, 1.0]
+    seen.clear()
+    run = method.train(method.configure("toy", iterations=2, **settings),
+                       workdir / "warmup-resumed", progress=False)
+    method.resume(run, {"iterations": 4}, progress=False)
+    assert seen == [0.0, 0.5, 1.0, 1.0]
+
+
+def test_time_to_sigma_is_sigma_data_tan_t_on_zero_to_half_pi():
+    from zoo_scm.trigflow import PAPER_MID_TIME, time_to_sigma
+
+    assert time_to_sigma(PAPER_MID_TIME, 0.5) == pytest.approx(0.5 * 1.9647596572486523)
+    assert time_to_sigma(0.0, 0.5) == 0.0
+    assert time_to_sigma(math.atan(80 / 0.5), 0.5) == pytest.approx(80.0)
+    for t in (math.pi / 2, 2.0, -0.1):
+        with pytest.raises(ValueError, match=r"must lie in \[0, π/2\)"):
+            time_to_sigma(t, 0.5)
+
+
+def test_adaptive_weight_features_are_cos_and_sin_of_the_label_at_frequencies_half_to_32():
+    """w_φ(t) = linear([cos(ω·ℓ), sin(ω·ℓ)]), ℓ = ln(σ_d·tan t)/4, ω geometric from 1/2 to 32."""
+    weight = AdaptiveWeight(SD, channels=8).double()
+    torch.nn.init.normal_(weight.linear.weight)
+    t = torch.tensor([0.3, 1.2], dtype=torch.float64)
+    label = torch.log(SD * torch.tan(t)) / 4
+    omega = torch.tensor([0.5, 2.0, 8.0, 32.0], dtype=torch.float64)
+    features = torch.cat([torch.cos(label[:, None] * omega), torch.sin(label[:, None] * omega)], 1)
+    torch.testing.assert_close(weight(t), features @ weight.linear.weight[0] + weight.linear.bias)
