@@ -219,3 +219,42 @@ def test_a_resumed_run_logs_each_step_once_and_its_rate_counts_samples(tmp_path)
     rows, steps = logged_steps(tmp_path)
     assert steps == [1, 2, 3, 4, 5, 6]
     assert all(r["samples_per_s"] >= 32 / seconds for r in rows if r["step"] > 3 and "loss" in r)
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({"num_classes": -1}, r"num_classes must be >= 0 \(0: unconditional\), got -1"),
+    ({"ema_rate": 1.0}, r"ema_rate must be in \[0, 1\), got 1.0"),
+    ({"ema_rate": 1.5}, r"ema_rate must be in \[0, 1\), got 1.5"),
+    ({"ema_rate": -0.1}, r"ema_rate must be in \[0, 1\)"),
+    ({"grad_clip": -0.5}, "grad_clip must be >= 0, got -0.5"),
+    ({"lr_warmup": -1}, "lr_warmup must be >= 0, got -1"),
+    ({"eval_n": float("nan")}, "eval_n must be >= 0, got nan"),
+    ({"log_every": 0}, "log_every must be positive, got 0"),
+    ({"lr": 0.0}, "lr must be positive, got 0.0"),
+])
+def test_train_config_refuses_out_of_range_settings_by_name(settings, message):
+    from zoo.training.config import TrainConfig
+
+    with pytest.raises(ValueError, match=message):
+        TrainConfig(**settings).validate()
+
+
+def test_train_config_accepts_the_edges_of_its_ranges():
+    from zoo.training.config import TrainConfig
+
+    for settings in ({"num_classes": 0}, {"num_classes": 10}, {"ema_rate": 0.0},
+                     {"ema_rate": 0.9999}, {"grad_clip": 0.0}, {"lr_warmup": 0}):
+        TrainConfig(**settings).validate()
+
+
+def test_saved_config_is_sorted_indented_json_so_runs_diff_cleanly(tmp_path):
+    """config.json: keys in sorted order, two-space indent, a final newline (``diff`` of two
+    runs' configs lines up setting by setting)."""
+    from zoo.training.config import TrainConfig, config_to_dict, save_config
+
+    config = TrainConfig(iterations=7, num_classes=3)
+    save_config(config, tmp_path / "config.json")
+    text = (tmp_path / "config.json").read_text()
+    assert text == json.dumps(dict(sorted(config_to_dict(config).items())), indent=2) + "\n"
+    assert list(json.loads(text)) == sorted(config_to_dict(config))
+    assert not list(tmp_path.glob("*.tmp"))
