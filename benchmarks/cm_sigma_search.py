@@ -1,6 +1,10 @@
 """Greedy search of the intermediate σ of multistep consistency sampling (Algorithm 1).
 
-    python benchmarks/cm_sigma_search.py --run runs/toy/cm-cd [--steps 2] [--n 2000] [--repeats 8]
+    python benchmarks/cm_sigma_search.py --run runs/toy/cm-cd [--method cm|ect|scm] [--steps 2]
+        [--n 2000] [--repeats 8]
+
+``--method``: the run's method, whose ``sample`` takes the σ (cm, ect) or, for scm, the TrigFlow
+times t = arctan(σ/σ_d) (Eq. 30 of Lu & Song 2024) of the same σ.
 
 As the paper chooses its few-step schedules: for step 2 try every candidate σ and keep the one
 with the best validation metric, then the same for step 3 given step 2, and so on. Validation
@@ -14,6 +18,7 @@ result is what the presets' ``sample_sigmas`` record (plugins/zoo_cm/method.py).
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 
 from zoo.data import load_dataset
@@ -36,20 +41,27 @@ def validation_metric(run):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--run", type=Path, required=True, help="A trained cm run directory.")
+    parser.add_argument("--run", type=Path, required=True, help="A trained run directory.")
+    parser.add_argument("--method", default="cm", choices=("cm", "ect", "scm"))
     parser.add_argument("--steps", type=int, default=2, help="Search σ for steps 2..STEPS.")
     parser.add_argument("--n", type=int, default=2000, help="Samples per evaluation.")
     parser.add_argument("--repeats", type=int, default=8, help="Validation sets to average.")
     parser.add_argument("--candidates", default=",".join(map(str, CANDIDATES)))
     args = parser.parse_args()
 
-    cm = get("methods", "cm")
-    run = cm.load(args.run)
+    method = get("methods", args.method)
+    run = method.load(args.run)
     name, metric = validation_metric(run)
 
+    def sample(sigmas, seed):
+        if args.method != "scm":
+            return method.sample(run, args.n, seed=seed, sigmas=sigmas)
+        times = ",".join(f"{math.atan(s / run.config.sigma_data):.9g}" for s in sigmas[1:])
+        return method.sample(run, args.n, seed=seed, times=times or None)
+
     def evaluate(sigmas):
-        return sum(metric(cm.sample(run, args.n, seed=VALIDATION_SEED * (r + 1), sigmas=sigmas).x,
-                          r) for r in range(args.repeats)) / args.repeats
+        return sum(metric(sample(sigmas, VALIDATION_SEED * (r + 1)).x, r)
+                   for r in range(args.repeats)) / args.repeats
 
     sigmas = [run.config.sigma_max]
     print(f"{args.run} (step {run.step}); validation {name}, {args.n} samples, "
