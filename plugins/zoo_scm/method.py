@@ -92,8 +92,11 @@ PRESETS = {
         "common": dict(batch_size=512, iterations=400, optimizer="adam", lr=1e-3,
                        adam_beta2=0.99, ema_halflife_kimg=20.0, checkpoint_every=200,
                        p_mean=-1.0, p_std=1.4, tangent_warmup=100),
-        "sct": dict(),
-        "scd": dict(),
+        # mid_times: the validation search (benchmarks/cm_sigma_search.py --method scm) on the
+        # preset's runs: σ = 3 (sCT) and 10 (sCD), t = arctan(σ/σ_d); every σ ≤ 2 made the
+        # second step worse (docs/methods/scm.md).
+        "sct": dict(mid_times="1.4056"),
+        "scd": dict(mid_times="1.5208"),
     },
     # 8×8 digits: the teacher's small SongUNet; untuned (a 10-iteration sanity run only). Both
     # start from the teacher and spend the student budget (zoo.training.cost.BUDGETS): a JVP, a
