@@ -258,3 +258,29 @@ def test_saved_config_is_sorted_indented_json_so_runs_diff_cleanly(tmp_path):
     assert text == json.dumps(dict(sorted(config_to_dict(config).items())), indent=2) + "\n"
     assert list(json.loads(text)) == sorted(config_to_dict(config))
     assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_run_lock_creates_missing_parent_folders_and_records_its_pid(tmp_path):
+    import os
+
+    from zoo.training.rundir import RunLock
+
+    run = tmp_path / "runs" / "digits" / "new-run"
+    with RunLock(run):
+        assert (run / ".lock").read_text() == f"{os.getpid()}\n"
+
+
+def test_trim_log_keeps_rows_up_to_the_step_and_stepless_rows_and_drops_torn_lines(tmp_path):
+    from zoo.training.rundir import trim_log
+
+    assert trim_log(tmp_path, 3) == 0  # no log yet
+    rows = [{"event": "start", "step": 0}, {"step": 1}, {"event": "note"}, {"step": 2},
+            {"step": 3}]
+    log = tmp_path / "log.jsonl"
+    log.write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"step": 4, "lo')
+    assert trim_log(tmp_path, 2) == 2  # step 3 and the torn line
+    assert [json.loads(line) for line in log.read_text().splitlines()] == rows[:4]
+    assert trim_log(tmp_path, 0) == 2  # steps 1 and 2; the stepless row stays
+    assert [json.loads(line) for line in log.read_text().splitlines()] == [rows[0], rows[2]]
+    log.write_text(json.dumps(rows[1]) + "\n" + '{"torn')
+    assert trim_log(tmp_path, 5) == 1 and log.read_text() == json.dumps(rows[1]) + "\n"
