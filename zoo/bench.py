@@ -780,6 +780,25 @@ def git_commit() -> str | None:
     return head + ("+dirty" if dirty else "")
 
 
+#: Markers of the plots' series, the next one for every ten colours (series stay distinguishable
+#: past matplotlib's ten-colour cycle).
+MARKERS = ("o", "s", "^", "D", "v", "P")
+
+
+def _series_styles(labels) -> dict[str, dict]:
+    """A distinct (colour, marker) per label: tab10's colours, the marker changing every ten."""
+    import matplotlib
+
+    colors = matplotlib.colormaps["tab10"].colors
+    return {label: {"color": colors[i % 10], "marker": MARKERS[i // 10 % len(MARKERS)]}
+            for i, label in enumerate(dict.fromkeys(labels))}
+
+
+def _legend_outside(fig, ax, **kw) -> None:
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0, **kw)
+    fig.tight_layout()
+
+
 def plot_metric_vs_nfe(report: BenchReport, path: Path) -> Path:
     """The primary metric (the evaluator's first result) against NFE, log-log, one line per
     label; its floor (e.g. "W2 floor") dashed. The y axis is linear when a value is not positive
@@ -790,10 +809,10 @@ def plot_metric_vs_nfe(report: BenchReport, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     primary = report.metric_names[0]
-    fig, ax = plt.subplots(figsize=(5.5, 4), dpi=120)
-    for label in dict.fromkeys(r.row.label for r in report.results):
+    fig, ax = plt.subplots(figsize=(7.5, 4), dpi=120)
+    for label, style in _series_styles(r.row.label for r in report.results).items():
         points = [(r.row.nfe, r.metrics[primary]) for r in report.results if r.row.label == label]
-        ax.plot(*zip(*points, strict=True), marker="o", label=label)
+        ax.plot(*zip(*points, strict=True), label=label, **style)
     floor = [r.metrics[primary + FLOOR] for r in report.results if primary + FLOOR in r.metrics]
     if floor:
         ax.axhline(sum(floor) / len(floor), color="0.4", linestyle="--", label=primary + FLOOR)
@@ -806,8 +825,7 @@ def plot_metric_vs_nfe(report: BenchReport, path: Path) -> Path:
     ax.set_title(f"{report.dataset}: {primary} vs NFE (n={report.n}, seed={report.seed})",
                  fontsize=9)
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
+    _legend_outside(fig, ax)
     fig.savefig(path)
     plt.close(fig)
     return path
@@ -824,17 +842,16 @@ def plot_metric_vs_cost(report: BenchReport, path: Path) -> Path:
 
     primary = report.metric_names[0]
     costed = [r for r in report.results if r.cost is not None]
-    fig, ax = plt.subplots(figsize=(5.5, 4), dpi=120)
-    for label in dict.fromkeys(r.row.label for r in costed):
+    fig, ax = plt.subplots(figsize=(7.5, 4), dpi=120)
+    for label, style in _series_styles(r.row.label for r in costed).items():
         rows = [r for r in costed if r.row.label == label]
         points = [(forward_equivalents(r.cost), r.metrics[primary]) for r in rows]
-        ax.plot(*zip(*points, strict=True), marker="o", linestyle=":", label=label)
+        ax.plot(*zip(*points, strict=True), linestyle=":", label=label, **style)
         for r, point in zip(rows, points, strict=True):
             ax.annotate(str(r.row.nfe), point, fontsize=6, xytext=(3, 3),
                         textcoords="offset points")
     if costed:
         ax.set_xscale("log")
-        ax.legend(fontsize=8, title="point labels: NFE", title_fontsize=7)
         if all(r.metrics[primary] > 0 for r in costed):
             ax.set_yscale("log")
     else:
@@ -844,7 +861,10 @@ def plot_metric_vs_cost(report: BenchReport, path: Path) -> Path:
     ax.set_ylabel(f"{primary} {_arrow(primary)}")
     ax.set_title(f"{report.dataset}: {primary} vs training cost (n={report.n})", fontsize=9)
     ax.grid(True, which="both", alpha=0.3)
-    fig.tight_layout()
+    if costed:
+        _legend_outside(fig, ax, title="point labels: NFE", title_fontsize=7)
+    else:
+        fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
     return path
