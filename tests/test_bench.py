@@ -383,3 +383,13 @@ def test_staged_runs_count_every_stage_for_the_longest_first_order():
     config = pd.configure("toy", teacher_steps=64, iterations=7)
     assert pd.total_iterations(config) == 6 * 7  # 64 -> 32 -> ... -> 1: six stages
     assert edm.total_iterations(edm.configure("toy", iterations=9)) == 9
+
+
+def test_plot_series_get_distinct_colour_and_marker_pairs_past_ten():
+    from zoo.bench import _series_styles
+
+    labels = [f"method {i}" for i in range(25)] + ["method 3"]  # repeats keep their style
+    styles = _series_styles(labels)
+    assert list(styles) == labels[:25]
+    pairs = {(style["color"], style["marker"]) for style in styles.values()}
+    assert len(pairs) == 25
