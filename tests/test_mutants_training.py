@@ -284,3 +284,32 @@ def test_trim_log_keeps_rows_up_to_the_step_and_stepless_rows_and_drops_torn_lin
     assert [json.loads(line) for line in log.read_text().splitlines()] == [rows[0], rows[2]]
     log.write_text(json.dumps(rows[1]) + "\n" + '{"torn')
     assert trim_log(tmp_path, 5) == 1 and log.read_text() == json.dumps(rows[1]) + "\n"
+
+
+def test_thread_policy_order_and_boundaries(monkeypatch):
+    """--threads > $ZOO_THREADS > $OMP_NUM_THREADS (torch's count kept) > one thread for CPU
+    networks below SMALL_NETWORK_PARAMS > torch's default, each with its reason."""
+    from zoo.training.threads import SMALL_NETWORK_PARAMS, THREADS_ENV, choose_threads
+
+    monkeypatch.delenv(THREADS_ENV, raising=False)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    default = torch.get_num_threads()
+    small, large = SMALL_NETWORK_PARAMS - 1, SMALL_NETWORK_PARAMS
+    assert choose_threads(0, small, "cpu") == (
+        1, f"automatic: network of {small:,} parameters < {SMALL_NETWORK_PARAMS:,}")
+    assert choose_threads(0, large, "cpu") == (default, "torch default")
+    assert choose_threads(0, small, "cuda") == (default, "torch default")
+    assert choose_threads(1, large, "cpu") == (1, "--threads")
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert choose_threads(0, small, "cpu") == (default, "$OMP_NUM_THREADS")
+    assert choose_threads(2, small, "cpu") == (2, "--threads")
+    monkeypatch.setenv(THREADS_ENV, " 3 ")
+    assert choose_threads(0, small, "cpu") == (3, "$ZOO_THREADS")
+    assert choose_threads(5, small, "cpu") == (5, "--threads")
+    for bad in ("0", "-2", "1.5"):
+        monkeypatch.setenv(THREADS_ENV, bad)
+        message = rf"\$ZOO_THREADS must be a positive integer, got '{bad}'"
+        with pytest.raises(ValueError, match=message):
+            choose_threads(0, small, "cpu")
+    monkeypatch.setenv(THREADS_ENV, "  ")
+    assert choose_threads(0, small, "cpu") == (default, "$OMP_NUM_THREADS")
