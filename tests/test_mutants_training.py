@@ -306,6 +306,8 @@ def test_thread_policy_order_and_boundaries(monkeypatch):
     monkeypatch.setenv(THREADS_ENV, " 3 ")
     assert choose_threads(0, small, "cpu") == (3, "$ZOO_THREADS")
     assert choose_threads(5, small, "cpu") == (5, "--threads")
+    monkeypatch.setenv(THREADS_ENV, "1")
+    assert choose_threads(0, large, "cpu") == (1, "$ZOO_THREADS")
     for bad in ("0", "-2", "1.5"):
         monkeypatch.setenv(THREADS_ENV, bad)
         message = rf"\$ZOO_THREADS must be a positive integer, got '{bad}'"
