@@ -298,6 +298,7 @@ def test_thread_policy_order_and_boundaries(monkeypatch):
     assert choose_threads(0, small, "cpu") == (
         1, f"automatic: network of {small:,} parameters < {SMALL_NETWORK_PARAMS:,}")
     assert choose_threads(0, large, "cpu") == (default, "torch default")
+    assert choose_threads(0, 10 * large, "cpu") == (default, "torch default")
     assert choose_threads(0, small, "cuda") == (default, "torch default")
     assert choose_threads(1, large, "cpu") == (1, "--threads")
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
