@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from interrupt import Killed
+from interrupt import kill_at as kill_at_step
 from zoo_cm.loss import ContinuousConsistency
 
 import zoo.plugins
@@ -39,9 +41,6 @@ class SkipsDDP(ContinuousConsistency):
         return super().loss(getattr(net, "module", net), x, labels, noise)
 
 
-class Killed(Exception):
-    pass
-
 
 def train(name, run_dir, *, task_class=None, kill_at=None, resume=False):
     method_name, overrides = CONFIGS[name]
@@ -53,11 +52,8 @@ def train(name, run_dir, *, task_class=None, kill_at=None, resume=False):
     if task_class is not None:
         task.__class__ = task_class
 
-    def on_step(step, loss):
-        if step == kill_at:
-            raise Killed
-
-    Trainer(task, config, dataset, run_dir, progress=False).fit(resume=resume, on_step=on_step)
+    Trainer(task, config, dataset, run_dir, progress=False).fit(resume=resume,
+                                                               on_step=kill_at_step(kill_at))
 
 
 def heun_sigmas():

@@ -11,6 +11,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from interrupt import Killed, kill_at
 from PIL import Image
 from test_cm import FixedNoise, consistency_fn
 from torch import nn
@@ -238,17 +239,10 @@ def test_exact_resume_with_dropout_reseeds_every_step(tmp_path):
     torch.manual_seed(0)
     trainer_for(tmp_path / "straight", iterations=5, network_kwargs=dropout).fit()
 
-    class Killed(Exception):
-        pass
-
-    def kill_at_4(step, loss):
-        if step == 4:
-            raise Killed
-
     torch.manual_seed(123)
     with pytest.raises(Killed):
         trainer_for(tmp_path / "resumed", iterations=5, network_kwargs=dropout).fit(
-            on_step=kill_at_4)
+            on_step=kill_at(4))
     assert load_checkpoint(tmp_path / "resumed")["step"] == 3
     torch.manual_seed(456)
     trainer_for(tmp_path / "resumed", iterations=5, network_kwargs=dropout).fit(resume=True)

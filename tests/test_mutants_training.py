@@ -6,6 +6,7 @@ import time
 
 import pytest
 import torch
+from interrupt import Killed, kill_at
 from test_mutants import trainer_for
 
 from zoo.data import BatchLoader
@@ -203,15 +204,8 @@ def test_a_resumed_run_logs_each_step_once_and_its_rate_counts_samples(tmp_path)
     step 4 and logs it again, so steps 1..6 appear once each; the logged samples/s is at least
     the samples of its window over the whole call's wall time (measured here)."""
 
-    class Killed(Exception):
-        pass
-
-    def kill_at_4(step, loss):
-        if step == 4:
-            raise Killed
-
     with pytest.raises(Killed):
-        trainer_for(tmp_path, iterations=6, log_every=1).fit(on_step=kill_at_4)
+        trainer_for(tmp_path, iterations=6, log_every=1).fit(on_step=kill_at(4))
     assert logged_steps(tmp_path)[1] == [1, 2, 3, 4]
     start = time.perf_counter()
     trainer_for(tmp_path, iterations=6, log_every=1).fit(resume=True)

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from interrupt import Killed, kill_at
 from PIL import Image
 
 import zoo.plugins
@@ -148,16 +149,9 @@ def test_sample_grids_at_their_steps_match_the_ema_and_survive_a_resume(tmp_path
         config = method("cm").configure("toy", **{**TOY, **settings})
         return method("cm").train(config, run_dir, progress=False, **kw)
 
-    class Killed(Exception):
-        pass
-
-    def kill_at_5(step, loss):
-        if step == 5:
-            raise Killed
-
     train(tmp_path / "straight")
     with pytest.raises(Killed):
-        train(tmp_path / "resumed", on_step=kill_at_5)
+        train(tmp_path / "resumed", on_step=kill_at(5))
     assert load_checkpoint(tmp_path / "resumed")["step"] == 4
     train(tmp_path / "resumed", resume=True)
     names = [f"grid-step{s:07d}.png" for s in (2, 4, 6, 8)]
@@ -177,15 +171,8 @@ def test_eval_every_writes_finite_metrics_at_its_steps_and_resumes_cleanly(tmp_p
     def trainer():
         return trainer_for("edm", tmp_path, iterations=6, eval_every_kimg=0.128, eval_n=100)
 
-    class Killed(Exception):
-        pass
-
-    def kill_at_6(step, loss):
-        if step == 6:
-            raise Killed
-
     with pytest.raises(Killed):
-        trainer().fit(on_step=kill_at_6)  # measured step 6, but checkpointed step 4 only
+        trainer().fit(on_step=kill_at(6))  # measured step 6, but checkpointed step 4 only
     assert [r["step"] for r in rows(tmp_path / "metrics.jsonl")] == [2, 4, 6]
     trainer().fit(resume=True)
     measured = rows(tmp_path / "metrics.jsonl")

@@ -4,6 +4,7 @@ import json
 
 import pytest
 import torch
+from interrupt import Killed, kill_at
 
 import zoo.plugins
 from zoo.data import load_dataset
@@ -47,16 +48,9 @@ def test_resume_after_interruption_gives_the_same_weights(tmp_path):
     torch.manual_seed(0)
     trainer_for(tiny_config(iterations=12), tmp_path / "straight").fit()
 
-    class Killed(Exception):
-        pass
-
-    def kill_at_10(step, loss):
-        if step == 10:
-            raise Killed
-
     torch.manual_seed(123)  # a different global RNG state must not matter
     with pytest.raises(Killed):
-        trainer_for(tiny_config(iterations=12), tmp_path / "resumed").fit(on_step=kill_at_10)
+        trainer_for(tiny_config(iterations=12), tmp_path / "resumed").fit(on_step=kill_at(10))
     assert load_checkpoint(tmp_path / "resumed")["step"] == 8  # last checkpoint before the kill
     trainer_for(tiny_config(iterations=12), tmp_path / "resumed").fit(resume=True)
 
