@@ -11,7 +11,9 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
+from unittest import mock
 
 import pytest
 import torch
@@ -41,7 +43,6 @@ class SkipsDDP(ContinuousConsistency):
         return super().loss(getattr(net, "module", net), x, labels, noise)
 
 
-
 def train(name, run_dir, *, task_class=None, kill_at=None, resume=False):
     method_name, overrides = CONFIGS[name]
     method = zoo.plugins.get("methods", method_name)
@@ -51,7 +52,6 @@ def train(name, run_dir, *, task_class=None, kill_at=None, resume=False):
     task = method.make_task(config, dataset)
     if task_class is not None:
         task.__class__ = task_class
-
     Trainer(task, config, dataset, run_dir, progress=False).fit(resume=resume,
                                                                on_step=kill_at_step(kill_at))
 
@@ -67,12 +67,26 @@ def sample_tiny(seeds):
     return generate(denoiser, sample_heun, heun_sigmas(), (2,), seeds, batch_size=2)[0]
 
 
+def rank_1_late():
+    """Rank 1 reaches the start of training 2 s after rank 0 (a slow process or file system)."""
+    start = Trainer._start
+
+    def late_start(self, resume):
+        if self.rank == 1:
+            time.sleep(2)
+        return start(self, resume)
+
+    return mock.patch.object(Trainer, "_start", late_start)
+
+
 def worker(out: Path) -> None:
     """Every scenario under one torchrun launch (starting processes is the slow part)."""
     distributed.init_distributed()
     train("edm", out / "edm")
     train("ct-cont", out / "ct-cont")
     train("ct-cont", out / "ct-cont-skips-ddp", task_class=SkipsDDP)
+    with rank_1_late():
+        train("edm", out / "rank-1-late")
     try:
         train("edm", out / "killed", kill_at=5)
     except Killed:
@@ -122,6 +136,13 @@ def max_weight_difference(run_a, run_b) -> float:
 def test_two_processes_equal_one_with_the_same_global_batch(two_procs, tmp_path, name):
     train(name, tmp_path / name)
     assert_same_weights(two_procs / name, tmp_path / name)
+
+
+def test_a_late_rank_joins_the_run_rank_0_started(two_procs, tmp_path):
+    """Rank 1 arriving after rank 0 has written the new run's step-0 checkpoint trains that run
+    (it used to take the checkpoint for a previous run's and stop the launch)."""
+    train("edm", tmp_path / "one")
+    assert_same_weights(two_procs / "rank-1-late", tmp_path / "one")
 
 
 def test_jvp_objective_skipping_ddp_would_not_synchronise(two_procs, tmp_path):
