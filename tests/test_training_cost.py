@@ -240,6 +240,15 @@ def test_bench_outputs_carry_the_cost_and_plot_quality_against_it(teacher, monke
     assert (out / "metric_vs_cost.png").stat().st_size > 0
 
 
+def test_the_cost_axis_is_logarithmic_only_over_a_decade_or_more():
+    from zoo.bench import cost_axis_scale
+
+    assert cost_axis_scale([2.3e6, 3.84e6]) == "linear"  # the cost-matched digits rows
+    assert cost_axis_scale([3.8e6, 3.8e7 - 1]) == "linear"
+    assert cost_axis_scale([3.8e6, 3.8e7]) == "log"
+    assert cost_axis_scale([4.6e6, 1.2e7, 3.5e7, 5e5]) == "log"  # the toy rows
+
+
 def test_budget_iterations_round_down_and_refuse_a_budget_below_one_iteration():
     from zoo.training.cost import budget_iterations
 

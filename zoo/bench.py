@@ -831,10 +831,17 @@ def plot_metric_vs_nfe(report: BenchReport, path: Path) -> Path:
     return path
 
 
+def cost_axis_scale(costs: list[float]) -> str:
+    """``"log"`` when the training costs span a decade or more, else ``"linear"``: within one
+    decade a log axis may have no major tick, and its minor labels overlap (cost-matched rows)."""
+    return "log" if max(costs) >= 10 * min(costs) else "linear"
+
+
 def plot_metric_vs_cost(report: BenchReport, path: Path) -> Path:
     """The primary metric against the training cost (network passes in forward-equivalents,
-    teachers included), log-log, one line per label with each point's NFE written beside it;
-    rows without a cost record are left out (a note says so when none has one)."""
+    teachers included; a log axis when they span a decade, :func:`cost_axis_scale`), one line
+    per label with each point's NFE written beside it; rows without a cost record are left
+    out (a note says so when none has one)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -851,7 +858,7 @@ def plot_metric_vs_cost(report: BenchReport, path: Path) -> Path:
             ax.annotate(str(r.row.nfe), point, fontsize=6, xytext=(3, 3),
                         textcoords="offset points")
     if costed:
-        ax.set_xscale("log")
+        ax.set_xscale(cost_axis_scale([forward_equivalents(r.cost) for r in costed]))
         if all(r.metrics[primary] > 0 for r in costed):
             ax.set_yscale("log")
     else:
