@@ -422,10 +422,11 @@ class Trainer:
         if self.rank == 0:
             for path in remove_stale_temporaries(self.run_dir):
                 self.echo(f"removed {path}, left by a write that was killed")
-        exists = any((self.run_dir / n).exists() for n in (CHECKPOINT_NAME, PREVIOUS_NAME))
-        # rank 0's view, which every rank waits for: a rank reaching this line after rank 0 has
-        # written the step-0 checkpoint below would otherwise refuse it as a previous run's
-        exists = bool(distributed.all_max(int(exists) if self.rank == 0 else 0))
+        # rank 0 looks, every rank waits for its answer: a rank looking by itself after rank 0
+        # has written the step-0 checkpoint below would refuse it as a previous run's
+        exists = self.rank == 0 and any(
+            (self.run_dir / n).exists() for n in (CHECKPOINT_NAME, PREVIOUS_NAME))
+        exists = bool(distributed.all_max(int(exists)))
         if exists and not resume:
             raise CheckpointError(
                 f"{self.run_dir} already holds a checkpoint; pass resume=True (--resume) to "
