@@ -21,7 +21,6 @@ from __future__ import annotations
 import hashlib
 import io
 import pickle
-import re
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,12 +29,9 @@ import numpy as np
 import torch
 
 from zoo.data.images import IMAGENET64_CLASSES
+from zoo.files import UnsafePickleError, file_kind, unreadable_file_message
 from zoo.nets.adm import ADMUNet, dhariwal_state_dict_to_adm, dhariwal_to_adm_kwargs
 from zoo.nets.songunet import SongUNet
-
-
-class UnsafePickleError(pickle.UnpicklingError):
-    """The file asks for something outside the whitelist; nothing from it was executed."""
 
 
 class _Record:
@@ -158,49 +154,6 @@ class ImportFileError(ValueError):
 
 EDM_DOWNLOADS = "https://nvlabs-fi-cdn.nvidia.com/edm/pretrained/"
 OPENAI_DOWNLOADS = "https://openaipublic.blob.core.windows.net/consistency/"
-
-
-def file_kind(path) -> str:
-    """``empty``, ``zip`` (torch.save's format), ``pickle`` (protocol 2+) or ``text``/``binary``
-    (anything else), from the first bytes of ``path``."""
-    with open(path, "rb") as f:
-        head = f.read(512)
-    if not head:
-        return "empty"
-    if head.startswith(b"PK\x03\x04"):
-        return "zip"
-    if head[:1] == b"\x80":
-        return "pickle"
-    try:
-        head.decode("utf-8")
-    except UnicodeDecodeError:
-        return "binary"
-    return "text"
-
-
-def unreadable_file_message(path, exc: BaseException, expected: str, todo: str) -> str:
-    """One line saying what ``path`` is instead of ``expected`` and what to do (``todo``).
-
-    A file that ``torch.load(weights_only=True)`` refuses is reported by the object it asked
-    for; torch's advice to retry with ``weights_only=False`` (which runs the file's code) is
-    never passed on.
-    """
-    kind = file_kind(path)
-    if kind == "empty":
-        return f"{path} is empty (0 bytes), not {expected}: {todo}"
-    if kind in ("text", "binary") and not isinstance(exc, UnsafePickleError):
-        return f"{path} is a {kind} file, not {expected}: {todo}"
-    if isinstance(exc, UnsafePickleError):
-        return f"{path} was refused: {exc}"
-    message = str(exc)
-    if "Weights only load failed" in message:
-        wanted = re.search(r"GLOBAL ([\w.]+)", message)
-        opcode = re.search(r"Unsupported operand (\d+)", message)
-        reason = (f"it asks for {wanted.group(1)}" if wanted else
-                  f"pickle opcode {opcode.group(1)}" if opcode else "objects other than tensors")
-        return (f"{path} was refused: it is not plain tensor data ({reason}); nothing in it was "
-                f"executed. Use a checkpoint from a trusted source: {todo}")
-    return f"{path} is truncated or corrupt ({type(exc).__name__}), not {expected}: {todo}"
 
 
 def restricted_load(path) -> object:

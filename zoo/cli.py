@@ -8,6 +8,7 @@ import inspect
 import json
 import os
 import sys
+import warnings
 from pathlib import Path
 
 import click
@@ -33,6 +34,11 @@ def _report_plugin_failures() -> None:
             fg="yellow",
             err=True,
         )
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings (a checkpoint fallback, skipped files) as one line on stderr, no source line."""
+    click.secho(f"warning: {message}", fg="yellow", err=True)
 
 
 def _method(name: str):
@@ -80,6 +86,7 @@ def main():
     Under torchrun, train and bench run on every process (docs/distributed.md).
     """
     distributed.init_distributed()  # a no-op unless torchrun's environment variables are set
+    warnings.showwarning = _show_warning
     _report_plugin_failures()
 
 

@@ -52,6 +52,11 @@ class TrainConfig:
         "EMA ramp-up ratio (EDM's ema_rampup_ratio): the half-life is at most this fraction of "
         "the samples seen so far, so short runs have a usable EMA; 0 = off. Half-life form only.",
     )
+    ema_num_updates: bool = setting(
+        False,
+        "Warm up a fixed --ema-rate as score_sde's EMA (use_num_updates): β = min(rate, "
+        "(1+n)/(10+n)) at the n-th update, as rectified flow's official training does.",
+    )
     snapshot_every_kimg: float = setting(
         0.0, "Keep the EMA weights in snapshots/ every this many thousand samples; 0 = off."
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -16,15 +17,29 @@ def ema_halflife_nimg(halflife_kimg: float, rampup: float, nimg: int) -> float:
 
 
 def ema_beta(rate: float, halflife_kimg: float, batch_size: int, rampup: float = 0.0,
-             nimg: int = 0) -> float:
+             nimg: int = 0, num_updates: int = 0) -> float:
     """β of the update after ``nimg`` samples: a fixed per-step ``rate`` when given, else
-    0.5^(batch / half-life) from :func:`ema_halflife_nimg` (β = 0 while the half-life is 0)."""
+    0.5^(batch / half-life) from :func:`ema_halflife_nimg` (β = 0 while the half-life is 0).
+
+    With ``num_updates`` > 0 (the 1-based index of this update), a fixed rate warms up as
+    score_sde's ``ExponentialMovingAverage(use_num_updates=True)`` (Song et al. 2021,
+    models/ema.py), the EMA of every score_sde-derived codebase (rectified flow's included):
+    β = min(rate, (1 + n) / (10 + n)).
+    """
     if rate:
-        return rate
+        return min(rate, (1 + num_updates) / (10 + num_updates)) if num_updates else rate
     if halflife_kimg:
         halflife = ema_halflife_nimg(halflife_kimg, rampup, nimg)
         return 0.5 ** (batch_size / halflife) if halflife > 0 else 0.0
     return 0.0
+
+
+def initialisation_weight(betas) -> float:
+    """The weight the initial weights keep in the EMA after updates with ``betas``: Πβ_k."""
+    betas = np.asarray(betas, dtype=np.float64)
+    if (betas <= 0).any():
+        return 0.0
+    return float(np.exp(np.log(betas).sum()))
 
 
 class EMA:

@@ -34,12 +34,13 @@ from zoo.training.checkpoint import (
     CHECKPOINT_NAME,
     PREVIOUS_NAME,
     CheckpointError,
+    damaged_checkpoints,
     load_latest_checkpoint,
     save_checkpoint,
 )
 from zoo.training.config import TrainConfig, config_to_dict, save_config
 from zoo.training.cost import add_cost, empty_cost
-from zoo.training.ema import EMA, ema_beta, ema_halflife_nimg
+from zoo.training.ema import EMA, ema_beta, initialisation_weight
 from zoo.training.rundir import (
     LOG_NAME,
     RunLock,
@@ -303,7 +304,7 @@ class Trainer:
         """β of the evaluation EMA's update after ``step`` (ramp-up by the samples seen)."""
         c = self.config
         return ema_beta(c.ema_rate, c.ema_halflife_kimg, c.batch_size, c.ema_rampup,
-                        step * c.batch_size)
+                        step * c.batch_size, step + 1 if c.ema_num_updates else 0)
 
     def _record(self) -> dict:
         return {
@@ -428,10 +429,10 @@ class Trainer:
             (self.run_dir / n).exists() for n in (CHECKPOINT_NAME, PREVIOUS_NAME))
         exists = bool(distributed.all_max(int(exists)))
         if exists and not resume:
-            raise CheckpointError(
+            damage = damaged_checkpoints(self.run_dir) if self.rank == 0 else None
+            raise CheckpointError(damage or (
                 f"{self.run_dir} already holds a checkpoint; pass resume=True (--resume) to "
-                "continue it, or choose another run directory"
-            )
+                "continue it, or choose another run directory"))
         if exists:
             path = self.restore()
             self.echo(f"resuming {self.run_dir} from step {self.step} ({path.name})")
@@ -447,20 +448,17 @@ class Trainer:
         return None
 
     def _warn_ema(self) -> None:
+        """Warn when the evaluation EMA after the last step still holds more than 1 % of the
+        initial weights (Πβ over every update), whichever form its rate takes."""
         c = self.config
-        trained = c.iterations * c.batch_size
-        if c.ema_rate:
-            halflife = c.batch_size * math.log(0.5) / math.log(c.ema_rate)
-        elif c.ema_halflife_kimg:
-            halflife = ema_halflife_nimg(c.ema_halflife_kimg, c.ema_rampup, trained)
-        else:
-            return
-        if halflife > trained:
+        betas = [self.ema_beta_at(step) for step in range(c.iterations)]
+        left = initialisation_weight(betas)
+        if left > 0.01:
             self.echo(
-                f"warning: the evaluation EMA's half-life ({halflife / 1000:.4g} kimg) exceeds "
-                f"the {trained / 1000:.4g} kimg this run trains: its EMA weights will still "
-                "resemble the initialisation. Sample with --weights raw, or set --ema-rampup "
-                "or a shorter --ema-halflife-kimg."
+                f"warning: after the {c.iterations} iterations this run trains, {left:.0%} of its "
+                "evaluation EMA will still be the initial weights. Sample with --weights raw, or "
+                "set --ema-num-updates, --ema-rampup or a shorter --ema-halflife-kimg / lower "
+                "--ema-rate."
             )
 
     @contextlib.contextmanager
