@@ -336,6 +336,62 @@ def test_the_trainers_ema_is_the_hand_folded_average(tmp_path):
         torch.testing.assert_close(trainer.ema.state_dict()[key], folded, rtol=1e-5, atol=1e-6)
 
 
+def score_sde_ema(initial: dict, raws: list[dict], decay: float) -> dict:
+    """score_sde's ExponentialMovingAverage (models/ema.py, use_num_updates=True) written out as
+    its update reads: num_updates += 1; d = min(decay, (1 + num_updates) / (10 + num_updates));
+    s ← s − (1 − d)(s − θ)."""
+    shadow, num_updates = {k: v.clone() for k, v in initial.items()}, 0
+    for raw in raws:
+        num_updates += 1
+        d = min(decay, (1 + num_updates) / (10 + num_updates))
+        for k in shadow:
+            shadow[k] -= (1 - d) * (shadow[k] - raw[k])
+    return shadow
+
+
+def test_ema_num_updates_is_score_sdes_exponential_moving_average(tmp_path):
+    """With --ema-num-updates a fixed rate warms up exactly as score_sde's EMA (rectified flow's
+    official averaging); the initial weights take part, as there."""
+    assert ema_beta(0.999999, 0, 128, num_updates=1) == 2 / 11
+    assert ema_beta(0.999999, 0, 128, num_updates=1000) == 1001 / 1010
+    assert ema_beta(0.99, 0, 128, num_updates=10_000) == 0.99  # the rate caps the warm-up
+    assert ema_beta(0.99, 0, 128, num_updates=0) == 0.99       # off: the plain fixed rate
+    config = tiny_config(iterations=6, ema_rate=0.9, ema_num_updates=True)
+    trainer = trainer_for(config, tmp_path)
+    initial = {k: v.clone() for k, v in trainer.net.state_dict().items()}
+    raws = []
+    trainer.fit(on_step=lambda s, _: raws.append({k: v.clone() for k, v in
+                                                  trainer.net.state_dict().items()}))
+    expected = score_sde_ema(initial, raws, 0.9)
+    for key, value in expected.items():
+        torch.testing.assert_close(trainer.ema.state_dict()[key], value, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("settings, warns", [
+    ({"ema_rate": 0.99}, True),                            # 0.99^14 = 87 % of the init left
+    ({"ema_rate": 0.99, "ema_num_updates": True}, False),  # Π (1+n)/(10+n) ≈ 0.001 %
+    ({"ema_rate": 0.5}, False),                            # 0.5^14 ≈ 0.006 %
+    ({"ema_halflife_kimg": 50.0, "ema_rampup": 0.0}, True),
+    ({"ema_halflife_kimg": 50.0, "ema_rampup": 0.05}, False),
+])
+def test_the_ema_warning_measures_what_is_left_of_the_initialisation(tmp_path, capsys,
+                                                                      settings, warns):
+    """The warning fires for fixed rates too (a fixed 0.999999 over 1.3M steps keeps 27 % of the
+    initialisation although its half-life is shorter than the run)."""
+    overrides = {"ema_rate": 0.0, "ema_halflife_kimg": 0.0, **settings}
+    trainer_for(tiny_config(**overrides), tmp_path).fit()
+    err = capsys.readouterr().err
+    assert ("of its evaluation EMA will still be the initial weights" in err) == warns, err
+
+
+def test_rfs_cifar10_preset_averages_as_the_official_code():
+    rf = zoo.plugins.get("methods", "rf")
+    for mode in ("train", "reflow"):
+        config = rf.configure("cifar10", mode=mode)
+        assert config.ema_num_updates, mode
+    assert rf.configure("cifar10").ema_rate == 0.999999
+
+
 def test_warm_up_reaches_the_peak_lr_then_decays_linearly_to_zero(tmp_path):
     trainer = trainer_for(tiny_config(iterations=100, lr=1e-3, lr_warmup=10), tmp_path)
     lrs = [trainer.lr_at(s) for s in range(100)]

@@ -73,11 +73,15 @@ PRESETS = {
     # BigGAN blocks, no FIR, positional embedding) = the core's ddpmpp SongUNet with four levels,
     # dropout 0.15, EMA 0.999999, batch 128, 1,300,001 iterations, Adam lr 2e-4 (betas 0.9,
     # 0.999, eps 1e-8), warm-up 5000, gradient clipping 1, random flips; losses.py: t ~ U[1e-3, 1]
-    # and the label t·999. docs/methods/rf.md lists the deviations.
+    # and the label t·999. The EMA is score_sde's ExponentialMovingAverage as run_lib.py makes
+    # it (models/ema.py, use_num_updates=True by default): β = min(0.999999, (1+n)/(10+n)), not
+    # a fixed 0.999999 (which leaves 27 % of the initialisation after 1.3M steps).
+    # docs/methods/rf.md lists the deviations.
     "cifar10": dict(network="ddpmpp", network_kwargs={"channel_mult": [1, 2, 2, 2],
                                                       "dropout": 0.15},
                     batch_size=128, iterations=1_300_000, optimizer="adam", lr=2e-4,
-                    lr_warmup=5000, grad_clip=1.0, ema_rate=0.999999, hflip=True,
+                    lr_warmup=5000, grad_clip=1.0, ema_rate=0.999999, ema_num_updates=True,
+                    hflip=True,
                     checkpoint_every=10_000, snapshot_every_kimg=6400.0),
 }
 
@@ -90,7 +94,8 @@ REFLOW_PRESETS = {
                                                 {"forward": 1, "backward": 1},
                                                 setup={"forward": 5000 * 100, "backward": 0}),
                    lr=5e-4, reflow_pairs=5000, reflow_steps=100),
-    # cifar10_rf_gaussian_reflow_train.py: EMA 0.9999 and the default dropout 0.1; the README
+    # cifar10_rf_gaussian_reflow_train.py: EMA 0.9999 (a new score_sde EMA whose warm-up starts
+    # again: run_lib_reflow.py's finetune_reflow) and the default dropout 0.1; the README
     # suggests >= 1M pairs ("For CIFAR10, we suggest to generate at least 1M pairs"), made with
     # RK45 (tol 1e-5) in the official code, 1000 Euler steps here.
     "cifar10": dict(ema_rate=0.9999, reflow_pairs=1_000_000, reflow_steps=1000,
