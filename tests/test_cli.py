@@ -89,7 +89,7 @@ def test_sampler_choices_come_from_the_registry():
     assert result.exit_code == 0
     flat = " ".join(result.output.split())
     assert "[ddim|deis-3|dpm-solver++2m|dpm-solver-2|dpm-solver-3|edm-stochastic|euler|heun|" \
-           "ipndm|twice]" in flat
+           "ipndm|rhoab-deis-3|twice]" in flat
     assert "twice: gain (float, default 2.0)" in flat
     assert "consistency" not in flat.split("--sampler-options")[0]  # not for diffusion models
 

@@ -13,8 +13,10 @@ from zoo.cli import main
 from zoo.diffusion import SIGMA_MAX, Denoiser, append_zero, karras_sigmas
 from zoo.diffusion.fast_samplers import (
     FAST_SAMPLERS,
+    deis_vp_time,
     lagrange_integrals,
     sample_deis,
+    sample_rhoab_deis,
     sample_dpm_solver_pp_2m,
     sample_ipndm,
 )
@@ -49,14 +51,14 @@ def ode_error(sampler, sigmas):
     return ((out - exact).abs() / exact.abs()).max().item()
 
 
-def deis(degree):
-    return lambda denoiser, x, sigmas: sample_deis(denoiser, x, sigmas, degree=degree)
+def deis(degree, sampler=sample_deis):
+    return lambda denoiser, x, sigmas: sampler(denoiser, x, sigmas, degree=degree)
 
 
 # (sampler, grid, steps, order). DPM-Solver-3's h³ terms change sign along EDM's grid here and
 # nearly cancel (it measures 4–5 there), so both single-step solvers use their paper's grid.
 # iPNDM's equal-step coefficients make it 2nd order on an uneven grid (4th on equal steps, where
-# it is 3-DEIS: test_ipndm_is_deis_3_on_equal_steps).
+# it is ρAB-DEIS-3: test_ipndm_is_rhoab_deis_3_on_equal_steps).
 ORDERS = [
     ("ddim", karras, (16, 32, 64, 128), 1),
     ("dpm-solver-2", logsnr, (16, 32, 64, 128), 2),
@@ -64,6 +66,7 @@ ORDERS = [
     ("dpm-solver++2m", karras, (32, 64, 128, 256), 2),
     ("ipndm", karras, (32, 64, 128, 256), 2),
     ("deis-3", karras, (64, 128, 256, 512), 4),
+    ("rhoab-deis-3", karras, (64, 128, 256, 512), 4),
 ]
 
 
@@ -74,27 +77,103 @@ def test_order_of_convergence_on_the_closed_form_ode(name, grid, steps, order):
     assert abs(slope - order) < 0.3, (slope, errors)
 
 
+@pytest.mark.parametrize("sampler", [sample_deis, sample_rhoab_deis])
 @pytest.mark.parametrize("degree", [1, 2])
-def test_deis_order_is_its_degree_plus_one(degree):
+def test_deis_order_is_its_degree_plus_one(degree, sampler):
     steps = (64, 128, 256, 512)
-    errors = [ode_error(deis(degree), karras(n)) for n in steps]
+    errors = [ode_error(deis(degree, sampler), karras(n)) for n in steps]
     slope = -np.polyfit(np.log(steps), np.log(errors), 1)[0]
     assert abs(slope - (degree + 1)) < 0.3, (slope, errors)
 
 
-def test_deis_degree_0_is_ddim_and_ddim_is_euler():
+@pytest.mark.parametrize("sampler", [sample_deis, sample_rhoab_deis])
+def test_deis_degree_0_is_ddim_and_ddim_is_euler(sampler):
     x = torch.randn(8, 2, dtype=torch.float64) * SIGMA_MAX
     sigmas = append_zero(karras_sigmas(7))
-    torch.testing.assert_close(deis(0)(gaussian_denoiser, x, sigmas),
+    torch.testing.assert_close(deis(0, sampler)(gaussian_denoiser, x, sigmas),
                                sample_euler(gaussian_denoiser, x, sigmas))
     assert get("samplers", "ddim") is sample_euler
 
 
-def test_ipndm_is_deis_3_on_equal_steps():
+def test_ipndm_is_rhoab_deis_3_on_equal_steps():
     x = torch.randn(8, 2, dtype=torch.float64) * 3
     sigmas = torch.linspace(3, 0, 13, dtype=torch.float64)
     torch.testing.assert_close(sample_ipndm(gaussian_denoiser, x, sigmas),
-                               sample_deis(gaussian_denoiser, x, sigmas), rtol=1e-12, atol=1e-12)
+                               sample_rhoab_deis(gaussian_denoiser, x, sigmas),
+                               rtol=1e-12, atol=1e-12)
+
+
+# diff-sampler's DEIS coefficients (zju-pi/diff-sampler, diff-solvers-main/solver_utils.py,
+# get_deis_coeff_list), written out here from its formulas as an independent computation.
+def reference_vp_parameters(sigma_min, sigma_max, eps=1e-3):
+    """edm2t: β_d and β_min of the VP-SDE through (ε, σ_min) and (1, σ_max); β₀, β₁."""
+    beta_d = 2 * (math.log(sigma_min**2 + 1) / eps - math.log(sigma_max**2 + 1)) / (eps - 1)
+    beta_min = math.log(sigma_max**2 + 1) - 0.5 * beta_d
+    return beta_min, beta_d + beta_min
+
+
+def reference_tab_coefficients(t_prev, t_cur, t_next, beta_0, beta_1, n=400_000):
+    """∫_{t_cur}^{t_next} ℓ_j(τ)·(−½ d ln ᾱ/dτ / √(ᾱ(1 − ᾱ))) dτ, ᾱ = exp(−½τ²(β₁−β₀) − τβ₀),
+    the reference's integrand (its dσ/dτ) on a fine midpoint grid (its own sum is left-point)."""
+    tau = t_cur + (np.arange(n) + 0.5) * (t_next - t_cur) / n
+    alpha = np.exp(-0.5 * tau**2 * (beta_1 - beta_0) - tau * beta_0)
+    d_log_alpha = -tau * (beta_1 - beta_0) - beta_0
+    integrand = -0.5 * d_log_alpha / np.sqrt(alpha * (1 - alpha))
+    out = []
+    for j, t_j in enumerate(t_prev):
+        poly = np.prod([(tau - t_k) / (t_j - t_k) for k, t_k in enumerate(t_prev) if k != j],
+                       axis=0)
+        out.append(float(np.sum(integrand * poly) * (t_next - t_cur) / n))
+    return out
+
+
+def reference_rhoab_coefficients(prev, start, end):
+    """The reference's closed forms of ∫ ℓ_j over [start, end] for 2, 3 and 4 nodes."""
+    def integral_2(a, b, c):
+        return ((end**3 - start**3) / 3 - (end**2 - start**2) * (a + b) / 2
+                + (end - start) * a * b) / ((c - a) * (c - b))
+
+    def integral_3(a, b, c, d):
+        return ((end**4 - start**4) / 4 - (end**3 - start**3) * (a + b + c) / 3
+                + (end**2 - start**2) * (a * b + a * c + b * c) / 2
+                - (end - start) * a * b * c) / ((d - a) * (d - b) * (d - c))
+    if len(prev) == 2:
+        return [((end - prev[1])**2 - (start - prev[1])**2) / (2 * (start - prev[1])),
+                (end - start)**2 / (2 * (prev[1] - start))]
+    if len(prev) == 3:
+        return [integral_2(prev[1], prev[2], prev[0]), integral_2(prev[0], prev[2], prev[1]),
+                integral_2(prev[0], prev[1], prev[2])]
+    return [integral_3(prev[1], prev[2], prev[3], prev[0]),
+            integral_3(prev[0], prev[2], prev[3], prev[1]),
+            integral_3(prev[0], prev[1], prev[3], prev[2]),
+            integral_3(prev[0], prev[1], prev[2], prev[3])]
+
+
+def test_deis_coefficients_equal_the_reference_implementations():
+    """tAB-DEIS (``deis-3``) and ρAB-DEIS (``rhoab-deis-3``) take diff-sampler's coefficients on
+    EDM's 18-point grid (1 to 4 nodes: the warm start and the cubic)."""
+    sigmas = karras_sigmas(18).tolist()
+    beta_0, beta_1 = reference_vp_parameters(0.002, 80.0)
+    time = deis_vp_time(0.002, 80.0)
+    t = time(np.array(sigmas))
+    assert t[0] == pytest.approx(1.0, rel=1e-12) and t[-1] == pytest.approx(1e-3, rel=1e-9)
+    for i in range(1, len(sigmas) - 1):
+        nodes = sigmas[i::-1][:4]
+        ours = lagrange_integrals(nodes, sigmas[i], sigmas[i + 1], time)
+        theirs = reference_tab_coefficients(t[i::-1][:4], t[i], t[i + 1], beta_0, beta_1)
+        assert ours == pytest.approx(theirs, rel=1e-6, abs=1e-9), i
+        assert sum(ours) == pytest.approx(sigmas[i + 1] - sigmas[i], rel=1e-12)  # ε constant
+        ours = lagrange_integrals(nodes, sigmas[i], sigmas[i + 1])
+        theirs = reference_rhoab_coefficients(nodes, sigmas[i], sigmas[i + 1])
+        assert ours == pytest.approx(theirs, rel=1e-9, abs=1e-12), i
+
+
+def test_tab_deis_is_the_more_accurate_at_ten_steps():
+    """The DEIS paper's default (polynomial in VP time) beats the σ-polynomial variant at the
+    CM paper's 10 NFE on the closed-form ODE of EDM's grid (0.073 against 0.17)."""
+    grid = append_zero(karras_sigmas(10))
+    tab, rhoab = ode_error(sample_deis, grid), ode_error(sample_rhoab_deis, grid)
+    assert tab < 0.5 * rhoab, (tab, rhoab)
 
 
 def test_lagrange_integrals_are_adams_bashforth_on_equal_steps():
@@ -128,6 +207,7 @@ NFE = {
     "dpm-solver++2m": lambda n: n,
     "ipndm": lambda n: n,
     "deis-3": lambda n: n,
+    "rhoab-deis-3": lambda n: n,
 }
 
 

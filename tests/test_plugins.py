@@ -136,7 +136,7 @@ def test_plugins_command_lists_plugins_and_hooks():
     assert result.exit_code == 0, result.output
     assert f"edm  ({zoo.DISTRIBUTION}" in result.output and "register_methods" in result.output
     assert ("samplers: consistency, ddim, deis-3, dpm-solver++2m, dpm-solver-2, dpm-solver-3, "
-            "edm-stochastic, euler, heun, ipndm") in result.output
+            "edm-stochastic, euler, heun, ipndm, meanflow, rf-euler, rhoab-deis-3") in result.output
 
 
 def test_cli_unknown_method_lists_valid_ones():

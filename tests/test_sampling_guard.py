@@ -178,7 +178,7 @@ def test_a_sampler_for_another_model_kind_is_refused_before_sampling(edm_run, tm
     with pytest.raises(ValueError, match="sampler 'consistency' needs a consistency model, but "
                        "this run is a diffusion model; valid samplers for it: ddim, deis-3, "
                        "dpm-solver\\+\\+2m, dpm-solver-2, dpm-solver-3, edm-stochastic, euler, "
-                       "heun, ipndm"):
+                       "heun, ipndm, rhoab-deis-3"):
         edm.sample(edm.load(edm_run), 2, sampler="consistency")
     assert files(tmp_path) == []
 
@@ -203,7 +203,8 @@ def test_every_method_with_a_sampler_takes_sampler_options_checked_before_sampli
     ("cm", "consistency models", ["consistency"]), ("rf", "velocity field (flow)s", ["rf-euler"]),
     ("meanflow", "average-velocity model (MeanFlow)s", ["meanflow"]),
     ("edm", "diffusion models", ["ddim", "deis-3", "dpm-solver++2m", "dpm-solver-2",
-                                 "dpm-solver-3", "edm-stochastic", "euler", "heun", "ipndm"]),
+                                 "dpm-solver-3", "edm-stochastic", "euler", "heun", "ipndm",
+                                 "rhoab-deis-3"]),
 ])
 def test_sampler_choices_are_the_registered_samplers_of_the_methods_kind(method, kind, samplers):
     """Each method's --sampler offers exactly the registered samplers that declare its

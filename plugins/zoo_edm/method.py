@@ -276,7 +276,7 @@ class EDM(Method):
     sampler_labels = {"heun": "Heun", "euler": "Euler", "edm-stochastic": "EDM stochastic",
                       "ddim": "DDIM", "dpm-solver-2": "DPM-Solver-2",
                       "dpm-solver-3": "DPM-Solver-3", "dpm-solver++2m": "DPM-Solver++(2M)",
-                      "ipndm": "iPNDM", "deis-3": "3-DEIS"}
+                      "ipndm": "iPNDM", "deis-3": "3-DEIS", "rhoab-deis-3": "ρAB-DEIS-3"}
 
     def bench_configs(self, dataset: str, runs_root=DEFAULT_RUNS_ROOT) -> dict:
         """The ``edm`` run; no config (it must be imported) where the dataset has no preset."""

@@ -152,36 +152,74 @@ def sample_ipndm(denoiser, x, sigmas, *, generator=None, class_labels=None):
     multistep warm start instead of Runge–Kutta steps), 1 NFE per step:
     x_{i+1} = x_i + (σ_{i+1} − σ_i)·Σ_j b_j ε_{i−j}, with the equal-step Adams–Bashforth b_j
     of order min(i+1, 4) (:data:`ADAMS_BASHFORTH`), whatever the grid's spacing: 4th order on
-    equal steps (where it is :func:`sample_deis` with r = 3), 2nd on an uneven grid such as
+    equal steps (where it is :func:`sample_rhoab_deis` with r = 3), 2nd on an uneven grid such as
     Karras's (the O(h) mismatch of the weights cancels, Σ_j b_j·(j + ½) = 0, the next does not)."""
     return _linear_multistep(denoiser, x, sigmas, 4, _ipndm_weights, class_labels)
 
 
-def lagrange_integrals(nodes, a: float, b: float) -> list[float]:
-    """C_j = ∫_a^b ℓ_j(τ) dτ for the Lagrange basis ℓ_j(τ) = Π_{k≠j} (τ − t_k)/(t_j − t_k) on
-    ``nodes`` t_0..t_r: Gauss–Legendre quadrature with r+1 points, exact to degree 2r+1."""
+def lagrange_integrals(nodes, a: float, b: float, time=None, points: int = 0) -> list[float]:
+    """C_j = ∫_a^b ℓ_j(τ(s)) ds for the Lagrange basis ℓ_j(τ) = Π_{k≠j} (τ − τ_k)/(τ_j − τ_k) on
+    the nodes' times τ_k = τ(t_k) (τ the identity by default), by Gauss–Legendre quadrature in s:
+    with the identity, r+1 points integrate the degree-r basis exactly; another ``time`` takes
+    ``points`` (default 64) points, exact to float rounding for the smooth maps used here."""
     nodes = np.asarray(nodes, dtype=np.float64)
-    z, w = np.polynomial.legendre.leggauss(len(nodes))
-    tau = (b - a) / 2 * z + (a + b) / 2
+    z, w = np.polynomial.legendre.leggauss(points or (len(nodes) if time is None else 64))
+    time = time or (lambda s: s)
+    s = (b - a) / 2 * z + (a + b) / 2
+    tau, tau_nodes = time(s), time(nodes)
     out = []
-    for j, t_j in enumerate(nodes):
-        others = np.delete(nodes, j)
+    for j, t_j in enumerate(tau_nodes):
+        others = np.delete(tau_nodes, j)
         basis = np.prod((tau[:, None] - others) / (t_j - others), axis=1)
         out.append(float((b - a) / 2 * np.dot(w, basis)))
     return out
 
 
-@torch.no_grad()
-def sample_deis(denoiser, x, sigmas, *, generator=None, class_labels=None,
-                degree: Annotated[int, "DEIS's r: degree of the ε polynomial (0 = DDIM)."] = 3):
-    """tAB-DEIS (Zhang & Chen 2023), 1 NFE per step: ε extrapolated in t = σ by the degree-r
-    polynomial through the last r+1 points and integrated exactly,
-    x_{i+1} = x_i + Σ_j C_ij·ε_{i−j},  C_ij = ∫_{σ_i}^{σ_{i+1}} ℓ_j(τ) dτ
-    (:func:`lagrange_integrals`), with lower degrees while fewer points exist. ``degree`` is
-    DEIS's r (its code's ``ab_order``): r = 0 is DDIM, and the CM paper's 3-DEIS is r = 3, a
-    cubic through 4 points, of order 4 on any smooth grid."""
+def deis_vp_time(sigma_min: float, sigma_max: float, eps: float = 1e-3):
+    """The time t of DEIS's VP-SDE for EDM's σ (diff-sampler's ``edm2t``, Zhang & Chen 2023 in
+    EDM's variables): σ(t)² = exp(½β_d t² + β_min t) − 1 with β_d, β_min chosen so that
+    σ(ε) = σ_min and σ(1) = σ_max; returns t(σ) = (√(β_min² + 2β_d ln(1 + σ²)) − β_min)/β_d."""
+    log_min, log_max = math.log1p(sigma_min**2), math.log1p(sigma_max**2)
+    beta_d = 2 * (log_min / eps - log_max) / (eps - 1)
+    beta_min = log_max - beta_d / 2
+    return lambda sigma: (np.sqrt(beta_min**2 + 2 * beta_d * np.log1p(np.square(sigma)))
+                          - beta_min) / beta_d
+
+
+def _check_degree(degree):
     if not (isinstance(degree, int) and degree >= 0):
         raise ValueError(f"degree must be an integer >= 0, got {degree!r}")
+
+
+@torch.no_grad()
+def sample_deis(denoiser, x, sigmas, *, generator=None, class_labels=None,
+                degree: Annotated[int, "DEIS's r: degree of the ε polynomial in VP time "
+                                  "(0 = DDIM)."] = 3):
+    """tAB-DEIS (Zhang & Chen 2023, the paper's default and its code's ``tab``), 1 NFE per step:
+    ε extrapolated by the degree-r polynomial in the VP-SDE's time t (:func:`deis_vp_time` of
+    the grid's σ_max and smallest positive σ) through the last r+1 points and integrated
+    exactly along the ODE, x_{i+1} = x_i + Σ_j C_ij·ε_{i−j},
+    C_ij = ∫_{σ_i}^{σ_{i+1}} ℓ_j(t(σ)) dσ  (= ∫ ℓ_j(t) dσ/dt dt, diff-sampler's integrand),
+    lower degrees while fewer points exist. ``degree`` is DEIS's r (its code's ``ab_order``):
+    r = 0 is DDIM, and the CM paper's 3-DEIS is r = 3, a cubic through 4 points."""
+    _check_degree(degree)
+    positive = [float(s) for s in sigmas if s > 0]
+    time = deis_vp_time(min(positive), max(positive)) if positive else None
+    return _linear_multistep(
+        denoiser, x, sigmas, degree + 1,
+        lambda nodes, s_next: lagrange_integrals(nodes, nodes[0], s_next, time), class_labels)
+
+
+@torch.no_grad()
+def sample_rhoab_deis(denoiser, x, sigmas, *, generator=None, class_labels=None,
+                      degree: Annotated[int, "r: degree of the ε polynomial in σ "
+                                        "(0 = DDIM)."] = 3):
+    """ρAB-DEIS (Zhang & Chen 2023's ρ-space variant; diff-sampler's ``rhoab``), 1 NFE per
+    step: ε extrapolated in ρ = σ by the degree-r polynomial through the last r+1 points and
+    integrated exactly, x_{i+1} = x_i + Σ_j C_ij·ε_{i−j},  C_ij = ∫_{σ_i}^{σ_{i+1}} ℓ_j(τ) dτ
+    (:func:`lagrange_integrals`), lower degrees while fewer points exist; r = 0 is DDIM.
+    Of order r+1 on any smooth grid; on equal steps with r = 3 it is iPNDM."""
+    _check_degree(degree)
     return _linear_multistep(denoiser, x, sigmas, degree + 1,
                              lambda nodes, s_next: lagrange_integrals(nodes, nodes[0], s_next),
                              class_labels)
@@ -194,6 +232,7 @@ FAST_SAMPLERS = {
     "dpm-solver++2m": sample_dpm_solver_pp_2m,
     "ipndm": sample_ipndm,
     "deis-3": sample_deis,
+    "rhoab-deis-3": sample_rhoab_deis,
 }
 # Diffusion samplers: they need a diffusion denoiser (see zoo.diffusion.samplers.get_sampler).
 for _sampler in FAST_SAMPLERS.values():
