@@ -16,9 +16,9 @@ from zoo.diffusion.fast_samplers import (
     deis_vp_time,
     lagrange_integrals,
     sample_deis,
-    sample_rhoab_deis,
     sample_dpm_solver_pp_2m,
     sample_ipndm,
+    sample_rhoab_deis,
 )
 from zoo.diffusion.samplers import generate, get_sampler, run_sampler, sample_euler
 from zoo.plugins import get
