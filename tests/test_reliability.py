@@ -222,9 +222,30 @@ def test_method_settings_that_define_a_run_are_refused_on_resume(method, setting
     saved.method = method
     with pytest.raises(ValueError, match=f"{setting}: run has"):
         resume_config(m.config_class, json.loads(json.dumps(vars(saved))), {setting: value})
-    config, changes = resume_config(m.config_class, json.loads(json.dumps(vars(saved))),
+    config, changes, _ = resume_config(m.config_class, json.loads(json.dumps(vars(saved))),
                                     {"lr": 1e-5})
     assert changes == [("lr", saved.lr, 1e-5)] and config.lr == 1e-5
+
+
+def test_a_run_from_before_a_setting_resumes_as_it_was_trained_and_says_so(tmp_path):
+    """A run saved before ema_rampup existed trained without a ramp-up: it resumes with
+    ema_rampup = 0 (not today's default 0.05) and the resume says so."""
+    from zoo.training import save_checkpoint
+
+    run = tmp_path / "run"
+    m = edm()
+    config = tiny_config(iterations=4)
+    config.method = "edm"
+    m.train(config, run, progress=False)
+    state = load_checkpoint(run)
+    del state["config"]["ema_rampup"]
+    save_checkpoint({k: v for k, v in state.items() if k not in ("format", "format_version")},
+                    run / CHECKPOINT_NAME)
+    said = []
+    m.resume(run, {"iterations": 6}, progress=False, echo=said.append)
+    assert any("predates the setting ema_rampup" in line and "ema_rampup=0.0" in line
+               for line in said), said
+    assert load_checkpoint(run)["config"]["ema_rampup"] == 0.0
 
 
 def test_a_second_writer_is_refused_and_the_first_completes_untouched(tmp_path, straight):

@@ -252,6 +252,35 @@ def test_the_proposal_is_edm_s_log_normal_sigma():
     assert abs(float(log_sigma.mean()) + 1.0) < 0.02 and abs(float(log_sigma.std()) - 1.4) < 0.02
 
 
+def test_the_proposal_is_clamped_to_the_sampling_range_as_the_reference_does():
+    """With the range, σ = e^τ is clamped to [0.002, 80] before t = arctan(σ/σ_d): exactly the
+    unclamped draw inside, the bounds' times outside (a wide proposal reaches both)."""
+    free = sample_times(BatchNoise(0, 0, 20_000), 0.0, 6.0, SD)
+    clamped = sample_times(BatchNoise(0, 0, 20_000), 0.0, 6.0, SD, (0.002, 80.0))
+    t_min, t_max = math.atan(0.002 / SD), math.atan(80.0 / SD)
+    inside = (free >= t_min) & (free <= t_max)
+    assert 0 < int(inside.sum()) < len(free)
+    assert torch.equal(clamped[inside], free[inside])
+    assert torch.allclose(clamped[free < t_min], torch.tensor(t_min, dtype=clamped.dtype))
+    assert torch.allclose(clamped[free > t_max], torch.tensor(t_max, dtype=clamped.dtype))
+    scm = zoo.plugins.get("methods", "scm")
+    config = scm.configure("toy", teacher="runs/toy/edm")
+    assert config.clamp_proposal and config.proposal_range == (0.002, config.sigma_max)
+
+
+def test_a_run_saved_before_the_clamp_keeps_its_unclamped_proposal():
+    from zoo.training.config import config_from_dict, config_to_dict
+
+    scm = zoo.plugins.get("methods", "scm")
+    saved = config_to_dict(scm.configure("toy", teacher="runs/toy/edm"))
+    del saved["clamp_proposal"]
+    notes = []
+    config = config_from_dict(scm.config_class, saved, notes)
+    assert config.clamp_proposal is False and config.proposal_range is None
+    assert notes == ["the run predates the setting clamp_proposal: it takes the value that "
+                     "reproduces how it was trained, clamp_proposal=False"]
+
+
 # ------------------------------------------------------------------ method: runs, sampling, bench
 
 @pytest.fixture(scope="module")

@@ -291,8 +291,10 @@ class Method(abc.ABC):
         """Continue the run in ``run_dir`` with its own settings; ``overrides`` (the settings the
         user passed) replace them, each reported through ``echo``; changing one that defines the
         run (data, network, batch size, seed, method-specific ones) is an error."""
-        config, changes = resume_config(self.config_class, self.saved_config(run_dir),
-                                        overrides or {})
+        config, changes, notes = resume_config(self.config_class, self.saved_config(run_dir),
+                                               overrides or {})
+        for note in notes:
+            echo(f"note: {note}")
         for name, old, new in changes:
             echo(f"warning: resuming with {name}={new!r} instead of the run's {old!r}")
         return self.train(config, run_dir, resume=True, progress=progress, on_step=on_step)

@@ -89,7 +89,7 @@ class SCMLoss(TrainingTask):
 
     def loss(self, net, x, labels, noise):
         c = self.config
-        t = sample_times(noise, c.p_mean, c.p_std, c.sigma_data).to(x.dtype)
+        t = sample_times(noise, c.p_mean, c.p_std, c.sigma_data, c.proposal_range).to(x.dtype)
         z = noise.randn_like(x) * c.sigma_data
         x_t = expand_sigma(t.cos(), x) * x + expand_sigma(t.sin(), x) * z
         r = tangent_warmup(self.k, c.tangent_warmup)

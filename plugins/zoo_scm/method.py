@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from zoo.diffusion import SIGMA_DATA, SIGMA_MAX
+from zoo.diffusion import SIGMA_DATA, SIGMA_MAX, SIGMA_MIN
 from zoo.diffusion.samplers import generate, sample_consistency
 from zoo.methods import DEFAULT_RUNS_ROOT, BenchRow, ModalMethod, Samples, draw_labels
 from zoo.plugins import get
@@ -57,11 +57,19 @@ class SCMConfig(TrainConfig):
     tangent_warmup: int = setting(10_000, "H: iterations of the tangent warm-up r = min(1, k/H); "
                                           "0: none.")
     sigma_max: float = setting(SIGMA_MAX, "Sampling starts at t_max = arctan(σ_max/σ_d).")
+    clamp_proposal: bool = setting(
+        True, "Clamp the proposal's σ = e^τ to [0.002, σ_max] before t = arctan(σ/σ_d), as the "
+        "reference implementation does.", legacy=False)
     mid_times: str = setting(str(PAPER_MID_TIME), "TrigFlow times of multistep sampling after "
                                                   "t_max: --nfe k uses the first k − 1.")
 
     RESUME_FIXED = (*TrainConfig.RESUME_FIXED, "mode", "teacher", "init", "teacher_weights",
                     "time_label", "time_scale", "sigma_data")
+
+    @property
+    def proposal_range(self) -> tuple[float, float] | None:
+        """(σ_min, σ_max) the proposal's σ is clamped to, or None (``clamp_proposal`` off)."""
+        return (SIGMA_MIN, self.sigma_max) if self.clamp_proposal else None
 
     @property
     def t_max(self) -> float:

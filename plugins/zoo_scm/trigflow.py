@@ -51,9 +51,15 @@ def teacher_velocity(denoiser, x_t: torch.Tensor, t: torch.Tensor, sigma_data: f
     return (t.cos() * x_t - denoiser(x_sigma, sigma, class_labels)) / t.sin()
 
 
-def sample_times(noise, p_mean: float, p_std: float, sigma_data: float) -> torch.Tensor:
-    """t = arctan(e^τ/σ_d) with τ ~ N(P_mean, P_std²) (Algorithm 1): EDM's log-normal σ = e^τ."""
-    return torch.atan((noise.randn() * p_std + p_mean).exp() / sigma_data)
+def sample_times(noise, p_mean: float, p_std: float, sigma_data: float,
+                 sigma_range: tuple[float, float] | None = None) -> torch.Tensor:
+    """t = arctan(σ/σ_d), σ = e^τ with τ ~ N(P_mean, P_std²) (Algorithm 1): EDM's log-normal σ,
+    clamped to ``sigma_range`` = (σ_min, σ_max) first when given (the reference
+    implementation's truncation to [0.002, 80])."""
+    sigma = (noise.randn() * p_std + p_mean).exp()
+    if sigma_range is not None:
+        sigma = sigma.clamp(*sigma_range)
+    return torch.atan(sigma / sigma_data)
 
 
 class AdaptiveWeight(nn.Module):

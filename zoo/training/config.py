@@ -10,11 +10,18 @@ from pathlib import Path
 from typing import ClassVar
 
 
-def setting(default, help: str, choices=None):
+_NO_LEGACY = object()
+
+
+def setting(default, help: str, choices=None, legacy=_NO_LEGACY):
     """A config field with its help text (shown by ``zoo train METHOD --help``) and, for a
     closed set of values, its ``choices``: :meth:`TrainConfig.validate` refuses others and the
-    CLI offers them as a ``click.Choice``."""
+    CLI offers them as a ``click.Choice``. ``legacy``: the value that reproduces how runs saved
+    before this setting existed were trained (when it differs from ``default``); such a run
+    takes it on load instead of the default."""
     metadata = {"help": help, **({"choices": tuple(choices)} if choices is not None else {})}
+    if legacy is not _NO_LEGACY:
+        metadata["legacy"] = legacy
     if isinstance(default, (dict, list)):
         return field(default_factory=lambda: type(default)(default), metadata=metadata)
     return field(default=default, metadata=metadata)
@@ -51,6 +58,7 @@ class TrainConfig:
         0.05,
         "EMA ramp-up ratio (EDM's ema_rampup_ratio): the half-life is at most this fraction of "
         "the samples seen so far, so short runs have a usable EMA; 0 = off. Half-life form only.",
+        legacy=0.0,
     )
     ema_num_updates: bool = setting(
         False,
@@ -136,20 +144,39 @@ def config_to_dict(config) -> dict:
     return dataclasses.asdict(config)
 
 
-def config_from_dict(cls, data: dict):
-    """Rebuild a config, refusing keys the class does not know (an error, not a silent drop)."""
+def config_from_dict(cls, data: dict, notes: list | None = None):
+    """Rebuild a config, refusing keys the class does not know (an error, not a silent drop).
+
+    A setting the saved ``data`` lacks (a run saved before the setting existed) takes its
+    ``legacy`` value where it declares one (what that run was trained with), else its default;
+    each is described in ``notes`` when a list is given."""
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - names)
     if unknown:
         raise ValueError(f"unknown {cls.__name__} settings: {', '.join(unknown)}")
+    data = dict(data)
+    for f in dataclasses.fields(cls):
+        if f.name in data or not f.init:
+            continue
+        if "legacy" in f.metadata:
+            data[f.name] = f.metadata["legacy"]
+            why = "the value that reproduces how it was trained"
+        else:
+            why = "the default"
+        if notes is not None:
+            notes.append(f"the run predates the setting {f.name}: it takes {why}, "
+                         f"{f.name}={data.get(f.name, f.default)!r}")
     return cls(**data)
 
 
 def resume_config(cls, saved: dict, overrides: dict):
     """The config of a resumed run: its ``saved`` settings, with ``overrides`` (the settings the
-    user passed) applied. Returns ``(config, changes)``, ``changes`` a list of
-    ``(name, saved value, new value)``; changing a setting in ``cls.RESUME_FIXED`` is an error."""
-    config = config_from_dict(cls, saved)
+    user passed) applied. Returns ``(config, changes, notes)``: ``changes`` a list of
+    ``(name, saved value, new value)``, ``notes`` what settings the run predates took
+    (:func:`config_from_dict`); changing a setting in ``cls.RESUME_FIXED`` is an error."""
+    notes = []
+    config = config_from_dict(cls, saved, notes)
+    saved = {**saved, **config_to_dict(config)}
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(overrides) - names)
     if unknown:
@@ -164,7 +191,7 @@ def resume_config(cls, saved: dict, overrides: dict):
         )
     config = dataclasses.replace(config, **{k: v for k, _, v in changes})
     config.validate()
-    return config, changes
+    return config, changes, notes
 
 
 def save_config(config, path: Path) -> None:
