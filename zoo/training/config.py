@@ -9,7 +9,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
-
 _NO_LEGACY = object()
 
 
