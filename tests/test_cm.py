@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch import nn
 from click.testing import CliRunner
 from zoo_cm.loss import (
     ConsistencyDistillation,
@@ -181,6 +182,74 @@ def test_continuous_gradient_is_the_limit_of_the_discrete_one():
     l2_distance(f(x + (t + delta) * z, t + delta), target).sum().backward()
     for g, p in zip(continuous, f.parameters()):
         assert torch.allclose(g, dt_du * p.grad / delta, rtol=1e-4, atol=1e-8)
+
+
+class GroupNormNet(nn.Module):
+    """F(x, c_noise) for 2D points with GroupNorm, the SongUNet's normalisation."""
+
+    def __init__(self):
+        super().__init__()
+        self.inp, self.emb = nn.Linear(2, 16), nn.Linear(1, 16)
+        self.norm, self.out = nn.GroupNorm(4, 16), nn.Linear(16, 2)
+
+    def forward(self, x, noise_label, class_labels=None):
+        h = self.norm(self.inp(x) + self.emb(noise_label[:, None].to(x.dtype)))
+        return self.out(torch.nn.functional.silu(h))
+
+
+def test_the_official_continuous_objective_refuses_layernorm_networks():
+    """torch's LayerNorm gives wrong gradients through a JVP: the norm form refuses it loudly."""
+    config = cm_config(mode="ct-cont", init="random", continuous_loss="norm")
+    with pytest.raises(ValueError, match="LayerNorm"):
+        ContinuousConsistency(consistency_fn(torch.float64), config, l2_distance)
+
+
+@pytest.mark.parametrize("distance", ["l2", "l1"])
+def test_the_official_continuous_objective_is_the_size_of_df_dt_through_the_jvp(distance):
+    """continuous_loss="norm" (openai/consistency_models_cifar10, stopgrad=False): the value is
+    λ·τ'(u)·‖df_θ/dt‖ (l2: unsquared Euclidean; l1: mean absolute), df/dt along the CT∞
+    velocity z, and its gradient is the full derivative of that value in θ (central
+    differences of the value), unlike the stop-gradient form's."""
+    torch.manual_seed(6)
+    f = Denoiser(GroupNormNet(), "consistency").double()
+    config = cm_config(mode="ct-cont", init="random", continuous_loss="norm", distance=distance,
+                       weighting="uniform-u")
+    task = ContinuousConsistency(f, config, {"l2": l2_distance, "l1": l1_distance}[distance])
+    x, z = torch.randn(3, 2, dtype=torch.float64), torch.randn(3, 2, dtype=torch.float64)
+    u = torch.tensor([0.2, 0.6, 0.9], dtype=torch.float64)
+
+    def by_hand():
+        """df/dt by reverse-mode double differentiation (torch.autograd.functional.jvp), not
+        the forward mode the loss uses."""
+        t, _ = karras_time(u, 0.002, 80.0, 7.0)
+        x_t = x + t[:, None] * z
+        _, df_dt = torch.autograd.functional.jvp(f, (x_t, t), (z, torch.ones_like(t)))
+        if distance == "l2":
+            return df_dt.square().sum(1).sqrt()  # λ·τ' = 1 under uniform-u
+        return df_dt.abs().mean(1)
+
+    value = task.loss(f, x, None, FixedNoise(u=u, z=z))
+    with torch.no_grad():
+        assert torch.allclose(value, by_hand(), rtol=1e-6)
+    value.sum().backward()
+    weight = f.net.inp.weight
+    grad, eps = weight.grad[0, 0].item(), 1e-5
+    with torch.no_grad():
+        weight[0, 0] += eps
+        up = by_hand().sum().item()
+        weight[0, 0] -= 2 * eps
+        down = by_hand().sum().item()
+        weight[0, 0] += eps
+    assert grad == pytest.approx((up - down) / (2 * eps), rel=1e-4, abs=1e-7)
+
+
+def test_the_cifar10_continuous_presets_take_the_official_objective():
+    cm = get("methods", "cm")
+    for mode in ("cd-cont", "ct-cont"):
+        assert cm.configure("cifar10", mode=mode).continuous_loss == "norm"
+        assert cm.configure("toy", mode=mode).continuous_loss == "stopgrad"
+    assert cm.configure("toy", mode="ct-cont", distance="l1",
+                        continuous_loss="norm").distance == "l1"
 
 
 def test_distances_of_an_image_with_itself_are_zero():

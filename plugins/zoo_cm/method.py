@@ -50,6 +50,10 @@ class CMConfig(TrainConfig):
     weighting: str = setting("uniform", "λ(t_n): uniform, snrp1 or truncated-snr.",
                              choices=WEIGHTINGS)
     target_ema: float = setting(0.0, "μ of the target network θ⁻ (CD); 0: θ⁻ = stopgrad(θ).")
+    continuous_loss: str = setting(
+        "stopgrad", "CD∞/CT∞ objective: stopgrad (the paper's Appendix B: f_θ·sg(G·df_θ⁻/dt)) "
+        "or norm (the official code's stopgrad=False: the size of df_θ/dt, e.g. ‖df/dt‖₂ for "
+        "l2, differentiated through the JVP).", choices=("stopgrad", "norm"))
     s0: int = setting(2, "CT: N(0), initial number of grid points.")
     s1: int = setting(150, "CT: N(K) − 1, final number of grid intervals.")
     mu0: float = setting(0.9, "CT: μ0 of the target-EMA schedule μ(k).")
@@ -76,10 +80,12 @@ class CMConfig(TrainConfig):
         if not 0 <= self.target_ema < 1 or not 0 < self.mu0 < 1:
             raise ValueError(f"need 0 <= target_ema < 1 and 0 < mu0 < 1, got {self.target_ema}, "
                              f"{self.mu0}")
-        if self.mode.endswith("-cont") and (self.target_ema or self.distance == "l1"):
-            raise ValueError("the continuous-time objectives hold for θ⁻ = stopgrad(θ) and a "
-                             "twice differentiable distance: use --target-ema 0 and --distance "
-                             "l2 or lpips")
+        if self.mode.endswith("-cont") and (
+                self.target_ema or self.distance == "l1" and self.continuous_loss == "stopgrad"):
+            raise ValueError("the continuous-time objectives hold for θ⁻ = stopgrad(θ) and (in "
+                             "the stopgrad form) a twice differentiable distance: use "
+                             "--target-ema 0 and --distance l2 or lpips, or --continuous-loss "
+                             "norm for l1")
         if (self.mode.startswith("cd") or self.init == "teacher") and not self.teacher:
             raise ValueError(f"mode {self.mode} with init={self.init} needs --teacher (an edm run)")
         sigmas = parse_sigmas(self.sample_sigmas, sigma_min=self.sigma_min,
@@ -167,12 +173,13 @@ PRESETS = {
         # cifar10_ve_ct_adaptive.py:21 finetune False; :25-27 start_ema, start_scales,
         # end_scales; :80 lr 2e-4; μ(k) as jcm/losses.py:916-926 computes it
         "ct": dict(init="random", s0=2, s1=150, mu0=0.9, lr=2e-4, ct_mu_form="code"),
-        # cifar10_ve_continuous.py:20 loss_norm l2; :66 dropout 0.3; :72 lr 1e-3; weight 1 per
+        # cifar10_ve_continuous.py:20 loss_norm l2; :22 stopgrad False (the unsquared ‖df/dt‖
+        # differentiated through the JVP); :66 dropout 0.3; :72 lr 1e-3; weight 1 per
         # u ~ U[0, 1] of t = τ(u) (jcm/losses.py:516-525)
         "cd-cont": dict(distance="l2", lr=1e-3, network_kwargs={"dropout": 0.3},
-                        weighting="uniform-u"),
+                        weighting="uniform-u", continuous_loss="norm"),
         "ct-cont": dict(distance="l2", lr=1e-3, network_kwargs={"dropout": 0.3},
-                        weighting="uniform-u"),
+                        weighting="uniform-u", continuous_loss="norm"),
     },
     # The class-conditional ImageNet-64 runs of openai/consistency_models scripts/launch.sh
     # (cm_train.py; :25 CD-LPIPS, :22 CD-L2 with --distance l2, :38 CT): the teacher's ADM with
