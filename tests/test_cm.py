@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from torch import nn
 from click.testing import CliRunner
+from torch import nn
 from zoo_cm.loss import (
     ConsistencyDistillation,
     ConsistencyTraining,
