@@ -393,3 +393,41 @@ def test_plot_series_get_distinct_colour_and_marker_pairs_past_ten():
     assert list(styles) == labels[:25]
     pairs = {(style["color"], style["marker"]) for style in styles.values()}
     assert len(pairs) == 25
+
+
+def test_a_row_whose_sampler_uses_other_nfe_than_promised_is_refused(benched, tmp_path,
+                                                                     monkeypatch):
+    """The guard that a row's samples cost the NFE the row promises: a sampler spending 3 NFE
+    on a 1-NFE row never enters the table as NFE 1."""
+    root, _ = benched
+    edm = zoo.plugins.get("methods", "edm")
+    real = type(edm).sample
+
+    def costlier(self, *args, **kwargs):
+        samples = real(self, *args, **kwargs)
+        samples.nfe += 2
+        return samples
+
+    monkeypatch.setattr(type(edm), "sample", costlier)
+    with pytest.raises(BenchError, match=r"row 'EDM \(Heun\)' promises NFE 1 but its sampler "
+                                         r"used 3"):
+        run_bench(["edm"], "toy", runs_root=root / "runs", n=64, batch_size=32,
+                  out=tmp_path / "out", progress=False, echo=lambda msg: None)
+    assert not [p.name for p in (tmp_path / "out").rglob(".*")]  # no temporary file is left
+
+
+def test_rescore_refuses_samples_of_another_run(benched, tmp_path):
+    """A row's saved samples must come from the run the table names (its checksum): samples
+    of a retrained or other run are refused, not scored under the old row."""
+    out = tmp_path / "out"
+    shutil.copytree(benched[0] / "out", out)
+    path = out / "samples" / "pd-nfe1.npz"
+    with np.load(path, allow_pickle=False) as saved:
+        arrays = {k: saved[k] for k in saved.files}
+    info = json.loads(str(arrays["info"]))
+    info["run_checksum"] = "0" * len(str(info["run_checksum"]))
+    arrays["info"] = np.array(json.dumps(info))
+    np.savez(path, **arrays)
+    with pytest.raises(BenchError, match=r"pd-nfe1.npz holds other samples than row 'PD' "
+                                         r"\(NFE 1\).*run_checksum"):
+        rescore_bench("toy", out=out, progress=False)

@@ -294,3 +294,36 @@ def test_edm_bench_rows_promise_the_samplers_nfe(edm_run):
     run = edm.load(edm_run)
     for row in rows:
         assert edm.sample(run, 2, **row.options).nfe == row.nfe
+
+
+def reference_dpmpp_2m(denoiser, x, sigmas):
+    """DPM-Solver++(2M) written out as k-diffusion's sample_dpmpp_2m computes it: with t = −ln σ,
+    h = t_{i+1} − t_i and r = h_{i−1}/h, x ← (σ_{i+1}/σ_i)·x − expm1(−h)·D', where
+    D' = (1 + 1/(2r))·D_i − D_{i−1}/(2r) after the first step (D' = D_i there and at σ = 0)."""
+    old = None
+    for i in range(len(sigmas) - 1):
+        s, s_next = float(sigmas[i]), float(sigmas[i + 1])
+        denoised = denoiser(x, s)
+        if s_next == 0:
+            x = denoised
+        else:
+            h = math.log(s / s_next)
+            d = denoised
+            if old is not None:
+                r = math.log(float(sigmas[i - 1]) / s) / h
+                d = (1 + 1 / (2 * r)) * denoised - (1 / (2 * r)) * old
+            x = (s_next / s) * x - math.expm1(-h) * d
+        old = denoised
+    return x
+
+
+def test_dpm_solver_pp_2m_is_the_reference_update_on_an_uneven_grid():
+    """Step for step the reference's update (its step ratio r = h_{i−1}/h_i, not the inverse), on
+    a non-Gaussian denoiser where the ratio's direction changes the result."""
+    def two_modes(x, sigma, class_labels=None):
+        w = torch.sigmoid(2 * x.sum(1, keepdim=True) / (0.25 + sigma**2))
+        return (2 * w - 1) * 1.0 / (1 + sigma**2)
+    x = torch.randn(8, 2, dtype=torch.float64) * SIGMA_MAX
+    sigmas = append_zero(karras_sigmas(7)).tolist()
+    torch.testing.assert_close(sample_dpm_solver_pp_2m(two_modes, x, sigmas),
+                               reference_dpmpp_2m(two_modes, x, sigmas), rtol=1e-12, atol=1e-12)

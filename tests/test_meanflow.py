@@ -222,3 +222,28 @@ def test_zoo_bench_trains_and_tables_meanflow(tmp_path):
     assert [(r["method"], r["label"], r["nfe"]) for r in rows] == [
         ("meanflow", "MeanFlow", 1), ("meanflow", "MeanFlow", 2)]
     assert all(math.isfinite(r["metrics"]["W2"]) for r in rows)
+
+
+def test_resuming_through_the_trainer_refuses_another_time_scale(tmp_path):
+    """Trainer.restore (the Python API's resume) checks the method's own run-defining settings,
+    not only the shared ones: a MeanFlow run resumed with another time_scale is refused."""
+    from zoo.data import load_dataset
+    from zoo.training import CheckpointError, Trainer
+
+    method = meanflow()
+    settings = dict(iterations=2, batch_size=32, lr_warmup=0, checkpoint_every=2,
+                    network_kwargs={"hidden": 16, "num_layers": 1})
+    run_dir = method.train(method.configure("toy", **settings), tmp_path / "run", progress=False)
+    config = method.configure("toy", **{**settings, "iterations": 4, "time_scale": 1.0})
+    config.method = "meanflow"
+    assert config.time_scale != load_checkpoint_config(run_dir)["time_scale"]
+    data = load_dataset("toy", **config.dataset_options)
+    trainer = Trainer(method.make_task(config, data), config, data, run_dir, progress=False)
+    with pytest.raises(CheckpointError, match="time_scale="):
+        trainer.fit(resume=True)
+
+
+def load_checkpoint_config(run_dir):
+    from zoo.training import load_checkpoint
+
+    return load_checkpoint(run_dir)["config"]

@@ -220,3 +220,31 @@ def test_zoo_bench_trains_1rf_then_its_reflow_and_tables_both(tmp_path):
         [("1-RF", k) for k in (1, 2, 4, 8, 16, 32, 100)] + [("2-RF", 1), ("2-RF", 2)])
     reflow = json.loads((tmp_path / "runs" / "toy" / "rf-reflow" / "config.json").read_text())
     assert reflow["mode"] == "reflow" and reflow["teacher"] == str(tmp_path / "runs/toy/rf")
+
+
+class ClassVelocity(torch.nn.Module):
+    """A class-conditional field: v(x, t, c) = c + 1 in every coordinate, so the exact flow moves
+    a point by c + 1 and its pairs reveal the class they were made with."""
+
+    def forward(self, x, t, class_labels=None):
+        assert class_labels is not None, "a class-conditional flow needs its labels"
+        return (class_labels.to(x.dtype)[:, None] + 1).expand_as(x)
+
+
+def test_reflow_pairs_keep_their_class_labels_from_making_to_the_loss():
+    """Class-conditional 2-RF: each pair is the teacher's sample *of its label*, draws return
+    each pair with its own label, and the loss conditions on those labels (not the batch's):
+    with the exact field the loss is 0, which any lost or swapped label would break."""
+    seeds, labels = range(12), torch.arange(12) % 3
+    z, x1 = make_pairs(ClassVelocity(), (2,), seeds, 4, labels=labels, batch_size=5)
+    torch.testing.assert_close(x1 - z, (labels.float()[:, None] + 1).expand(12, 2))
+    pairs = fixed_pairs(z, x1)
+    pairs.labels = labels
+    noise = BatchNoise(0, 0, 32)
+    _, _, drawn = pairs.draw(BatchNoise(0, 0, 32), "cpu")
+    i = noise.randint(0, 12)
+    assert torch.equal(drawn, labels[i])
+    loss = RectifiedFlowLoss(ClassVelocity(), pairs=pairs)
+    batch_labels = torch.full((32,), 7)  # the data batch's labels, unused in a reflow step
+    value = loss.loss(loss.net, torch.zeros(32, 2), batch_labels, BatchNoise(0, 0, 32))
+    assert value.max() < 1e-12  # float rounding of the Euler sum (a wrong label errs by >= 1)

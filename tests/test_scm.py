@@ -17,6 +17,7 @@ from zoo_scm import (
     SCMConfig,
     SCMLoss,
     TrigFlowConsistency,
+    adaptive_weighted_loss,
     edm_from_trigflow,
     normalize_tangent,
     sample_times,
@@ -235,9 +236,14 @@ def test_adaptive_weight_learns_minus_the_log_of_the_expected_squared_error():
     opt = torch.optim.Adam(weight.parameters(), lr=0.05)
     t = torch.tensor([0.1, 0.1, 1.2, 1.2], dtype=torch.float64)
     a = torch.tensor([0.02, 0.06, 1.0, 4.0], dtype=torch.float64)
+    # the loss function itself, on errors whose per-sample mean square is a (one dimension)
+    errors = a.sqrt()[:, None]
+    by_hand = torch.tensor(0.3).exp() * a - 0.3
+    assert torch.allclose(adaptive_weighted_loss(errors, torch.zeros_like(errors),
+                                                 torch.full((4,), 0.3, dtype=a.dtype)), by_hand)
     for _ in range(600):
         w = weight(t)
-        loss = (w.exp() * a - w).mean()
+        loss = adaptive_weighted_loss(errors, torch.zeros_like(errors), w).mean()
         opt.zero_grad()
         loss.backward()
         opt.step()

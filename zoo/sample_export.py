@@ -75,8 +75,15 @@ class NpzWriter:
         return self.path
 
     def abort(self) -> None:
-        self.zip.close()
-        Path(self.tmp).unlink(missing_ok=True)
+        """Drop the unfinished file (no temporary file is left), whatever state it is in: it
+        runs while another error propagates, which it must never replace."""
+        try:
+            self.member.close()
+            self.zip.close()
+        except Exception:  # noqa: BLE001 - the caller's error is the one to report
+            pass
+        finally:
+            Path(self.tmp).unlink(missing_ok=True)
 
 
 def write_png(image: np.ndarray, path: Path) -> None:
