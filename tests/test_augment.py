@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from zoo.augment import AUGMENT_DIM, augment, forward_matrix, warp
+from zoo.augment import AUGMENT_DIM, ORIENTATION_FREE_LABELS, augment, forward_matrix, warp
 from zoo.training import BatchNoise
 
 
@@ -91,3 +91,25 @@ def test_non_leaking_untransformed_images_keep_their_share():
 def test_bad_p_is_refused():
     with pytest.raises(ValueError, match=r"augment p must be in \[0, 1\], got 1.5"):
         augment(images(), 1.5, BatchNoise(0, 0, 8))
+
+
+def test_without_orientation_nothing_is_y_flipped_or_rotated_and_six_labels_say_the_rest():
+    """MeanFlow's official pipeline (orientation=False): the same draws as EDM's pipeline with
+    y-flips and rotations never applied, and the labels of the remaining transforms only."""
+    size, n = 16, 512
+    x = images(n=1, size=size).repeat(n, 1, 1, 1)
+    out, labels = augment(x, 0.5, BatchNoise(3, 0, n), orientation=False)
+    assert labels.shape == (n, len(ORIENTATION_FREE_LABELS)) == (n, 6)
+    full = torch.zeros(n, AUGMENT_DIM)
+    full[:, list(ORIENTATION_FREE_LABELS)] = labels  # y-flip 0, θ = 0: cos θ − 1 = sin θ = 0
+    assert labels[:, 0].eq(1).any() and labels[:, 1:].ne(0).any(0).all()
+    flipped = torch.where(full[:, 0].view(-1, 1, 1, 1) > 0, x.flip(3), x)
+    rebuilt = warp(flipped, decoded_matrix(full, size))
+    moved = full[:, 2:].ne(0).any(1)
+    decodable = moved & full[:, 5:7].eq(0).all(1)  # decoded_matrix has no anisotropic scaling
+    assert decodable.sum() > 20
+    torch.testing.assert_close(rebuilt[decodable], out[decodable], atol=1e-4, rtol=0)
+    assert torch.equal(out[~moved], flipped[~moved])
+    # the EDM pipeline is unchanged by the option's existence: same draws, nine labels
+    edm_out, edm_labels = augment(x, 0.5, BatchNoise(3, 0, n))
+    assert edm_labels.shape == (n, AUGMENT_DIM) and edm_labels[:, 1].ne(0).any()

@@ -34,6 +34,9 @@ import torch.nn.functional as F
 
 #: Number of augmentation labels (SongUNet's ``augment_dim``).
 AUGMENT_DIM = 9
+#: The labels left without y-flips and rotations (``orientation=False``): x-flip, isotropic
+#: scale, anisotropic scale (2) and translation (2).
+ORIENTATION_FREE_LABELS = (0, 2, 5, 6, 7, 8)
 SCALE_STD = 0.2  # log2 standard deviation of the isotropic and anisotropic scalings
 TRANSLATE_STD = 0.125  # of the image size
 
@@ -83,34 +86,38 @@ def warp(images: torch.Tensor, matrix: torch.Tensor) -> torch.Tensor:
                          align_corners=False)
 
 
-def augment(images: torch.Tensor, p: float, noise) -> tuple[torch.Tensor, torch.Tensor]:
+def augment(images: torch.Tensor, p: float, noise, *,
+            orientation: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """EDM's geometric augmentation with probability ``p`` (CIFAR-10: 0.12).
 
     ``noise`` draws the random numbers, one per sample per call: ``rand()``, ``randn()`` and
     ``randint(low, high)`` shaped [N] (the trainer's :class:`~zoo.training.BatchNoise`, so a
     resumed run augments exactly as the uninterrupted one). Returns the images and their
     [N, 9] labels (module docstring). ``p`` = 0 returns the images unchanged and zero labels.
+    ``orientation=False`` never y-flips or rotates and returns the 6 labels of the others
+    (:data:`ORIENTATION_FREE_LABELS`): the pipeline of MeanFlow's official code.
     """
     if not 0 <= p <= 1:
         raise ValueError(f"augment p must be in [0, 1], got {p}")
     if images.ndim != 4:
         raise ValueError(f"augment takes images [N, C, H, W], got shape {tuple(images.shape)}")
     n, _, h, w = images.shape
-    labels = images.new_zeros(n, AUGMENT_DIM)
+    keep = list(range(AUGMENT_DIM)) if orientation else list(ORIENTATION_FREE_LABELS)
     if p == 0:
-        return images, labels
+        return images, images.new_zeros(n, len(keep))
+    p_orient = p if orientation else 0.0
     zero = images.new_zeros(n)
 
     def gated(value: torch.Tensor, prob: float) -> torch.Tensor:
         return torch.where(_coin(noise, prob).to(value.device), value, zero)
 
     xflip = gated(noise.randint(0, 2).to(images), 1.0)
-    yflip = gated(noise.randint(0, 2).to(images), p)
+    yflip = gated(noise.randint(0, 2).to(images), p_orient)
     images = torch.where(xflip.view(n, 1, 1, 1) > 0, images.flip(3), images)
     images = torch.where(yflip.view(n, 1, 1, 1) > 0, images.flip(2), images)
 
     scale_w = gated(noise.randn().to(images), p)
-    theta = gated((noise.rand().to(images) * 2 - 1) * math.pi, p)
+    theta = gated((noise.rand().to(images) * 2 - 1) * math.pi, p_orient)
     aniso_w = gated(noise.randn().to(images), p)
     aniso_angle = gated((noise.rand().to(images) * 2 - 1) * math.pi, 0.5)
     shift_on = _coin(noise, p).to(images.device)
@@ -129,4 +136,4 @@ def augment(images: torch.Tensor, p: float, noise) -> tuple[torch.Tensor, torch.
     if moved.any():
         images = images.clone()
         images[moved] = warp(images[moved], matrix[moved])
-    return images, labels
+    return images, labels[:, keep]

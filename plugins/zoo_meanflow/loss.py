@@ -67,7 +67,8 @@ class MeanFlowLoss(TrainingTask):
         r, t = r.to(x.dtype), t.to(x.dtype)
         options = {}
         if c.augment_p:
-            x, options["augment_labels"] = augment(x, c.augment_p, noise)
+            x, options["augment_labels"] = augment(x, c.augment_p, noise,
+                                                   orientation=c.augment_pipe == "edm")
         eps = noise.randn_like(x)
         z = x + expand_sigma(t, x) * (eps - x)
         seed = int(torch.randint(2**62, ()))

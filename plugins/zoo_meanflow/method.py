@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from zoo.augment import AUGMENT_DIM
+from zoo.augment import AUGMENT_DIM, ORIENTATION_FREE_LABELS
 from zoo.diffusion.samplers import generate
 from zoo.methods import BenchRow, Method, Samples, draw_labels, preset_scale
 from zoo.training.config import TrainConfig, setting
@@ -26,7 +26,11 @@ class MeanFlowConfig(TrainConfig):
     time_scale: float = setting(1.0, "s: the network sees (s·t, s·(t − r)).")
     augment_p: float = setting(
         0.0, "EDM's non-leaking augmentation probability (zoo.augment); > 0 needs a network "
-        f'with network_kwargs {{"augment_dim": {AUGMENT_DIM}}}.')
+        f'with network_kwargs {{"augment_dim": N}}, N = {AUGMENT_DIM} (edm pipeline) or '
+        f"{len(ORIENTATION_FREE_LABELS)} (meanflow).")
+    augment_pipe: str = setting(
+        "edm", "edm (EDM's nine transforms and labels) or meanflow (the official MeanFlow "
+        "code's: no y-flips or rotations, six labels).", choices=("edm", "meanflow"))
 
     RESUME_FIXED = (*TrainConfig.RESUME_FIXED, "time_scale")
 
@@ -38,9 +42,15 @@ class MeanFlowConfig(TrainConfig):
         if self.p_std <= 0 or self.norm_p < 0 or self.norm_eps <= 0 or self.time_scale <= 0:
             raise ValueError(f"need p_std > 0, norm_p >= 0, norm_eps > 0 and time_scale > 0, got "
                              f"{self.p_std}, {self.norm_p}, {self.norm_eps}, {self.time_scale}")
-        if self.augment_p and self.network_kwargs.get("augment_dim") != AUGMENT_DIM:
-            raise ValueError(f"augment_p={self.augment_p} needs network_kwargs augment_dim="
-                             f"{AUGMENT_DIM}, got {self.network_kwargs.get('augment_dim')}")
+        if self.augment_p and self.network_kwargs.get("augment_dim") != self.augment_dim:
+            raise ValueError(f"augment_p={self.augment_p} with augment_pipe={self.augment_pipe} "
+                             f"needs network_kwargs augment_dim={self.augment_dim}, got "
+                             f"{self.network_kwargs.get('augment_dim')}")
+
+    @property
+    def augment_dim(self) -> int:
+        """The number of augmentation labels of ``augment_pipe``."""
+        return AUGMENT_DIM if self.augment_pipe == "edm" else len(ORIENTATION_FREE_LABELS)
 
 
 PRESETS = {
@@ -62,14 +72,17 @@ PRESETS = {
     # The paper's CIFAR-10 run (Table 3; App. A's CIFAR-10 configuration, as released in the
     # authors' PyTorch code, py-meanflow scripts/cifar10_v0.sh): unconditional, batch 1024,
     # 800k iterations (16,000 epochs), Adam lr 6e-4 with a 10k-iteration warm-up (200 epochs),
-    # lognorm(−2, 2) for both times, 75 % r ≠ t, p = 0.75, dropout 0.2, EDM's augmentation.
+    # lognorm(−2, 2) for both times, 75 % r ≠ t, p = 0.75, dropout 0.2; the evaluation EMA
+    # 0.9999 per step (train_arg_parser.py --ema_decay); its augmentation (--use_edm_aug):
+    # EDM's pipe without y-flips and rotations (6 labels), plus plain horizontal flips.
     # Deviations (docs/methods/meanflow.md): the zoo's DDPM++ SongUNet stands in for the
-    # paper's 55M U-Net, augmentation at EDM's p = 0.12, the EMA at EDM's 0.5 Mimg half-life.
+    # paper's 55M U-Net; the augmentation probability is EDM's 0.12 (not checked there).
     "cifar10": dict(
-        network="ddpmpp", network_kwargs={"dropout": 0.2, "augment_dim": AUGMENT_DIM},
+        network="ddpmpp", network_kwargs={"dropout": 0.2,
+                                          "augment_dim": len(ORIENTATION_FREE_LABELS)},
         batch_size=1024, iterations=800_000, optimizer="adam", lr=6e-4, lr_warmup=10_000,
         p_mean=-2.0, p_std=2.0, ratio=0.75, norm_p=0.75, norm_eps=1e-3, augment_p=0.12,
-        ema_halflife_kimg=500.0, checkpoint_every=5000,
+        augment_pipe="meanflow", hflip=True, ema_rate=0.9999, checkpoint_every=5000,
         snapshot_every_kimg=2500.0),
 }
 
