@@ -1,4 +1,6 @@
-"""The cifar10 presets against docs/reproduction.md, and the official-code options they use:
+"""The cifar10 presets of every first-party method against docs/reproduction.md (each setting a
+preset sets has a row with its source, and the row's value is the preset's), and the official-code
+options they use:
 CT's μ(k) in both forms and the continuous-time weighting λ = (τ⁻¹)′."""
 
 import ast
@@ -8,8 +10,12 @@ from pathlib import Path
 
 import pytest
 import torch
+import zoo_ect.method
 import zoo_edm.method
+import zoo_meanflow.method
 import zoo_pd.method
+import zoo_rf.method
+import zoo_scm.method
 from zoo_cm import method as cm_method
 from zoo_cm.loss import ct_num_scales, ct_target_ema, karras_time, weighting
 
@@ -18,16 +24,29 @@ from zoo.plugins import get
 DOC = Path(__file__).resolve().parents[1] / "docs" / "reproduction.md"
 
 
-def doc_tables() -> dict[str, dict[str, str]]:
-    """Section heading (up to " — ") → {setting: zoo cell} of its table."""
+def doc_rows() -> dict[str, dict[str, list[str]]]:
+    """Section heading (up to " — ") → {setting: its row's cells after the setting}."""
     tables, section = {}, None
     for line in DOC.read_text().splitlines():
         if line.startswith("## "):
             section = line[3:].split(" — ")[0].strip()
         elif section and line.startswith("| `"):
             cells = [c.strip() for c in line.strip("|").split("|")]
-            tables.setdefault(section, {})[cells[0].strip("`")] = cells[1].strip("`")
+            tables.setdefault(section, {})[cells[0].strip("`")] = cells[1:]
     return tables
+
+
+def doc_tables() -> dict[str, dict[str, str]]:
+    """Section heading → {setting: zoo cell} of its table."""
+    return {section: {k: cells[0].strip("`") for k, cells in rows.items()}
+            for section, rows in doc_rows().items()}
+
+
+def test_every_row_names_its_source_or_says_it_was_not_checked():
+    for section, rows in doc_rows().items():
+        for setting, (zoo, paper, code, source) in rows.items():
+            assert source and (source != "—" or code == "not checked"), (section, setting)
+            assert code != "not checked" or source == "—", (section, setting)
 
 
 def presets():
@@ -43,6 +62,16 @@ def presets():
     for label, mode in (("CD", "cd"), ("CT", "ct"), ("CD∞ and CT∞", "cd-cont")):
         out[label] = (cm.configure("cifar10", mode=mode),
                       {**cm_presets["common"], **cm_presets[mode]})
+    rf, meanflow, ect, scm = (get("methods", m) for m in ("rf", "meanflow", "ect", "scm"))
+    out["1-RF"] = (rf.configure("cifar10"), zoo_rf.method.PRESETS["cifar10"])
+    out["2-RF"] = (rf.configure("cifar10", mode="reflow"),
+                   zoo_rf.method.REFLOW_PRESETS["cifar10"])
+    out["MeanFlow"] = (meanflow.configure("cifar10"), zoo_meanflow.method.PRESETS["cifar10"])
+    out["ECT"] = (ect.configure("cifar10"), zoo_ect.method.PRESETS["cifar10"])
+    scm_presets = zoo_scm.method.PRESETS["cifar10"]
+    for label, mode in (("sCT", "sct"), ("sCD", "scd")):
+        out[label] = (scm.configure("cifar10", mode=mode),
+                      {**scm_presets["common"], **scm_presets[mode]})
     return out
 
 
