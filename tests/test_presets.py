@@ -44,7 +44,7 @@ def doc_tables() -> dict[str, dict[str, str]]:
 
 def test_every_row_names_its_source_or_says_it_was_not_checked():
     for section, rows in doc_rows().items():
-        for setting, (zoo, paper, code, source) in rows.items():
+        for setting, (_zoo, _paper, code, source) in rows.items():
             assert source and (source != "—" or code == "not checked"), (section, setting)
             assert code != "not checked" or source == "—", (section, setting)
 
