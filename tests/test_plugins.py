@@ -1,6 +1,7 @@
 """Plugin discovery through real entry points, isolation of broken plugins, name clashes."""
 
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -84,18 +85,105 @@ def test_broken_plugin_does_not_take_the_cli_down(site):
     assert "zoo_broken_plugin" in out.stderr and "boom" in out.stderr
 
 
-def test_duplicate_name_is_an_error_naming_both_sources(site):
-    clash = GOOD.replace('"double"', '"heun"')
-    make_distribution(site, "zoo-clash", "zoo_clash_plugin", clash)
-    zoo.plugins.reset()
-    assert zoo.plugins.get("samplers", "heun").__module__ == "zoo.diffusion.samplers"
-    (failure,) = [f for f in zoo.plugins.failures() if f.name == "zoo_clash_plugin"]
-    assert "'heun' is registered twice" in failure.error
-    assert "zoo.diffusion.samplers" in failure.error and "zoo-clash" in failure.error
+def test_a_first_party_name_cannot_be_taken_whatever_the_entry_point_order(site):
+    """zoo's own names are kept, and the plugin that claims one is refused whole, whether its
+    entry point sorts before or after zoo's ("a" < "edm" < "zz")."""
+    for entry in ("a_clash", "zz_clash"):
+        clash = GOOD.replace('"double"', '"heun"') + textwrap.dedent("""
+            @hookimpl
+            def register_networks(register):
+                register("clash-net", lambda data_shape, label_dim=0: None)
+        """)
+        make_distribution(site, f"zoo-{entry}", f"zoo_{entry}_module", clash, entry_name=entry)
+        zoo.plugins.reset()
+        assert zoo.plugins.get("samplers", "heun").__module__ == "zoo.diffusion.samplers"
+        assert "clash-net" not in zoo.plugins.registry("networks")  # nothing of it went in
+        (failure,) = [f for f in zoo.plugins.failures() if f.name == entry]
+        assert "sampler 'heun' is zoo's own (zoo.diffusion.samplers" in failure.error
+        assert "cannot take a first-party name" in failure.error
+        for path in site.iterdir():
+            if entry in path.name:
+                shutil.rmtree(path) if path.is_dir() else path.unlink()
     reg = zoo.plugins.Registry("samplers")
     reg.add("x", 1, "first")
     with pytest.raises(zoo.plugins.DuplicateNameError, match="by first and by second"):
         reg.add("x", 2, "second")
+
+
+def test_two_plugins_claiming_one_name_are_both_refused_until_one_is_chosen(site, monkeypatch):
+    make_distribution(site, "zoo-one", "zoo_one_plugin", GOOD)
+    make_distribution(site, "zoo-two", "zoo_two_plugin", GOOD)
+    zoo.plugins.reset()
+    assert "double" not in zoo.plugins.registry("samplers")
+    errors = {f.name: f.error for f in zoo.plugins.failures()}
+    assert "also registered by zoo_two_plugin" in errors["zoo_one_plugin"]
+    assert "also registered by zoo_one_plugin" in errors["zoo_two_plugin"]
+    assert "ZOO_DISABLE_PLUGINS=zoo_two_plugin" in errors["zoo_one_plugin"]
+    monkeypatch.setenv("ZOO_DISABLE_PLUGINS", "zoo_two_plugin")
+    zoo.plugins.reset()
+    assert "zoo-one" in zoo.plugins.registry("samplers").source("double")
+    assert not zoo.plugins.failures()
+
+
+def test_a_plugin_registers_all_of_its_things_or_none():
+    """A registration that fails part-way (its second name is a duplicate of its own) leaves
+    none of the plugin's names behind, not half of them."""
+    class HalfWay:
+        @hookimpl
+        def register_networks(self, register):
+            register("first-ok", lambda data_shape, label_dim=0: None)
+            register("twice", lambda data_shape, label_dim=0: None)
+            register("twice", lambda data_shape, label_dim=0: None)
+
+    zoo.plugins.register_plugin(HalfWay(), "half-way")
+    assert "first-ok" not in zoo.plugins.registry("networks")
+    (failure,) = [f for f in zoo.plugins.failures() if f.name == "half-way"]
+    assert "registers network 'twice' twice" in failure.error
+
+
+def test_a_misspelled_hook_is_reported_not_ignored():
+    class Typo:
+        @hookimpl
+        def register_sampler(self, register):  # register_samplers is the hook
+            register("never", lambda denoiser, x, sigmas, *, generator=None: x)
+
+    zoo.plugins.register_plugin(Typo(), "typo")
+    (failure,) = [f for f in zoo.plugins.failures() if f.name == "typo"]
+    assert "hook 'register_sampler' is not a zoo hook" in failure.error
+    assert "register_samplers" in failure.error
+
+
+def test_registered_objects_are_checked_for_what_their_kind_needs():
+    from zoo.methods import Method
+
+    class Nameless(Method):
+        def preset(self, dataset):
+            raise NotImplementedError
+
+        def make_task(self, config, dataset):
+            raise NotImplementedError
+
+        def sample(self, run, n, **kw):
+            raise NotImplementedError
+
+    class Bad:
+        @hookimpl
+        def register_methods(self, register):
+            register("nameless", Nameless())
+
+    zoo.plugins.register_plugin(Bad(), "bad-method")
+    (failure,) = [f for f in zoo.plugins.failures() if f.name == "bad-method"]
+    assert "method 'nameless' has name ''" in failure.error
+    assert "nameless" not in zoo.plugins.registry("methods")
+
+    class NoCompute:
+        @hookimpl
+        def register_metrics(self, register):
+            register("half-metric", type("M", (), {"name": "m", "kinds": ("points",)})())
+
+    zoo.plugins.register_plugin(NoCompute(), "bad-metric")
+    (failure,) = [f for f in zoo.plugins.failures() if f.name == "bad-metric"]
+    assert "metric 'half-metric' lacks lower_is_better, compute" in failure.error
 
 
 def test_plugins_can_be_blocked_by_name(site, monkeypatch):
@@ -143,3 +231,45 @@ def test_cli_unknown_method_lists_valid_ones():
     result = CliRunner().invoke(main, ["train", "nope"])
     assert result.exit_code != 0
     assert "unknown method 'nope'; valid:" in result.output and "edm" in result.output
+
+
+def test_sampler_options_literal_choices_defaults_display_names_and_help():
+    from typing import Annotated, Literal
+
+    from zoo.diffusion.samplers import check_sampler_options, sampler_options
+    from zoo.methods import sampler_label
+
+    def chooser(denoiser, x, sigmas, *, generator=None, class_labels=None,
+                mode: Annotated[Literal["a", "b"], "which branch"] = "a"):
+        return x
+
+    chooser.display_name = "Chooser"
+
+    def no_default(denoiser, x, sigmas, *, generator=None, gain: float):
+        return x
+
+    def odd_type(denoiser, x, sigmas, *, generator=None, gain: list = None):
+        return x
+
+    class Samplers:
+        @hookimpl
+        def register_samplers(self, register):
+            register("chooser", chooser)
+
+    zoo.plugins.register_plugin(Samplers(), "samplers-ok")
+    assert check_sampler_options("chooser", chooser, {"mode": "b"}) == {"mode": "b"}
+    with pytest.raises(ValueError, match="option mode must be one of 'a', 'b', got 'c'"):
+        check_sampler_options("chooser", chooser, {"mode": "c"})
+    assert sampler_options(chooser)["mode"].describe() == \
+        "mode (one of 'a', 'b', default 'a'): which branch"
+    assert sampler_label("chooser", {"mode": "b"}) == "Chooser, mode=b"
+    for fn, problem in ((no_default, "option gain has no default"),
+                        (odd_type, "option gain has type list")):
+        class Bad:
+            @hookimpl
+            def register_samplers(self, register, _fn=fn):
+                register("bad", _fn)
+
+        zoo.plugins.register_plugin(Bad(), f"bad-{fn.__name__}")
+        (failure,) = [f for f in zoo.plugins.failures() if f.name == f"bad-{fn.__name__}"]
+        assert problem in failure.error

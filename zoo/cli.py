@@ -370,7 +370,7 @@ def _sampler_params(method) -> list[click.Option]:
     names = method.samplers()
     kind = MODEL_KINDS.get(method.parameterization, method.parameterization)
     by_sampler = "; ".join(
-        f"{n}: {', '.join(f'{o.name} ({o.type_name()}, default {o.default})' for o in opts)}"
+        f"{n}: {', '.join(o.describe() for o in opts)}"
         for n in names
         if (opts := sampler_options(zoo_plugins.get("samplers", n)).values()))
     return [

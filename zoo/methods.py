@@ -117,7 +117,13 @@ class BenchRow:
 
 
 def sampler_label(sampler: str, options: dict | None = None) -> str:
-    """A sampler and its options as a row label shows them: ``edm-stochastic, S_churn=40``."""
+    """A sampler and its options as a row label shows them: ``edm-stochastic, S_churn=40``; a
+    registered sampler that declares a ``display_name`` (``"DPM-Solver-2"``) shows that."""
+    from zoo.plugins import registry
+
+    samplers = registry("samplers")
+    if sampler in samplers:
+        sampler = getattr(samplers.get(sampler), "display_name", None) or sampler
     return ", ".join([sampler, *(f"{k}={v}" for k, v in (options or {}).items())])
 
 

@@ -1,8 +1,10 @@
 """Plugin manager: entry-point discovery, blocking, failure isolation and the registries.
 
 Plugins are found through the ``zoo`` entry-point group, first-party ones included. A plugin
-whose import or hook raises, that registers a name already taken, or that was built against
-another plugin API version is reported (:func:`failures`) and the others keep working.
+whose import or hook raises, that registers a malformed object, a first-party name or a name
+another plugin also registers, that implements a hook zoo does not have, or that was built
+against another plugin API version is reported (:func:`failures`), registers nothing, and the
+others keep working.
 Set ``ZOO_DISABLE_PLUGINS=name1,name2`` to skip plugins by entry-point name; :func:`disabled`
 lists the plugins skipped that way.
 """
@@ -196,33 +198,132 @@ def unregister_plugin(name: str) -> None:
     _state.registries = None
 
 
+def _check_object(kind: str, name, obj) -> None:
+    """Refuse a registration whose object lacks what its kind needs (docs/plugin-api.md)."""
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"a {kind[:-1]} name must be a non-empty string, got {name!r}")
+    if kind == "methods":
+        from zoo.methods import Method
+
+        if not isinstance(obj, Method):
+            raise TypeError(f"method {name!r} is a {type(obj).__name__}, not a "
+                            "zoo.methods.Method instance")
+        if obj.name != name:
+            raise ValueError(f"method {name!r} has name {obj.name!r}: a method's `name` "
+                             "attribute must be the name it is registered under (its runs go to "
+                             "runs/DATASET/NAME)")
+    elif kind == "metrics":
+        missing = [a for a in ("name", "kinds", "lower_is_better", "compute")
+                   if not hasattr(obj, a)]
+        if missing:
+            raise TypeError(f"metric {name!r} lacks {', '.join(missing)} (a zoo.metrics.Metric "
+                            "has name, kinds, lower_is_better and compute)")
+    elif kind == "samplers":
+        from zoo.diffusion.samplers import check_sampler
+
+        check_sampler(name, obj)
+    elif not callable(obj):
+        raise TypeError(f"{kind[:-1]} {name!r} must be callable, got {type(obj).__name__}")
+
+
+def first_party(plugin_name: str) -> bool:
+    """Whether a loaded plugin is zoo's own (a core module or an entry point of zoo's
+    distribution): its names cannot be taken by another plugin."""
+    import zoo
+
+    info = _state.info.get(plugin_name)
+    return plugin_name in CORE_MODULES or (info is not None
+                                           and info.distribution == zoo.DISTRIBUTION)
+
+
+def _unknown_hooks(pm: pluggy.PluginManager) -> list[tuple[str, str]]:
+    """(plugin, hook) for each hook implementation that matches no hook specification (a
+    misspelled ``register_sampler``, say), which pluggy would otherwise ignore."""
+    unknown = []
+    for hook_name in dir(pm.hook):
+        if hook_name.startswith("_"):
+            continue
+        caller = getattr(pm.hook, hook_name)
+        if getattr(caller, "spec", True) is None:
+            unknown.extend((pm.get_name(impl.plugin), hook_name)
+                           for impl in caller.get_hookimpls())
+    return unknown
+
+
 def _build_registries() -> dict[str, Registry]:
+    """Every plugin's registrations, all of a plugin's or none: each plugin's hooks run into a
+    staging list, whose objects are checked (:func:`_check_object`); zoo's own plugins go in
+    first, so their names cannot be taken; a name that two other plugins register refuses both
+    (``ZOO_DISABLE_PLUGINS`` one of them to choose). A refused plugin is a :func:`failures`
+    entry and registers nothing."""
     pm = plugin_manager()
-    registries = {kind: Registry(kind) for kind in KINDS}
+    staged: dict[str, list[tuple[str, str, object]]] = {}
+    problems: dict[str, str] = {}
     for info in _state.info.values():
         info.hooks = []
+    for plugin_name, hook in _unknown_hooks(pm):
+        problems.setdefault(plugin_name, f"hook {hook!r} is not a zoo hook (a misspelling?); "
+                                         f"valid: {', '.join('register_' + k for k in KINDS)}")
     for kind in KINDS:
         caller = getattr(pm.hook, f"register_{kind}")
-        # Call implementations one by one (in registration order) so a failure or a clash is
-        # attributed to its plugin, and the other plugins still register.
         for impl in caller.get_hookimpls():
             plugin_name = pm.get_name(impl.plugin)
-            info = _state.info.get(plugin_name)
-            source = f"{plugin_name} ({info.distribution})" if info else plugin_name
-            if info is not None:
-                info.hooks.append(f"register_{kind}")
-
-            def register(name, obj, _source=source, _kind=kind):
-                registries[_kind].add(name, obj, _source)
-
+            entries = staged.setdefault(plugin_name, [])
+            if plugin_name in _state.info:
+                _state.info[plugin_name].hooks.append(f"register_{kind}")
             try:
-                impl.function(register)
+                impl.function(lambda name, obj, _kind=kind, _to=entries:
+                              _to.append((_kind, name, obj)))
+                for entry_kind, name, obj in entries:
+                    if entry_kind == kind:
+                        _check_object(kind, name, obj)
             except Exception as exc:
-                dist = info.distribution if info else "?"
-                _state.failures.append(
-                    PluginFailure(plugin_name, dist, f"{type(exc).__name__}: {exc}")
-                )
+                problems.setdefault(plugin_name, f"register_{kind}: {type(exc).__name__}: {exc}")
+    for plugin_name, entries in staged.items():
+        seen = set()
+        for kind, name, _ in entries:
+            if (kind, name) in seen:
+                problems.setdefault(plugin_name, f"registers {kind[:-1]} {name!r} twice")
+            seen.add((kind, name))
+    registries = {kind: Registry(kind) for kind in KINDS}
+    ours = [n for n in staged if first_party(n)]
+    theirs = [n for n in staged if not first_party(n)]
+    for plugin_name in ours:
+        if plugin_name not in problems:
+            _add_all(registries, plugin_name, staged[plugin_name])
+    claims: dict[tuple[str, str], list[str]] = {}
+    for plugin_name in theirs:
+        if plugin_name in problems:
+            continue
+        for kind, name, _ in staged[plugin_name]:
+            if name in registries[kind]:
+                problems.setdefault(plugin_name, (
+                    f"{kind[:-1]} {name!r} is zoo's own ({registries[kind].source(name)}): "
+                    f"a plugin cannot take a first-party name; register it under another name"))
+            claims.setdefault((kind, name), []).append(plugin_name)
+    for (kind, name), owners in claims.items():
+        owners = [o for o in owners if o not in problems]
+        if len(owners) > 1:
+            for owner in owners:
+                others = ", ".join(o for o in owners if o != owner)
+                problems[owner] = (f"{kind[:-1]} {name!r} is also registered by {others}: both "
+                                   f"are refused; choose one with {DISABLE_ENV}="
+                                   f"{others.split(', ')[0]}")
+    for plugin_name in theirs:
+        if plugin_name not in problems:
+            _add_all(registries, plugin_name, staged[plugin_name])
+    for plugin_name, problem in problems.items():
+        info = _state.info.get(plugin_name)
+        _state.failures.append(PluginFailure(plugin_name, info.distribution if info else "?",
+                                             f"not registered: {problem}"))
     return registries
+
+
+def _add_all(registries, plugin_name: str, entries) -> None:
+    info = _state.info.get(plugin_name)
+    source = f"{plugin_name} ({info.distribution})" if info else plugin_name
+    for kind, name, obj in entries:
+        registries[kind].add(name, obj, source)
 
 
 def registry(kind: str) -> Registry:

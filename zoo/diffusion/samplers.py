@@ -21,7 +21,7 @@ import inspect
 import math
 import types
 import typing
-from typing import Annotated, Union
+from typing import Annotated, Literal, Union
 
 import torch
 from tqdm.auto import tqdm
@@ -283,7 +283,44 @@ class SamplerOption:
     help: str
 
     def type_name(self) -> str:
+        if typing.get_origin(self.type) is Literal:
+            return "one of " + ", ".join(repr(a) for a in typing.get_args(self.type))
         return getattr(self.type, "__name__", str(self.type))
+
+    def describe(self) -> str:
+        """``name (type, default D): help`` as ``zoo sample --help`` lists it."""
+        text = f"{self.name} ({self.type_name()}, default {self.default!r})"
+        return f"{text}: {self.help}" if self.help else text
+
+
+#: The option types a sampler may declare (plus Literal[...] choices, tuple[...] of them and
+#: ``X | None``), each checked and converted by :func:`check_sampler_options`.
+OPTION_TYPES = (bool, int, float, str)
+
+
+def _supported_type(tp) -> bool:
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is Literal:
+        return all(isinstance(a, (bool, int, float, str)) for a in args)
+    if origin in (Union, types.UnionType, tuple):
+        return all(_supported_type(a) for a in args)
+    return tp in OPTION_TYPES or tp is type(None)
+
+
+def check_sampler(name: str, fn) -> None:
+    """Refuse at registration a sampler that is not callable, or whose options lack a default
+    or have a type outside :data:`OPTION_TYPES` (their values could not be checked)."""
+    if not callable(fn):
+        raise TypeError(f"sampler {name!r} must be callable, got {type(fn).__name__}")
+    for p in inspect.signature(fn).parameters.values():
+        if p.kind is p.KEYWORD_ONLY and p.name not in HOUSE_KEYWORDS and p.default is p.empty:
+            raise TypeError(f"sampler {name!r}: option {p.name} has no default (a sampler "
+                            "runs with no options given)")
+    for option in sampler_options(fn).values():
+        if not _supported_type(option.type):
+            raise TypeError(f"sampler {name!r}: option {option.name} has type "
+                            f"{option.type_name()}; supported: bool, int, float, str, "
+                            "Literal[...] choices, tuple[...] of them, X | None")
 
 
 #: Keyword-only parameters of the house signature that are not options.
@@ -310,7 +347,10 @@ def _coerce(value, tp):
     """``value`` as type ``tp`` (an int given for a float, a list for a tuple); TypeError if
     it is not one."""
     origin, args = typing.get_origin(tp), typing.get_args(tp)
-    if origin in (Union, types.UnionType):
+    if origin is Literal:
+        if any(value == a and type(value) is type(a) for a in args):
+            return value
+    elif origin in (Union, types.UnionType):
         for arg in args:
             try:
                 return _coerce(value, arg)
