@@ -2,7 +2,9 @@
 
 import csv
 import json
+import os
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,6 +14,7 @@ import zoo_pd.method
 from click.testing import CliRunner
 
 import zoo.plugins
+from zoo import bench as bench_module
 from zoo.bench import (
     BenchError,
     export_formats,
@@ -24,7 +27,7 @@ from zoo.bench import (
 from zoo.cli import main
 from zoo.data import Dataset, load_dataset
 from zoo.diffusion.fast_samplers import sample_dpm_solver_2
-from zoo.diffusion.samplers import generate
+from zoo.diffusion.samplers import generate, sample_euler
 from zoo.training import load_checkpoint, save_checkpoint
 
 TINY = {"batch_size": 64, "lr_warmup": 0, "network_kwargs": {"hidden": 16, "num_layers": 1},
@@ -69,7 +72,7 @@ def test_train_missing_goes_from_nothing_to_all_outputs(benched):
     rows = [(r.method, r.row.label, r.row.nfe) for r in report.results]
     assert rows == [("edm", label, n) for label, n in EDM_ROWS] + [
         ("pd", "PD", n) for n in (1, 2, 4)]
-    assert all(set(r.metrics) == {"W2", "W2 ±", "W2 floor"} and r.samples_per_s > 0
+    assert all(set(r.metrics) == {"W2", "W2 floor"} and r.samples_per_s > 0  # n=64: one set
                for r in report.results)
     # even a briefly trained teacher is far better at 35 NFE than at 1 (which collapses to a mean)
     edm = {r.row.nfe: r.metrics["W2"] for r in report.results if r.row.label == "EDM (Heun)"}
@@ -101,7 +104,7 @@ def test_train_missing_goes_from_nothing_to_all_outputs(benched):
     floor = report.results[0].metrics["W2 floor"]
     assert markdown[2].startswith(f"| real data (floor) | — | {floor:.4g} |")
     first = report.results[0].metrics
-    assert f"| {first['W2']:.4g} ± {first['W2 ±']:.2g} |" in markdown[3]
+    assert f"| {first['W2']:.4g} |" in markdown[3] and "±" not in markdown[3]  # one set
     text = format_table(report)
     assert text.splitlines()[0].split()[:4] == ["METHOD", "NFE", "W2↓", "samples/s"]
     assert text.splitlines()[2].startswith("real data (floor)")
@@ -413,7 +416,8 @@ def test_a_row_whose_sampler_uses_other_nfe_than_promised_is_refused(benched, tm
                                          r"used 3"):
         run_bench(["edm"], "toy", runs_root=root / "runs", n=64, batch_size=32,
                   out=tmp_path / "out", progress=False, echo=lambda msg: None)
-    assert not [p.name for p in (tmp_path / "out").rglob(".*")]  # no temporary file is left
+    # no temporary file is left (the bench's lock file stays, as a run's does)
+    assert [p.name for p in (tmp_path / "out").rglob(".*")] == [".lock"]
 
 
 def test_rescore_refuses_samples_of_another_run(benched, tmp_path):
@@ -431,3 +435,144 @@ def test_rescore_refuses_samples_of_another_run(benched, tmp_path):
     with pytest.raises(BenchError, match=r"pd-nfe1.npz holds other samples than row 'PD' "
                                          r"\(NFE 1\).*run_checksum"):
         rescore_bench("toy", out=out, progress=False)
+
+
+# ---------------------------------------------------------------- plugins that fail in a bench
+
+def digest(folder: Path) -> dict[str, str]:
+    """Every file under ``folder`` (but the lock) by its SHA-256: what "left intact" means."""
+    import hashlib
+
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file() and p.name != ".lock"}
+
+
+class BadMetric:
+    """A metric plugin whose ``compute`` returns ``value`` as its result."""
+
+    kinds = ("points",)
+    lower_is_better = {"bad": True}
+
+    def __init__(self, value):
+        self.name, self.value = "bad", value
+
+    def compute(self, samples, dataset, *, seed=0):
+        return {"bad": self.value} if not isinstance(self.value, list) else self.value
+
+
+@pytest.mark.parametrize("value, problem", [
+    (float("nan"), "returned 'bad' = nan: a non-finite result never enters a table"),
+    (torch.tensor(0.5), "returned 'bad' = tensor(0.5000) (Tensor); a result is a real number"),
+    ([0.5], "returned a list, not a mapping of result names to numbers"),
+])
+def test_a_metric_returning_nan_a_tensor_or_a_list_is_refused_naming_it(benched, tmp_path, value,
+                                                                       problem):
+    plugin = type("Plugin", (), {"register_metrics": staticmethod(zoo.hookimpl(
+        lambda register: register("bad", BadMetric(value))))})
+    zoo.plugins.register_plugin(plugin, "bad-metric-test")
+    out = tmp_path / "out"
+    shutil.copytree(benched[0] / "out", out)
+    before = digest(out)
+    result = CliRunner().invoke(main, ["bench", "--models", "pd", "--dataset", "toy",
+                                       "--runs-root", str(benched[0] / "runs"), "--n", "64",
+                                       "--metrics", "w2,bad", "--out", str(tmp_path / "new")])
+    assert result.exit_code == 1
+    assert f"metric 'bad' (plugin bad-metric-test ((in-process))) {problem}" in result.output
+    assert "row 'PD' (NFE 1) of method 'pd'" in result.output
+    # another bench's folder is never touched; the refused table holds no row
+    assert digest(out) == before
+    assert not (tmp_path / "new" / "table.json").exists()
+
+
+def raise_on_batches(denoiser, x, sigmas, *, generator=None, class_labels=None):
+    """Euler steps on the planning call (one sample); a KeyError on real batches."""
+    if len(x) > 1:
+        raise KeyError("sigma_max")
+    return sample_euler(denoiser, x, sigmas, class_labels=class_labels)
+
+
+def nan_sampler(denoiser, x, sigmas, *, generator=None, class_labels=None):
+    return sample_euler(denoiser, x, sigmas, class_labels=class_labels) * float("nan")
+
+
+@pytest.fixture
+def failing_samplers():
+    for fn in (raise_on_batches, nan_sampler):
+        fn.parameterization = "edm"
+    plugin = type("Plugin", (), {"register_samplers": staticmethod(zoo.hookimpl(
+        lambda register: [register("raises", raise_on_batches),
+                          register("nans", nan_sampler)]))})
+    zoo.plugins.register_plugin(plugin, "failing-samplers")
+
+
+def test_a_sampler_failing_mid_bench_names_itself_and_keeps_the_finished_rows(
+        benched, tmp_path, failing_samplers):
+    out, runs = tmp_path / "out", str(benched[0] / "runs")
+    bench = ["bench", "--models", "pd,edm:raises", "--dataset", "toy", "--runs-root", runs,
+             "--n", "64", "--out", str(out)]
+    result = CliRunner().invoke(main, bench)
+    assert result.exit_code == 1
+    message = result.output
+    assert "of method 'edm' (edm (fewstep-zoo)) failed with sampler 'raises' " \
+           "(failing-samplers ((in-process))): KeyError: 'sigma_max'" in message
+    assert "the 3 finished rows are in" in message and "Can't close the ZIP" not in message
+    table = json.loads((out / "table.json").read_text())
+    assert not table["complete"] and [r["label"] for r in table["rows"]] == ["PD"] * 3
+    assert [p.name for p in out.rglob(".*")] == [".lock"]  # no temporary file left behind
+    kept = digest(out / "samples")
+    # a rerun continues: the finished rows are reused, not sampled again
+    result = CliRunner().invoke(main, ["--traceback", *bench], catch_exceptions=True)
+    # --traceback: the error is raised with its traceback and its cause, the sampler's own
+    assert isinstance(result.exception, BenchError)
+    assert isinstance(result.exception.__cause__, KeyError)
+    result = CliRunner().invoke(main, ["bench", "--models", "pd", "--dataset", "toy",
+                                       "--runs-root", runs, "--n", "64", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert result.output.count("reusing the finished row") == 3
+    assert digest(out / "samples") == kept
+    assert json.loads((out / "table.json").read_text())["complete"]
+
+
+def test_a_sampler_returning_nan_never_enters_the_table(benched, tmp_path, failing_samplers):
+    result = CliRunner().invoke(main, ["bench", "--models", "edm:nans", "--dataset", "toy",
+                                       "--runs-root", str(benched[0] / "runs"), "--n", "64",
+                                       "--out", str(tmp_path / "out")])
+    assert result.exit_code == 1
+    assert "64 of 64 samples (seeds 0..63) are not finite (NaN or inf)" in result.output
+    assert "with sampler 'nans' (failing-samplers" in result.output
+    assert not (tmp_path / "out" / "table.json").exists()
+
+
+def test_a_bench_into_another_benchs_folder_is_refused_before_any_work(benched, tmp_path,
+                                                                      monkeypatch):
+    out = tmp_path / "out"
+    shutil.copytree(benched[0] / "out", out)
+    before = digest(out)
+    monkeypatch.setattr(bench_module, "prepare_runs",
+                        lambda *a, **k: pytest.fail("the bench trained or planned first"))
+    result = CliRunner().invoke(main, ["bench", "--models", "pd", "--dataset", "toy",
+                                       "--runs-root", str(benched[0] / "runs"), "--n", "128",
+                                       "--out", str(out)])
+    assert result.exit_code == 1
+    assert f"--out {out} holds another bench's results (n 64 there, 128 now)" in result.output
+    assert f"mv {out} {out}.old" in result.output
+    assert digest(out) == before
+    (out / "table.json").write_text("{not json")
+    result = CliRunner().invoke(main, ["bench", "--models", "pd", "--dataset", "toy",
+                                       "--runs-root", str(benched[0] / "runs"), "--n", "64",
+                                       "--out", str(out)])
+    assert result.exit_code == 1 and "table.json is not a readable bench table" in result.output
+
+
+def test_two_benches_into_one_folder_cannot_run_at_once(tmp_path):
+    from zoo.training.rundir import RunLock
+
+    held = RunLock(tmp_path / "out").acquire()
+    try:
+        result = CliRunner().invoke(main, ["bench", "--models", "pd", "--dataset", "toy",
+                                           "--out", str(tmp_path / "out")])
+        assert result.exit_code == 1
+        assert f"{tmp_path / 'out'} is in use by another zoo process (PID {os.getpid()})" \
+            in result.output and "--out" in result.output
+    finally:
+        held.release()

@@ -19,6 +19,7 @@ from zoo.metrics import (
     FidelityMetric,
     InceptionWeightsError,
     Metric,
+    MetricResultError,
     default_metrics,
     evaluate,
     fidelity,
@@ -178,8 +179,8 @@ def test_w2_equals_the_assignment_problems_value_near_and_far():
 def test_w2_through_the_evaluator_has_a_positive_floor():
     toy = load_dataset("checkerboard", n=1000)
     result = evaluate(toy.sample_true(300, 5), toy)
-    assert set(result) == {"W2", "W2 ±", "W2 floor"} and result["W2 floor"] > 0
-    assert result["W2 ±"] == 0.0  # fewer than two sets of W2Metric.SET_SIZE: one set
+    # fewer than two sets of W2Metric.SET_SIZE: one set, so no standard error (never "± 0")
+    assert set(result) == {"W2", "W2 floor"} and result["W2 floor"] > 0
     assert result["W2"] < 3 * result["W2 floor"]
     far = evaluate(toy.sample_true(300, 5) + 1.0, toy)
     assert far["W2"] > 0.9 and far["W2 floor"] == result["W2 floor"]
@@ -260,9 +261,13 @@ def test_samples_that_do_not_match_the_dataset(train):
 def test_non_finite_samples_score_worst(train, test):
     samples = test.x.clone()
     samples[0, 0, 0, 0] = math.nan
-    result = evaluate(samples, train)
+    result = evaluate(samples, train, finite=False)  # training's periodic measurement
     assert result["FD-digits"] == result["KID-digits"] == math.inf
     assert math.isnan(result["IS-digits"]) and math.isnan(result["precision-digits"])
+    # where a table is made, such a result is refused, naming the metric and its plugin
+    with pytest.raises(MetricResultError, match=r"metric 'fd-digits' \(plugin zoo.metrics "
+                                                r"\(fewstep-zoo\)\) returned 'FD-digits' = inf"):
+        evaluate(samples, train, metrics=["fd-digits"])
 
 
 def test_missing_inception_weights_say_which_file_goes_where(tmp_path, monkeypatch):

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import io
 import json
 import multiprocessing
 import multiprocessing.connection
@@ -51,6 +52,7 @@ from zoo.methods import BenchRow, Method
 from zoo.training import CheckpointError, load_checkpoint
 from zoo.training.checkpoint import CHECKPOINT_NAME
 from zoo.training.cost import forward_equivalents, run_cost
+from zoo.viz import write_atomic
 
 # Samples per row unless asked, by the dataset's default metric: points, five W2 sets of 2000
 # (zoo.metrics.W2Metric); digits 2000; Inception FID on real images: the published FID-50k.
@@ -81,6 +83,7 @@ class RowResult:
     sampler: str | None = None
     entry: str = ""
     samples_file: str = ""
+    stamp: str = ""  # the run's checkpoint file as benched (size-mtime)
 
 
 @dataclass
@@ -94,9 +97,10 @@ class BenchReport:
     results: list[RowResult] = field(default_factory=list)
     note: str = ""
     ref: str | None = None
+    metric_names: list[str] | None = None  # the registered metrics that made the columns
 
     @property
-    def metric_names(self) -> list[str]:
+    def result_names(self) -> list[str]:
         names: list[str] = []
         for r in self.results:
             names += [k for k in r.metrics if k not in names]
@@ -191,9 +195,12 @@ def training_order(methods: dict[str, Method]) -> list[str]:
 
 def _record(run_dir: Path) -> dict:
     state = load_checkpoint(run_dir)
+    stat = (Path(run_dir) / CHECKPOINT_NAME).stat()
     return {"step": state["step"], "iterations": state["config"]["iterations"],
             "checksum": state["dataset"]["checksum"], "data": state["dataset"]["name"],
-            "imported": "imported_from" in state}
+            "imported": "imported_from" in state,
+            # which file was benched: a row is reused only for the same checkpoint file
+            "stamp": f"{stat.st_size}-{stat.st_mtime_ns}"}
 
 
 def run_problem(method: Method, run_dir: Path) -> str | None:
@@ -494,32 +501,158 @@ def run_bench(models: list[str], dataset: str, *, runs_root="runs", train_missin
         from zoo.metrics import fidelity
 
         os.environ[fidelity.INCEPTION_ENV] = str(fidelity.inception_weights(inception_weights))
-    rows, records = prepare_runs(methods, dataset, data, Path(runs_root),
-                                 train_missing=train_missing, device=device, progress=progress,
-                                 echo=echo, settings=settings, entries=entries, jobs=jobs)
-    report = BenchReport(dataset, data.checksum, n, seed, batch_size, device,
-                         note=protocol_note(data, n), ref=str(ref) if ref else None)
+    # everything the bench will need is checked before any training: the metrics and their
+    # weights, the output folder (writable, not another bench's, not in use)
     evaluation = zoo_metrics.Evaluation(data, metrics, seed=seed, batch_size=batch_size,
                                         ref=ref, distributed=True)
     out = Path(out) if out else Path("bench") / dataset
-    for entry, row in tqdm(sort_rows(rows, [e.key for e in entries]), desc=f"bench {dataset}",
-                           disable=not progress, dynamic_ncols=True):
-        method = methods[entry.method]
-        run = method.load(row.run_dir, device=device, ema=weights == "ema")
-        method.sample(run, 1, seed=seed, batch_size=1, device=device, **row.options)  # warm-up
-        record = records[Path(row.run_dir)]
-        result = RowResult(entry.method, row, {}, 0.0, record["checksum"], record["step"],
-                           weights=weights, cost=record["cost"], entry=entry.key)
-        picture = bench_row(method, run, result, data, n, seed=seed, batch_size=batch_size,
-                            device=device, evaluation=evaluation, formats=formats,
-                            stem=out / "samples" / row_stem(row), progress=progress)
-        result.metrics = evaluation.result()
-        if distributed.is_main():
-            result.samples_picture = str(save_row_samples(result, picture, data, out))
-        report.results.append(result)
+    metric_names = [name for name, _ in evaluation.metrics]
+    lock = earlier = None
     if distributed.is_main():
-        write_outputs(report, out)
-    return report
+        lock = lock_output(out)
+    try:
+        earlier = previous_rows(out, data, n, seed, ref, metric_names) if lock else []
+        rows, records = prepare_runs(methods, dataset, data, Path(runs_root),
+                                     train_missing=train_missing, device=device,
+                                     progress=progress, echo=echo, settings=settings,
+                                     entries=entries, jobs=jobs)
+        report = BenchReport(dataset, data.checksum, n, seed, batch_size, device,
+                             note=protocol_note(data, n), ref=str(ref) if ref else None,
+                             metric_names=metric_names)
+        planned = sort_rows(rows, [e.key for e in entries])
+        measured = {(entry.key, row.label, row.nfe) for entry, row in planned}
+        kept = [r for r in earlier if (r.entry, r.row.label, r.row.nfe) not in measured]
+        # under torchrun every rank samples every row: rank 0 alone knows the earlier table
+        reusable = {} if distributed.world_size() > 1 else {
+            (r.entry, r.row.label, r.row.nfe): r for r in earlier}
+        for entry, row in tqdm(planned, desc=f"bench {dataset}", disable=not progress,
+                               dynamic_ncols=True):
+            record = records[Path(row.run_dir)]
+            done = reusable.get((entry.key, row.label, row.nfe))
+            if done is not None and same_row(done, row, record, weights, out):
+                echo(f"{row.label} (NFE {row.nfe}): reusing the finished row in {out}")
+                report.results.append(done)
+                continue
+            try:
+                report.results.append(measure_row(
+                    methods[entry.method], entry, row, record, data, n, seed=seed,
+                    batch_size=batch_size, device=device, weights=weights,
+                    evaluation=evaluation, formats=formats, out=out, progress=progress))
+            except Exception as exc:
+                if distributed.is_main() and (report.results or kept):
+                    partial = dataclasses.replace(report, results=report.results + kept)
+                    write_outputs(partial, out, complete=False)
+                    where = (f"the {len(partial.results)} finished rows are in {out}/table.md; "
+                             "the same command continues from them")
+                else:
+                    where = "no row had finished"
+                raise BenchError(f"{row_failure(methods[entry.method], row, exc)} ({where})"
+                                 ) from exc
+        if kept:
+            echo(f"{out}: kept {len(kept)} rows of the earlier bench there (the same data, n, "
+                 f"seeds and metrics): {', '.join(sorted({r.row.label for r in kept}))}")
+        report.results += kept
+        if distributed.is_main():
+            write_outputs(report, out)
+        return report
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def lock_output(out: Path):
+    """Hold ``out`` for this bench: a second bench into the same folder is refused while this
+    one runs (``RunLock``); an unwritable folder is refused before any work."""
+    from zoo.training.rundir import RunLock, RunLockedError
+
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+        return RunLock(out).acquire()
+    except RunLockedError as exc:
+        raise BenchError(str(exc).replace("--run-dir", "--out")) from None
+    except OSError as exc:
+        raise BenchError(f"--out {out} cannot be written ({exc.strerror or exc}): choose a "
+                         "writable folder") from None
+
+
+def previous_rows(out: Path, data: Dataset, n: int, seed: int, ref, metric_names) -> list:
+    """The rows of an earlier bench in ``out`` that this one may keep: [] when there is none;
+    refused (:class:`BenchError`) when it measured other data, n, seeds, reference or metrics,
+    whose rows cannot share one table."""
+    table = out / "table.json"
+    if not table.exists():
+        return []
+    try:
+        record = json.loads(table.read_text())
+        theirs = {"dataset checksum": record["dataset_checksum"], "n": record["n"],
+                  "first seed": record["seeds"][0], "reference": record["reference"],
+                  "metrics": record.get("metric_names")}
+    except (json.JSONDecodeError, KeyError, TypeError, IndexError) as exc:
+        raise BenchError(f"{table} is not a readable bench table ({type(exc).__name__}: {exc}); "
+                         f"move {out} aside or choose another --out") from None
+    ours = {"dataset checksum": data.checksum, "n": n, "first seed": seed,
+            "reference": str(ref) if ref else "dataset", "metrics": metric_names}
+    differ = {k: (theirs[k], ours[k]) for k in ours if theirs[k] != ours[k]}
+    if differ:
+        detail = "; ".join(f"{k} {a!r} there, {b!r} now" for k, (a, b) in differ.items())
+        raise BenchError(f"--out {out} holds another bench's results ({detail}): its rows "
+                         f"cannot share a table with this one. Choose another --out, or move "
+                         f"it aside (mv {out} {out}.old)")
+    return [row_result_from_record(r) for r in record["rows"]]
+
+
+def same_row(done: RowResult, row: BenchRow, record: dict, weights: str, out: Path) -> bool:
+    """Whether an earlier bench's finished row measured exactly this row: the same checkpoint
+    file, settings and weights, its samples file still there."""
+    return (done.checksum == record["checksum"] and done.step == record["step"]
+            and done.stamp == record["stamp"] and done.weights == weights
+            and done.row.options == row.options and Path(done.row.run_dir) == Path(row.run_dir)
+            and (not done.samples_file or (out / done.samples_file).exists()))
+
+
+def row_failure(method: Method, row: BenchRow, exc: BaseException) -> str:
+    """One line naming the row, its method and sampler with their plugins, and the error."""
+    source = plugins.registry("methods").source(method.name)
+    sampler = row.options.get("sampler") or method.default_sampler
+    by = ""
+    if sampler and sampler in plugins.registry("samplers"):
+        by = f" with sampler {sampler!r} ({plugins.registry('samplers').source(sampler)})"
+    return (f"row {row.label!r} (NFE {row.nfe}) of method {method.name!r} ({source}) failed"
+            f"{by}: {type(exc).__name__}: {exc}")
+
+
+def measure_row(method: Method, entry, row: BenchRow, record: dict, data: Dataset, n: int, *,
+                seed: int, batch_size: int, device: str, weights: str, evaluation, formats: str,
+                out: Path, progress: bool) -> RowResult:
+    """Sample and score one row (:func:`bench_row`) and save its picture."""
+    run = method.load(row.run_dir, device=device, ema=weights == "ema")
+    method.sample(run, 1, seed=seed, batch_size=1, device=device, **row.options)  # warm-up
+    result = RowResult(entry.method, row, {}, 0.0, record["checksum"], record["step"],
+                       weights=weights, cost=record["cost"], entry=entry.key,
+                       stamp=record["stamp"])
+    picture = bench_row(method, run, result, data, n, seed=seed, batch_size=batch_size,
+                        device=device, evaluation=evaluation, formats=formats,
+                        stem=out / "samples" / row_stem(row), progress=progress)
+    result.metrics = evaluation.result()
+    if distributed.is_main():
+        result.samples_picture = str(save_row_samples(result, picture, data, out))
+    return result
+
+
+def row_result_from_record(saved: dict, metrics: dict | None = None) -> RowResult:
+    """A row of a ``table.json`` as a :class:`RowResult` (``metrics`` replaces its own)."""
+    row = BenchRow(saved["label"], saved["nfe"], Path(saved["run_dir"]), saved["options"])
+    cost = saved["training_cost"]
+    return RowResult(
+        saved["method"], row, saved["metrics"] if metrics is None else metrics,
+        saved["samples_per_s"], saved["run_checksum"], saved["run_step"],
+        saved["samples_picture"], saved["weights"],
+        None if cost is None else {k: v for k, v in cost.items() if k != "forward_equivalents"},
+        saved.get("sampler"), saved.get("entry", saved["method"]), saved["samples_file"],
+        saved.get("run_stamp", ""))
 
 
 def row_info(result: RowResult, data: Dataset, n: int, seed: int) -> dict:
@@ -568,6 +701,11 @@ def bench_row(method: Method, run, result: RowResult, data: Dataset, n: int, *, 
             if samples.nfe != row.nfe:
                 raise BenchError(f"{method.name} row {row.label!r} promises NFE {row.nfe} but its "
                                  f"sampler used {samples.nfe}")
+            bad = int((~torch.isfinite(samples.x.flatten(1))).any(1).sum())
+            if bad:
+                raise BenchError(f"{bad} of {len(samples.x)} samples (seeds {seed + start}.."
+                                 f"{seed + start + count - 1}) are not finite (NaN or inf): a "
+                                 "non-finite sample never enters a table")
             result.sampler = samples.info.get("sampler")
             evaluation.add(samples.x)
             if sum(map(len, picture)) < keep:
@@ -635,10 +773,11 @@ def rescore_bench(dataset: str, *, out=None, metrics=None, n=None, seed=None, ba
         from zoo.metrics import fidelity
 
         os.environ[fidelity.INCEPTION_ENV] = str(fidelity.inception_weights(inception_weights))
-    report = BenchReport(dataset, data.checksum, record["n"], first, batch_size, record["device"],
-                         note=protocol_note(data, record["n"]), ref=str(ref) if ref else None)
     evaluation = zoo_metrics.Evaluation(data, metrics, seed=first, batch_size=batch_size,
                                         ref=ref)
+    report = BenchReport(dataset, data.checksum, record["n"], first, batch_size, record["device"],
+                         note=protocol_note(data, record["n"]), ref=str(ref) if ref else None,
+                         metric_names=[name for name, _ in evaluation.metrics])
     for saved in tqdm(record["rows"], desc=f"rescore {dataset}", disable=not progress):
         row = BenchRow(saved["label"], saved["nfe"], Path(saved["run_dir"]), saved["options"])
         path = out / saved["samples_file"] if saved.get("samples_file") else None
@@ -659,13 +798,7 @@ def rescore_bench(dataset: str, *, out=None, metrics=None, n=None, seed=None, ba
         evaluation.reset()
         for start in range(0, len(x), batch_size):
             evaluation.add(x[start:start + batch_size])
-        cost = saved["training_cost"]
-        report.results.append(RowResult(
-            saved["method"], row, evaluation.result(), saved["samples_per_s"],
-            saved["run_checksum"], saved["run_step"], saved["samples_picture"],
-            saved["weights"], None if cost is None else
-            {k: v for k, v in cost.items() if k != "forward_equivalents"},
-            saved.get("sampler"), saved.get("entry", saved["method"]), saved["samples_file"]))
+        report.results.append(row_result_from_record(saved, evaluation.result()))
     write_outputs(report, out)
     return report
 
@@ -719,7 +852,7 @@ def table_rows(report: BenchReport) -> tuple[list[str], list[list[str]]]:
     """Header and cells in the paper's layout: METHOD | NFE | metrics | samples/s, then the
     training cost (teachers included); ``value ± standard error`` cells, and a first row
     ``real data (floor)`` holding the metrics' floors when they report any."""
-    names = [k for k in report.metric_names if not k.endswith((STDERR, FLOOR))]
+    names = [k for k in report.result_names if not k.endswith((STDERR, FLOOR))]
     header = ["METHOD", "NFE", *[f"{k}{_arrow(k)}" for k in names], "samples/s", "train Mimg",
               "train passes (G fwd-eq)"]
 
@@ -808,7 +941,7 @@ def plot_metric_vs_nfe(report: BenchReport, path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    primary = report.metric_names[0]
+    primary = report.result_names[0]
     fig, ax = plt.subplots(figsize=(7.5, 4), dpi=120)
     for label, style in _series_styles(r.row.label for r in report.results).items():
         points = [(r.row.nfe, r.metrics[primary]) for r in report.results if r.row.label == label]
@@ -826,7 +959,7 @@ def plot_metric_vs_nfe(report: BenchReport, path: Path) -> Path:
                  fontsize=9)
     ax.grid(True, which="both", alpha=0.3)
     _legend_outside(fig, ax)
-    fig.savefig(path)
+    write_atomic(path, fig.savefig)
     plt.close(fig)
     return path
 
@@ -847,7 +980,7 @@ def plot_metric_vs_cost(report: BenchReport, path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    primary = report.metric_names[0]
+    primary = report.result_names[0]
     costed = [r for r in report.results if r.cost is not None]
     fig, ax = plt.subplots(figsize=(7.5, 4), dpi=120)
     for label, style in _series_styles(r.row.label for r in costed).items():
@@ -872,7 +1005,7 @@ def plot_metric_vs_cost(report: BenchReport, path: Path) -> Path:
         _legend_outside(fig, ax, title="point labels: NFE", title_fontsize=7)
     else:
         fig.tight_layout()
-    fig.savefig(path)
+    write_atomic(path, fig.savefig)
     plt.close(fig)
     return path
 
@@ -886,42 +1019,50 @@ def training_cost(cost: dict | None) -> dict | None:
     return None if cost is None else {**cost, "forward_equivalents": forward_equivalents(cost)}
 
 
-def write_outputs(report: BenchReport, out: Path) -> dict[str, Path]:
+def _write_text(path: Path, text: str) -> None:
+    """``text`` into ``path`` completely or not at all."""
+    write_atomic(path, lambda tmp: Path(tmp).write_text(text))
+
+
+def write_outputs(report: BenchReport, out: Path, *, complete: bool = True) -> dict[str, Path]:
     """``table.md``, ``table.csv``, ``table.json``, ``metric_vs_nfe.png`` and
-    ``metric_vs_cost.png`` in ``out``."""
+    ``metric_vs_cost.png`` in ``out``, each written whole or not at all. ``complete=False``
+    marks the table of a bench that stopped at a failing row (``table.json``'s ``complete``)."""
     out.mkdir(parents=True, exist_ok=True)
     paths = {name: out / name for name in
              ("table.md", "table.csv", "table.json", "metric_vs_nfe.png", "metric_vs_cost.png")}
-    paths["table.md"].write_text(format_markdown(report))
-    names = report.metric_names
-    with open(paths["table.csv"], "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["method", "label", "sampler", "nfe", *names, "samples_per_s",
-                         "run_dir", "samples_file", *[f"train_{k}" for k in COST_COLUMNS]])
-        for r in report.results:
-            cost = training_cost(r.cost) or {}
-            writer.writerow([r.method, r.row.label, r.sampler or "", r.row.nfe,
-                             *[r.metrics.get(k, "") for k in names], r.samples_per_s,
-                             str(r.row.run_dir), r.samples_file,
-                             *[cost.get(k, "") for k in COST_COLUMNS]])
+    _write_text(paths["table.md"], format_markdown(report))
+    names = report.result_names
+    buffer = io.StringIO(newline="")
+    writer = csv.writer(buffer)
+    writer.writerow(["method", "label", "sampler", "nfe", *names, "samples_per_s",
+                     "run_dir", "samples_file", *[f"train_{k}" for k in COST_COLUMNS]])
+    for r in report.results:
+        cost = training_cost(r.cost) or {}
+        writer.writerow([r.method, r.row.label, r.sampler or "", r.row.nfe,
+                         *[r.metrics.get(k, "") for k in names], r.samples_per_s,
+                         str(r.row.run_dir), r.samples_file,
+                         *[cost.get(k, "") for k in COST_COLUMNS]])
+    _write_text(paths["table.csv"], buffer.getvalue())
     record = {
         "dataset": report.dataset, "dataset_checksum": report.checksum, "n": report.n,
         "seeds": [report.seed, report.seed + report.n - 1], "batch_size": report.batch_size,
         "device": report.device, "zoo_version": zoo.__version__, "git_commit": git_commit(),
-        "note": report.note, "reference": report.ref or "dataset",
+        "note": report.note, "reference": report.ref or "dataset", "complete": complete,
+        "metric_names": report.metric_names,
         "metrics": {k: {"lower_is_better": zoo_metrics.lower_is_better(k)} for k in names},
         "rows": [{"method": r.method, "entry": r.entry or r.method, "label": r.row.label,
                   "sampler": r.sampler, "nfe": r.row.nfe,
                   "metrics": r.metrics, "samples_per_s": r.samples_per_s,
                   "run_dir": str(r.row.run_dir), "run_checksum": r.checksum, "run_step": r.step,
-                  "options": r.row.options, "weights": r.weights,
+                  "run_stamp": r.stamp, "options": r.row.options, "weights": r.weights,
                   "samples_picture": r.samples_picture, "samples_file": r.samples_file,
                   "training_cost": training_cost(r.cost)}
                  for r in report.results],
         "training_cost_unit": "passes: one network evaluation on one sample (a JVP: 2 forward); "
                               "forward_equivalents = forward + 2 * backward; teachers included",
     }
-    paths["table.json"].write_text(json.dumps(record, indent=2) + "\n")
+    _write_text(paths["table.json"], json.dumps(record, indent=2) + "\n")
     plot_metric_vs_nfe(report, paths["metric_vs_nfe.png"])
     plot_metric_vs_cost(report, paths["metric_vs_cost.png"])
     return paths

@@ -27,6 +27,22 @@ class UserError(click.ClickException):
 USER_ERRORS = (ValueError, KeyError, FileNotFoundError, RuntimeError, TypeError)
 
 
+#: Set to 1 (or pass ``zoo --traceback``) to see the full traceback of an error instead of its
+#: one-line message.
+TRACEBACK_ENV = "ZOO_TRACEBACK"
+
+
+_show_traceback = False  # set by each `zoo` invocation from --traceback or ZOO_TRACEBACK
+
+
+def _user_error(exc: BaseException) -> UserError:
+    """The one-line error for ``exc``; with ``--traceback`` (or ``ZOO_TRACEBACK=1``) the
+    original is raised again, traceback and cause and all (call it inside the ``except``)."""
+    if _show_traceback:
+        raise exc
+    return UserError(str(exc))
+
+
 def _report_plugin_failures() -> None:
     for f in zoo_plugins.failures():
         click.secho(
@@ -45,7 +61,7 @@ def _method(name: str):
     try:
         return zoo_plugins.get("methods", name)
     except zoo_plugins.UnknownNameError as exc:
-        raise UserError(str(exc)) from None
+        raise _user_error(exc) from None
 
 
 class MethodGroup(click.Group):
@@ -73,7 +89,10 @@ class MethodGroup(click.Group):
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name=zoo.DISTRIBUTION)
-def main():
+@click.option("--traceback", is_flag=True,
+              help=f"Show the full traceback of an error, not its one-line message (or set "
+                   f"{TRACEBACK_ENV}=1).")
+def main(traceback):
     """zoo: few-step generative models (consistency models, EDM, progressive distillation).
 
     Methods are plugins: `zoo plugins` lists them. Typical session:
@@ -85,6 +104,8 @@ def main():
 
     Under torchrun, train and bench run on every process (docs/distributed.md).
     """
+    global _show_traceback
+    _show_traceback = traceback or os.environ.get(TRACEBACK_ENV, "") not in ("", "0")
     distributed.init_distributed()  # a no-op unless torchrun's environment variables are set
     warnings.showwarning = _show_warning
     _report_plugin_failures()
@@ -267,7 +288,7 @@ def _make_train_command(name, method):
             echo(f"{exc}\nresume with: zoo train {name} --run-dir {run_dir} --resume")
             sys.exit(exc.exit_code)
         except USER_ERRORS as exc:
-            raise UserError(str(exc)) from None
+            raise _user_error(exc) from None
         if distributed.is_main():
             click.echo(f"trained run: {run_dir}")
 
@@ -407,7 +428,7 @@ def _make_sample_command(name, method):
                 loaded, n, seed=seed, batch_size=batch_size, device=device, progress=True, **opts
             )
         except USER_ERRORS as exc:
-            raise UserError(str(exc)) from None
+            raise _user_error(exc) from None
         info = {
             **samples.info,
             "run": str(run),
@@ -673,7 +694,7 @@ def bench_command(
                                    batch_size=batch_size, ref=ref,
                                    inception_weights=inception_weights, progress=progress)
         except USER_ERRORS as exc:
-            raise UserError(str(exc)) from None
+            raise _user_error(exc) from None
         click.echo(f"{dataset}: rescored from {out}/samples, n={report.n} samples per row\n")
         click.echo(format_table(report))
         return
@@ -711,7 +732,7 @@ def bench_command(
             jobs=training_jobs(jobs, device),
         )
     except USER_ERRORS as exc:
-        raise UserError(str(exc)) from None
+        raise _user_error(exc) from None
     if not main_rank:
         return
     click.echo(f"{dataset}: n={report.n} samples per row, seeds {seed}..{seed + report.n - 1}, "
@@ -836,7 +857,7 @@ def edit_command(
             resize=resize,
         )
     except USER_ERRORS as exc:
-        raise UserError(str(exc)) from None
+        raise _user_error(exc) from None
     results = torch.stack(rows)
     info = {"task": task, "names": names, "run": str(run), "weights": weights, "sigmas": sigmas}
     save_samples_file(results, info, npz)

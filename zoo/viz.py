@@ -39,7 +39,7 @@ def check_folder(path, option: str) -> Path:
     return path
 
 
-def _write_atomic(path, write) -> Path:
+def write_atomic(path, write) -> Path:
     """``write(tmp)`` to a temporary file beside ``path`` (same extension), then rename it:
     the file is complete or absent."""
     path = Path(path)
@@ -73,14 +73,14 @@ def save_image_grid(x: torch.Tensor, path, nrow: int | None = None,
         x = torch.nn.functional.interpolate(x, scale_factor=scale, mode="nearest")
     grid = make_grid((x + 1) / 2, nrow=nrow, padding=2, pad_value=1.0)
     if not labels:
-        return _write_atomic(path, lambda tmp: save_image(grid, tmp))
+        return write_atomic(path, lambda tmp: save_image(grid, tmp))
     pixels = (grid * 255).round().clamp(0, 255).byte().permute(1, 2, 0).numpy()
     picture = Image.new("RGB", (pixels.shape[1], pixels.shape[0] + 14), "white")
     picture.paste(Image.fromarray(pixels), (0, 14))
     draw = ImageDraw.Draw(picture)
     for i, label in enumerate(labels):
         draw.text((2 + i * (x.shape[-1] + 2), 2), label, fill="black")
-    return _write_atomic(path, picture.save)
+    return write_atomic(path, picture.save)
 
 
 def save_scatter(
@@ -108,7 +108,7 @@ def save_scatter(
         ax.legend(loc="upper right", fontsize=7, markerscale=4)
     fig.tight_layout()
     try:
-        return _write_atomic(path, fig.savefig)
+        return write_atomic(path, fig.savefig)
     finally:
         plt.close(fig)
 
@@ -128,4 +128,4 @@ def save_samples_file(x: torch.Tensor, info: dict, path) -> Path:
         with open(tmp, "wb") as f:  # a file object: np.savez adds no second ".npz"
             np.savez(f, samples=samples, info=np.array(json.dumps(info)))
 
-    return _write_atomic(path, write)
+    return write_atomic(path, write)

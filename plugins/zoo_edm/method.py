@@ -306,7 +306,7 @@ class EDM(Method):
         config = self._config(run_dir)
         targets = sorted(nfe or self.bench_nfe)
         steps_nfe, steps = {}, 1
-        while True:
+        while steps <= targets[-1] + 1:  # a sampler spends at least one NFE per step
             cost = count_nfe(fn, self.sigmas(config, steps), **opts)
             if cost > targets[-1]:
                 break

@@ -21,8 +21,12 @@ object satisfying :class:`Metric`), and a feature space by calling
 from __future__ import annotations
 
 import inspect
+import math
+import numbers
+from collections.abc import Mapping
 from typing import Protocol, runtime_checkable
 
+import numpy as np
 import torch
 
 from zoo.hookspecs import hookimpl
@@ -43,7 +47,9 @@ __all__ = [
     "InceptionWeightsError",
     "MemorisationMetric",
     "Metric",
+    "MetricResultError",
     "W2Metric",
+    "check_metric_result",
     "check_samples",
     "default_metrics",
     "evaluate",
@@ -100,6 +106,45 @@ def default_metrics(dataset) -> list[str]:
     return [*(["fdinf-digits", "memorisation-digits"] if held_out else []), "fd-digits"]
 
 
+class MetricResultError(ValueError):
+    """A metric returned something other than names mapped to finite numbers."""
+
+
+def metric_source(name: str) -> str:
+    """``metric 'w2' (plugin zoo.metrics (fewstep-zoo))``: which metric of which plugin."""
+    from zoo import plugins
+
+    try:
+        return f"metric {name!r} (plugin {plugins.registry('metrics').source(name)})"
+    except KeyError:
+        return f"metric {name!r}"
+
+
+def check_metric_result(name: str, values, *, finite: bool = True) -> dict[str, float]:
+    """``values`` as ``{str: float}``, or :class:`MetricResultError` naming the metric and its
+    plugin: a metric must return a mapping of names to real numbers, finite ones unless
+    ``finite`` is False (a NaN, a tensor or a list never enters a table)."""
+    if not isinstance(values, Mapping):
+        raise MetricResultError(f"{metric_source(name)} returned a {type(values).__name__}, not "
+                                "a mapping of result names to numbers")
+    out = {}
+    for key, value in values.items():
+        if not isinstance(key, str):
+            raise MetricResultError(f"{metric_source(name)} returned the key {key!r}; result "
+                                    "names are strings")
+        if isinstance(value, bool) or not isinstance(value, (numbers.Real, np.floating,
+                                                             np.integer)):
+            raise MetricResultError(
+                f"{metric_source(name)} returned {key!r} = {value!r} "
+                f"({type(value).__name__}); a result is a real number (float(...) it)")
+        value = float(value)
+        if finite and not math.isfinite(value):
+            raise MetricResultError(f"{metric_source(name)} returned {key!r} = {value}: a "
+                                    "non-finite result never enters a table")
+        out[key] = value
+    return out
+
+
 def check_samples(samples: torch.Tensor, dataset) -> None:
     """Raise ``ValueError`` unless ``samples`` are shaped ``[n, *dataset.shape]``."""
     if samples.dim() != len(dataset.shape) + 1 or tuple(samples.shape[1:]) != dataset.shape:
@@ -119,16 +164,20 @@ class Evaluation:
     (:func:`zoo.metrics.fidelity.read_reference`) instead of the dataset; ``distributed``: every
     rank feeds the same batches and extracts features of its share (:class:`FeatureStream`).
     ``batch_size`` only sets the feature pass's memory use; the numbers do not depend on it.
+    Every metric's result is checked (:func:`check_metric_result`): names to real numbers,
+    finite ones unless ``finite`` is False.
     """
 
     def __init__(self, dataset, metrics: list[str] | None = None, *, seed: int = 0,
-                 batch_size: int = 256, ref=None, distributed: bool = False):
+                 batch_size: int = 256, ref=None, distributed: bool = False,
+                 finite: bool = True):
         from zoo import plugins
 
         names = default_metrics(dataset) if metrics is None else list(metrics)
         if not names:
             raise ValueError("no metrics to evaluate; give at least one metric name")
         self.dataset, self.seed, self.batch_size = dataset, seed, batch_size
+        self.finite = finite
         self.metrics: list[tuple[str, Metric]] = []
         for name in names:
             metric = plugins.get("metrics", name)
@@ -175,6 +224,7 @@ class Evaluation:
                 options = ({"batch_size": self.batch_size}
                            if _takes(metric.compute, "batch_size") else {})
                 values = metric.compute(samples, self.dataset, seed=self.seed, **options)
+            values = check_metric_result(name, values, finite=self.finite)
             for key, value in values.items():
                 if key in results:
                     raise ValueError(f"metrics {sources[key]!r} and {name!r} both report {key!r}")
@@ -183,13 +233,15 @@ class Evaluation:
 
 
 def evaluate(samples: torch.Tensor, dataset, *, metrics: list[str] | None = None, seed: int = 0,
-             batch_size: int = 256, ref=None) -> dict[str, float]:
+             batch_size: int = 256, ref=None, finite: bool = True) -> dict[str, float]:
     """Run each registered metric named in ``metrics`` (default: :func:`default_metrics`) on
     ``samples`` (shaped like the dataset's items, in its value range) and merge their results;
-    see :class:`Evaluation`."""
+    see :class:`Evaluation` (``finite=False`` lets a diverged model's samples score inf or NaN,
+    as training's periodic measurements record them)."""
     samples = torch.as_tensor(samples)
     check_samples(samples, dataset)
-    evaluation = Evaluation(dataset, metrics, seed=seed, batch_size=batch_size, ref=ref)
+    evaluation = Evaluation(dataset, metrics, seed=seed, batch_size=batch_size, ref=ref,
+                            finite=finite)
     evaluation.add(samples)
     return evaluation.result()
 

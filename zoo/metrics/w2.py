@@ -35,7 +35,7 @@ class W2Metric:
     the next on the toy data, as much as the gaps between good models. So ``n`` samples are
     split into ``n // SET_SIZE`` disjoint sets (one set when fewer), each compared with its own
     fresh true set of equal size; "W2" and "W2 floor" are the means over the sets and "W2 ±"
-    the standard error of "W2" (0 for one set).
+    the standard error of "W2" (absent with one set).
     """
 
     name = "w2"
@@ -58,5 +58,7 @@ class W2Metric:
             self._floors[key] = float(np.mean([
                 wasserstein2(dataset.sample_true(len(ref), 20_000 + seed + 1_000_000 * k), ref)
                 for k, ref in enumerate(references)]))
-        stderr = float(np.std(w2, ddof=1) / np.sqrt(len(w2))) if len(w2) > 1 else 0.0
-        return {"W2": float(np.mean(w2)), "W2 ±": stderr, "W2 floor": self._floors[key]}
+        result = {"W2": float(np.mean(w2)), "W2 floor": self._floors[key]}
+        if len(w2) > 1:  # one set has no spread to report (a table would print "± 0")
+            result["W2 ±"] = float(np.std(w2, ddof=1) / np.sqrt(len(w2)))
+        return result

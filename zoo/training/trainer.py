@@ -635,7 +635,7 @@ class Trainer:
             self.echo(f"warning: step {self.step}: {bad} of {n} samples are not finite; "
                       "metrics skipped")
         else:
-            row.update(evaluate(x, self.dataset))
+            row.update(evaluate(x, self.dataset, finite=False))  # a diverged run scores inf
         row["seconds"] = time.perf_counter() - start
         with open(self.run_dir / METRICS_NAME, "a") as f:
             self._write_row(f, row, "eval")
