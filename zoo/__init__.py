@@ -6,7 +6,7 @@ distillation (Salimans & Ho, 2022), each a pluggy plugin over one shared core.
 
 from zoo.hookspecs import hookimpl  # the marker a plugin decorates its hook functions with
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 #: The distribution name (pip install fewstep-zoo): PyPI's `zoo` is an unrelated 2016 project.
 DISTRIBUTION = "fewstep-zoo"
@@ -14,6 +14,6 @@ DISTRIBUTION = "fewstep-zoo"
 #: Version of the plugin API (hook specifications and the public modules listed in
 #: docs/plugin-api.md). A plugin module may declare ``ZOO_API_VERSION``; a different major
 #: version is refused at load time.
-API_VERSION = 1
+API_VERSION = 2
 
 __all__ = ["API_VERSION", "__version__", "hookimpl"]

@@ -5,7 +5,7 @@ from zoo.hookspecs import hookimpl
 from zoo_ect.loss import EasyConsistencyTuning, ect_dt, ect_stage, mapping_n, pseudo_huber
 from zoo_ect.method import ECT, ECTConfig
 
-ZOO_API_VERSION = 1
+ZOO_API_VERSION = 2
 
 __all__ = ["ECT", "ECTConfig", "EasyConsistencyTuning", "ect_dt", "ect_stage", "mapping_n",
            "pseudo_huber"]

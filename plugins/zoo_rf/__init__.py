@@ -14,7 +14,7 @@ from zoo_rf.flow import (
 )
 from zoo_rf.method import RectifiedFlow, RFConfig
 
-ZOO_API_VERSION = 1
+ZOO_API_VERSION = 2
 
 __all__ = [
     "RFConfig",

@@ -20,7 +20,7 @@ from zoo_scm.trigflow import (
     trigflow_from_edm,
 )
 
-ZOO_API_VERSION = 1
+ZOO_API_VERSION = 2
 
 __all__ = [
     "SCM",

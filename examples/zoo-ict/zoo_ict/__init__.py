@@ -10,7 +10,7 @@ import zoo
 from zoo_ict.method import ICTConfig, ImprovedConsistencyTrainingMethod
 
 #: The zoo plugin API this plugin was written against (``zoo.API_VERSION``).
-ZOO_API_VERSION = 1
+ZOO_API_VERSION = 2
 
 __all__ = ["ICTConfig", "ImprovedConsistencyTrainingMethod"]
 

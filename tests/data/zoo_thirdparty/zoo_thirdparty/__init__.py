@@ -29,7 +29,7 @@ from zoo.diffusion.samplers import generate
 from zoo.methods import BenchRow, Method, Samples, preset_scale
 from zoo.training import TrainConfig, TrainingTask, setting
 
-ZOO_API_VERSION = 1
+ZOO_API_VERSION = 2
 RADIUS = math.sqrt(2)
 
 
