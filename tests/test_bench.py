@@ -576,3 +576,29 @@ def test_two_benches_into_one_folder_cannot_run_at_once(tmp_path):
             in result.output and "--out" in result.output
     finally:
         held.release()
+
+
+def test_rescore_reads_no_decompression_bomb_and_names_a_truncated_file(benched, tmp_path):
+    """A samples file declaring 2 GiB of zeros in a few MB is refused from its npy header,
+    before decompression; a truncated one is a one-line error, not a BadZipFile traceback."""
+    import resource
+    import zipfile
+
+    out = tmp_path / "out"
+    shutil.copytree(benched[0] / "out", out)
+    path = out / "samples" / "pd-nfe1.npz"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+        with archive.open("arr_0.npy", "w", force_zip64=True) as member:
+            header = {"descr": "<f8", "fortran_order": False, "shape": (2**31 // 8,)}
+            np.lib.format.write_array_header_1_0(member, header)
+            chunk = bytes(2**24)
+            for _ in range(2**31 // 2**24):
+                member.write(chunk)
+    assert path.stat().st_size < 10 * 2**20
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(BenchError, match=r"pd-nfe1.npz declares 2.0 GiB of arrays"):
+        bench_module.check_npz_sizes(path, limit=2**30)
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 200 * 2**10  # KiB
+    path.write_bytes(path.read_bytes()[:1000])
+    with pytest.raises(BenchError, match=r"pd-nfe1.npz is not a complete bench samples file"):
+        rescore_bench("toy", out=out, progress=False)

@@ -458,3 +458,30 @@ def test_a_short_digits_run_samples_through_its_ema(tmp_path):
     init = denoising_error(edm().build_denoiser(config, data.shape).eval())
     assert raw < 0.7 * init  # the raw weights learnt something in 150 steps
     assert ema < 1.2 * raw and ema < 0.7 * init
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--lr", "inf"], "lr must be a finite number, got inf"),
+    (["--p-std", "nan"], "p_std must be a finite number, got nan"),
+    (["--sigma-data", "0"], "sigma_data must be > 0, got 0.0"),
+    (["--sigma-min", "-1", "--sigma-max", "0"], "sigma_max must be > 0, got 0.0"),
+    (["--sigma-min", "-1"], "need 0 <= sigma_min < sigma_max, got sigma_min=-1.0"),
+    (["--network-kwargs", '{"hidden": "big"}'],
+     "network 'mlp': option hidden must be a positive integer (its default is 256), got 'big'"),
+    (["--network-kwargs", '{"hidden": -4}'], "option hidden must be a positive integer"),
+])
+def test_bad_values_are_refused_before_any_work(tmp_path, flags, message):
+    run = tmp_path / "run"
+    result = CliRunner().invoke(main, ["train", "edm", "--dataset", "toy", "--run-dir", str(run),
+                                       "--no-progress", *flags])
+    assert result.exit_code != 0 and message in result.output, result.output
+    assert not run.exists()  # nothing was trained or written
+
+
+def test_bench_set_values_are_type_checked(tmp_path):
+    result = CliRunner().invoke(main, ["bench", "--models", "edm", "--dataset", "toy",
+                                       "--train-missing", "--runs-root", str(tmp_path / "runs"),
+                                       "--set", "edm.iterations=abc",
+                                       "--out", str(tmp_path / "out")])
+    assert result.exit_code == 1 and "iterations must be an integer, got 'abc'" in result.output
+    assert not (tmp_path / "runs").exists()

@@ -37,6 +37,7 @@ import subprocess
 import sys
 import time
 import traceback
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -732,13 +733,39 @@ def bench_row(method: Method, run, result: RowResult, data: Dataset, n: int, *, 
     return torch.cat(picture)
 
 
+def check_npz_sizes(path: Path, limit: int) -> None:
+    """Refuse an ``.npz`` whose arrays declare more than ``limit`` bytes in all, from their npy
+    headers alone, before anything is decompressed (a small file can declare gigabytes)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            total = 0
+            for info in archive.infolist():
+                with archive.open(info) as member:
+                    major, _ = np.lib.format.read_magic(member)
+                    read_header = (np.lib.format.read_array_header_1_0 if major == 1
+                                   else np.lib.format.read_array_header_2_0)
+                    shape, _, dtype = read_header(member)
+                total += int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    except (zipfile.BadZipFile, EOFError, OSError, ValueError) as exc:
+        raise BenchError(f"{path} is not a complete bench samples file ({type(exc).__name__}: "
+                         f"{exc}); rerun the bench to write it again") from None
+    if total > limit:
+        raise BenchError(f"{path} declares {total / 2**30:.1f} GiB of arrays, more than the "
+                         f"{limit / 2**30:.0f} GiB a bench's samples take; not read")
+
+
 def read_row_samples(path: Path, data: Dataset):
     """``(samples, info)`` from a row's samples file (:func:`bench_row`): float samples in the
     data's range (images from their saved uint8 values, the values the feature-space metrics
     see) and the row record."""
-    with np.load(path, allow_pickle=False) as saved:
-        info = json.loads(str(saved["info"]))
-        x = torch.from_numpy(saved["arr_0"])
+    check_npz_sizes(path, limit=4 * 2**30)
+    try:
+        with np.load(path, allow_pickle=False) as saved:
+            info = json.loads(str(saved["info"]))
+            x = torch.from_numpy(saved["arr_0"])
+    except (zipfile.BadZipFile, EOFError, OSError, ValueError, KeyError) as exc:
+        raise BenchError(f"{path} is not a complete bench samples file ({type(exc).__name__}: "
+                         f"{exc}); rerun the bench to write it again") from None
     if info["kind"] == "image":
         lo, hi = info["data_range"]
         x = x.permute(0, 3, 1, 2).float() * ((hi - lo) / 255) + lo

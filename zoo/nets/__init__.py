@@ -14,6 +14,7 @@ Every factory has the signature ``factory(data_shape, label_dim=0, **kwargs) -> 
 from __future__ import annotations
 
 import inspect
+import math
 
 from torch import nn
 
@@ -75,7 +76,12 @@ def count_parameters(module: nn.Module) -> int:
 
 
 def _check_options(name: str, cls, kwargs: dict, fixed: tuple[str, ...]) -> None:
-    accepted = [p for p in inspect.signature(cls).parameters if p not in fixed]
+    """Refuse options the network does not take, and values of another kind than the option's
+    default: an integer where the default is a positive integer (a size: positive too), a
+    finite real where it is a float (non-negative where the default is), a bool for a bool, a
+    list for a tuple or list."""
+    params = inspect.signature(cls).parameters
+    accepted = [p for p in params if p not in fixed]
     unknown = sorted(set(kwargs) - set(accepted))
     if unknown:
         raise TypeError(
@@ -83,6 +89,23 @@ def _check_options(name: str, cls, kwargs: dict, fixed: tuple[str, ...]) -> None
             f"{', '.join(accepted)}"
             + (f" ({', '.join(fixed)} come from data_shape and label_dim)" if fixed else "")
         )
+    for key, value in kwargs.items():
+        default = params[key].default
+        problem = None
+        if isinstance(default, bool):
+            problem = None if isinstance(value, bool) else "true or false"
+        elif isinstance(default, int) and default > 0:
+            ok = isinstance(value, int) and not isinstance(value, bool) and value > 0
+            problem = None if ok else "a positive integer"
+        elif isinstance(default, float):
+            ok = (isinstance(value, (int, float)) and not isinstance(value, bool)
+                  and math.isfinite(value) and (value >= 0 or default < 0))
+            problem = None if ok else ("a finite number" + (" >= 0" if default >= 0 else ""))
+        elif isinstance(default, (tuple, list)):
+            problem = None if isinstance(value, (tuple, list)) else "a list"
+        if problem:
+            raise TypeError(f"network {name!r}: option {key} must be {problem} (its default is "
+                            f"{default!r}), got {value!r}")
 
 
 def _unet_factory(name: str, cls, preset):

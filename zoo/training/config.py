@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -115,6 +116,16 @@ class TrainConfig:
 
     def validate(self) -> None:
         for f in dataclasses.fields(self):
+            check_type(f.name, getattr(self, f.name), f.type)
+        for name in ("sigma_data", "p_std", "sigma_max"):  # σ-space settings of any method
+            if hasattr(self, name) and not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        if hasattr(self, "sigma_min") and not 0 <= self.sigma_min < getattr(
+                self, "sigma_max", math.inf):
+            raise ValueError(f"need 0 <= sigma_min < sigma_max, got sigma_min={self.sigma_min}"
+                             + (f", sigma_max={self.sigma_max}" if hasattr(self, "sigma_max")
+                                else ""))
+        for f in dataclasses.fields(self):
             valid = f.metadata.get("choices")
             if valid is not None and getattr(self, f.name) not in valid:
                 raise ValueError(f"{f.name}={getattr(self, f.name)!r} is not one of "
@@ -137,6 +148,30 @@ class TrainConfig:
             raise ValueError(f"ema_rate must be in [0, 1), got {self.ema_rate}")
         if not self.lr > 0:
             raise ValueError(f"lr must be positive, got {self.lr}")
+
+
+_TYPES = {"int": int, "float": float, "bool": bool, "str": str, "dict": dict}
+
+
+def check_type(name: str, value, annotation: str) -> None:
+    """Refuse a setting of the wrong type (``--set iterations=abc``) or a non-finite number
+    (``--lr inf``), naming the setting and what it takes."""
+    expected = _TYPES.get(annotation if isinstance(annotation, str)
+                          else getattr(annotation, "__name__", ""))
+    if expected is None:
+        return
+    if expected is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if ok and not math.isfinite(value):
+            raise ValueError(f"{name} must be a finite number, got {value}")
+    elif expected is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    else:
+        ok = isinstance(value, expected)
+    if not ok:
+        kind = {int: "an integer", float: "a number", bool: "true or false", str: "a string",
+                dict: "a JSON object"}[expected]
+        raise ValueError(f"{name} must be {kind}, got {value!r}")
 
 
 def config_to_dict(config) -> dict:
