@@ -485,3 +485,32 @@ def test_bench_set_values_are_type_checked(tmp_path):
                                        "--out", str(tmp_path / "out")])
     assert result.exit_code == 1 and "iterations must be an integer, got 'abc'" in result.output
     assert not (tmp_path / "runs").exists()
+
+
+def test_sigterm_to_a_bench_stops_its_training_children_after_their_checkpoints(tmp_path):
+    """The bench's parent forwards SIGTERM to the runs training in child processes, waits for
+    their checkpoints, exits 143 and prints the command that continues; no process is left."""
+    settings = ["--set", "iterations=200000", "--set", "checkpoint_every=100000",
+                "--set", 'network_kwargs={"hidden": 16, "num_layers": 1}',
+                "--set", "batch_size=32", "--set", "log_every=1000000"]
+    bench = subprocess.Popen(
+        [sys.executable, "-m", "zoo.cli", "bench", "--models", "edm,rf", "--dataset", "toy",
+         "--train-missing", "--jobs", "2", "--no-progress", *settings,
+         "--runs-root", str(tmp_path / "runs"), "--out", str(tmp_path / "out")],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"})
+    runs = [tmp_path / "runs" / "toy" / name for name in ("edm", "rf")]
+    deadline = time.time() + 120
+    while time.time() < deadline and not all((r / CHECKPOINT_NAME).exists() for r in runs):
+        time.sleep(0.2)
+    assert all((r / CHECKPOINT_NAME).exists() for r in runs), bench.stderr
+    children = [int((r / ".lock").read_text()) for r in runs]
+    time.sleep(1.0)  # some steps past the step-0 checkpoint
+    bench.send_signal(signal.SIGTERM)
+    _, err = bench.communicate(timeout=120)
+    assert bench.returncode == 143, err
+    assert "resume with the same command: zoo bench --models edm,rf" in err
+    for pid in children:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+    assert all(load_checkpoint(r)["step"] > 0 for r in runs)  # each checkpointed where it was

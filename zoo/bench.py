@@ -33,6 +33,7 @@ import multiprocessing
 import multiprocessing.connection
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -65,6 +66,16 @@ PICTURE_N = 64
 
 class BenchError(ValueError):
     """A bench that cannot run as asked: unknown or missing runs, or runs on other data."""
+
+
+class BenchInterrupted(RuntimeError):
+    """SIGINT or SIGTERM stopped a bench while its runs trained in child processes; each child
+    checkpointed the step it reached and exited before the bench did."""
+
+    def __init__(self, signum: int):
+        super().__init__(f"{signal.Signals(signum).name}: the bench stopped; its training "
+                         "processes checkpointed and exited")
+        self.exit_code = 128 + signum
 
 
 @dataclass
@@ -227,21 +238,31 @@ def run_problem(method: Method, run_dir: Path) -> str | None:
     return None
 
 
-def train_command(name: str, method: Method, config, dataset: str, run_dir: Path) -> str:
-    """The ``zoo train`` command line that creates ``run_dir`` with ``config``."""
-    preset = method.preset(dataset)
+def _flags(values: dict) -> list[str]:
     flags = []
-    for f in dataclasses.fields(config):
-        value = getattr(config, f.name)
-        if f.name in ("method", "dataset", "device") or value == getattr(preset, f.name):
-            continue
-        flag = "--" + f.name.replace("_", "-")
+    for key, value in values.items():
+        flag = "--" + key.replace("_", "-")
         if isinstance(value, bool):
             flags.append(flag if value else f"--no-{flag[2:]}")
         else:
             flags.append(f"{flag} '{json.dumps(value)}'" if isinstance(value, dict)
                          else f"{flag} {value}")
-    return " ".join([f"zoo train {name} --dataset {dataset} --run-dir {run_dir}", *flags])
+    return flags
+
+
+def train_command(name: str, method: Method, config, dataset: str, run_dir: Path) -> str:
+    """The ``zoo train`` command line that creates ``run_dir`` with ``config``."""
+    preset = method.preset(dataset)
+    changed = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)
+               if f.name not in ("method", "dataset", "device")
+               and getattr(config, f.name) != getattr(preset, f.name)}
+    return " ".join([f"zoo train {name} --dataset {dataset} --run-dir {run_dir}",
+                     *_flags(changed)])
+
+
+def resume_command(name: str, run_dir: Path, overrides: dict) -> str:
+    """The ``zoo train`` command line that continues ``run_dir`` with ``overrides``."""
+    return " ".join([f"zoo train {name} --run-dir {run_dir} --resume", *_flags(overrides)])
 
 
 def parse_settings(items) -> dict[str | None, dict]:
@@ -307,14 +328,19 @@ def prepare_runs(methods: dict[str, Method], dataset: str, data: Dataset, runs_r
                                  "(zoo import-openai or zoo import-edm, docs/reproduce.md)")
             if problem:
                 config = apply_settings(name, config, settings or {})
-                command = train_command(name, method, config, dataset, run_dir)
+                overrides = resume_overrides(method, run_dir, name, settings or {})
+                if overrides is None:
+                    command, doing = train_command(name, method, config, dataset, run_dir), \
+                        "training it"
+                else:
+                    command, doing = resume_command(name, run_dir, overrides), "continuing it"
                 if not train_missing:
                     needed = "" if name in methods else f" (required by {', '.join(methods)})"
                     raise BenchError(f"{name} run {run_dir} {problem}{needed}. Create it with "
                                      f"`{command}`, or pass --train-missing")
-                echo(f"{name}: {run_dir} {problem}; training it: {command}")
+                echo(f"{name}: {run_dir} {problem}; {doing}: {command}")
                 config.device = device
-                missing.append((name, run_dir, config))
+                missing.append((name, run_dir, config, overrides))
             else:  # refused before anything is trained from it
                 check_same_data(method.bench_rows(run_dir), dataset, data)
     train_runs(resolved, missing, jobs=jobs, progress=progress, echo=echo)
@@ -334,21 +360,48 @@ def prepare_runs(methods: dict[str, Method], dataset: str, data: Dataset, runs_r
     return rows, records
 
 
-def _train_one(method: Method, config, run_dir: Path, *, progress: bool, echo) -> None:
-    """Train one missing run; an unfinished one continues with its own settings."""
+def resume_overrides(method: Method, run_dir: Path, name: str, settings: dict) -> dict | None:
+    """For an unfinished run, the ``--set`` settings that differ from its own (applied as
+    resume overrides, warned about, and refused if they would change what defines the run);
+    None for a run to train from nothing."""
     try:
-        method.saved_config(run_dir)
+        saved = method.saved_config(run_dir)
     except CheckpointError:
+        return None
+    wanted = {**settings.get(None, {}), **settings.get(name, {})}
+    for key, value in list(wanted.items()):
+        if isinstance(saved.get(key), dict) and isinstance(value, dict):
+            wanted[key] = {**saved[key], **value}
+    overrides = {k: v for k, v in wanted.items() if saved.get(k) != v}
+    config_class = method.config_class
+    fixed = sorted(k for k in overrides if k in config_class.RESUME_FIXED)
+    if fixed:
+        raise BenchError(f"--set {', '.join(fixed)}: {run_dir} is an unfinished {name} run "
+                         f"trained with {', '.join(f'{k}={saved.get(k)!r}' for k in fixed)}, "
+                         "and these define a run. Drop them to continue it, or move it aside "
+                         f"(mv {run_dir} {run_dir}.old) to train anew with them")
+    return overrides
+
+
+def _train_one(method: Method, config, run_dir: Path, overrides: dict | None, *,
+               progress: bool, echo) -> None:
+    """Train one missing run; an unfinished one (``overrides`` not None) continues with its own
+    settings and the ``--set`` ``overrides``."""
+    if overrides is None:
         method.train(config, run_dir, progress=progress)
     else:
-        method.resume(run_dir, {"device": config.device}, progress=progress, echo=echo)
+        method.resume(run_dir, {"device": config.device, **overrides}, progress=progress,
+                      echo=echo)
 
 
-def _train_child(method: Method, config, run_dir: Path) -> None:
+def _train_child(method: Method, config, run_dir: Path, overrides: dict | None) -> None:
     """A spawned process's training (spawned, not forked: OpenMP and other threads' locks do
-    not survive a fork); its error goes to stderr and its exit code to the parent."""
+    not survive a fork); its error goes to stderr and its exit code to the parent. It leaves
+    the terminal's process group: a Ctrl-C reaches the bench alone, which stops each child
+    once (a second signal would make a trainer exit before its checkpoint)."""
+    os.setpgid(0, 0)
     try:
-        _train_one(method, config, run_dir, progress=False, echo=print)
+        _train_one(method, config, run_dir, overrides, progress=False, echo=print)
     except BaseException:
         traceback.print_exc()
         sys.stderr.flush()
@@ -357,7 +410,8 @@ def _train_child(method: Method, config, run_dir: Path) -> None:
 
 def train_runs(methods: dict[str, Method], missing: list, *, jobs: int = 1, progress: bool,
                echo=print) -> None:
-    """Train the ``missing`` runs ``[(method name, run_dir, config)]`` (given requirements
+    """Train the ``missing`` runs ``[(method name, run_dir, config, resume overrides)]`` (given
+    requirements
     first). ``jobs`` > 1 trains up to that many at once in spawned processes (one CPU thread
     each for small networks, zoo.training.threads), each as soon as every run of the methods it
     requires (``Method.requires``) and its own ``config.teacher`` run (e.g. 2-RF's 1-RF) are
@@ -366,26 +420,31 @@ def train_runs(methods: dict[str, Method], missing: list, *, jobs: int = 1, prog
     depends only on its seed and step). A failed run stops the others (they checkpoint on
     SIGTERM, so ``--train-missing`` continues them) and is an error naming its run."""
     if jobs <= 1 or len(missing) <= 1:
-        for name, run_dir, config in missing:
-            _train_one(methods[name], config, run_dir, progress=progress, echo=echo)
+        for name, run_dir, config, overrides in missing:
+            _train_one(methods[name], config, run_dir, overrides, progress=progress, echo=echo)
         return
     context = multiprocessing.get_context("spawn")
     # the longest first (training images), so that they do not end last
     waiting = sorted(missing, key=lambda job: -methods[job[0]].total_iterations(job[2])
                      * job[2].batch_size)
     running = {}
-    pending = {name for name, _, _ in missing}
+    pending = {job[0] for job in missing}
+
+    def stop(signum, frame):  # the finally below stops the children: they checkpoint, then exit
+        raise BenchInterrupted(signum)
+
+    previous = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
         while waiting or running:
             for job in list(waiting):
-                name, run_dir, config = job
+                name, run_dir, config, overrides = job
                 teacher = Path(getattr(config, "teacher", "") or "/").resolve()
                 blocked = any(r in pending for r in methods[name].requires) or any(
-                    Path(d).resolve() == teacher for _, d, _ in waiting + [
+                    Path(j[1]).resolve() == teacher for j in waiting + [
                         j for _, j in running.values()])
                 if len(running) < jobs and not blocked:
                     process = context.Process(target=_train_child,
-                                              args=(methods[name], config, run_dir))
+                                              args=(methods[name], config, run_dir, overrides))
                     process.start()
                     running[process.sentinel] = (process, job)
                     waiting.remove(job)
@@ -393,7 +452,7 @@ def train_runs(methods: dict[str, Method], missing: list, *, jobs: int = 1, prog
                 raise BenchError(f"runs {[str(j[1]) for j in waiting]} wait on requirements "
                                  "that no run trains")
             for sentinel in multiprocessing.connection.wait(list(running)):
-                process, (name, run_dir, _) = running.pop(sentinel)
+                process, (name, run_dir, _, _) = running.pop(sentinel)
                 process.join()
                 if process.exitcode != 0:
                     raise BenchError(f"training {name} run {run_dir} failed (exit "
@@ -407,6 +466,8 @@ def train_runs(methods: dict[str, Method], missing: list, *, jobs: int = 1, prog
             process.terminate()  # SIGTERM: the trainer checkpoints the step it reached
         for process, _ in running.values():
             process.join()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def check_same_data(rows: list[BenchRow], dataset: str, data: Dataset) -> dict[Path, dict]:

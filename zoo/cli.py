@@ -675,7 +675,14 @@ def bench_command(
     into OUT."""
     from click.core import ParameterSource
 
-    from zoo.bench import format_table, parse_settings, rescore_bench, run_bench
+    from zoo.bench import (
+        BenchInterrupted,
+        format_table,
+        parse_settings,
+        rescore_bench,
+        run_bench,
+    )
+    from zoo.training import TrainingInterrupted
 
     ctx = click.get_current_context()
     out = Path(out) if out else Path("bench") / dataset
@@ -731,6 +738,10 @@ def bench_command(
             sampler_options=entry_options,
             jobs=training_jobs(jobs, device),
         )
+    except (TrainingInterrupted, BenchInterrupted) as exc:
+        click.echo(f"{exc}\nresume with the same command: zoo {' '.join(sys.argv[1:])}",
+                   err=True)
+        sys.exit(exc.exit_code)
     except USER_ERRORS as exc:
         raise _user_error(exc) from None
     if not main_rank:
