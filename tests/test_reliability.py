@@ -514,3 +514,31 @@ def test_sigterm_to_a_bench_stops_its_training_children_after_their_checkpoints(
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
     assert all(load_checkpoint(r)["step"] > 0 for r in runs)  # each checkpointed where it was
+
+
+def test_bench_set_continues_an_unfinished_run_with_its_values_and_says_so(tmp_path):
+    """`zoo bench --set` on an unfinished run: its settings become resume overrides, and the
+    command the bench prints is the one it runs; a setting that defines the run is refused with
+    the way out."""
+    from zoo import bench as bench_module
+
+    run = tmp_path / "runs" / "toy" / "edm"
+    with pytest.raises(ZeroDivisionError):  # the run dies at step 9 of 14 (checkpoint at 8)
+        trainer_for(tiny_config(), run).fit(on_step=lambda s, _: s == 9 and 1 / 0)
+    methods = {"edm": edm()}
+    data = load_dataset("toy")
+    with pytest.raises(bench_module.BenchError) as info:
+        bench_module.prepare_runs(methods, "toy", data, tmp_path / "runs", train_missing=False,
+                                  device="cpu", progress=False,
+                                  settings={"edm": {"lr": 0.002}})
+    assert f"`zoo train edm --run-dir {run} --resume --lr 0.002`" in str(info.value)
+    assert bench_module.resume_overrides(edm(), run, "edm", {None: {"lr": 0.002}}) == \
+        {"lr": 0.002}
+    with pytest.raises(bench_module.BenchError, match=rf"--set batch_size: {run} is an "
+                       r"unfinished edm run .* \(mv "):
+        bench_module.resume_overrides(edm(), run, "edm", {"edm": {"batch_size": 16}})
+    said = []
+    bench_module._train_one(edm(), tiny_config(), run, {"lr": 0.002}, progress=False,
+                            echo=said.append)
+    assert load_checkpoint(run)["config"]["lr"] == 0.002
+    assert any("resuming with lr=0.002" in line for line in said), said
