@@ -18,6 +18,7 @@ from zoo.bench import DEFAULT_N, PICTURE_N, default_n, protocol_note
 from zoo.checkpoint_import import dataset_record, write_imported_run
 from zoo.cli import main
 from zoo.data import load_dataset
+from zoo.metrics import digits as digits_module
 from zoo.metrics import evaluate, fidelity
 from zoo.sample_export import SampleExport
 from zoo.viz import MAX_GRID, save_image_grid
@@ -77,7 +78,7 @@ def test_an_openai_reference_batch_gives_the_statistics_of_its_images(tmp_path, 
     nhwc = ((train.x + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
     np.savez(tmp_path / "VIRTUAL_digits.npz", arr_0=nhwc.numpy(),
              mu=np.zeros(2048), sigma=np.eye(2048))  # openai's own Inception statistics: unused
-    stream = fidelity.DigitsMetric().stream(train, ref=tmp_path / "VIRTUAL_digits.npz")
+    stream = digits_module.DigitsMetric().stream(train, ref=tmp_path / "VIRTUAL_digits.npz")
     np.testing.assert_allclose(stream.reference["features"].double().numpy(),
                                digits_features(train.x), rtol=1e-5, atol=1e-6)
     assert evaluate(test.x, train, ref=tmp_path / "VIRTUAL_digits.npz") == evaluate(test.x, train)
@@ -116,7 +117,7 @@ def test_reference_files_that_do_not_fit_are_clear_errors(tmp_path, train, test)
 
 
 def test_features_fed_batch_by_batch_equal_features_at_once(train, test):
-    stream = fidelity.DigitsMetric().stream(train, batch_size=7)
+    stream = digits_module.DigitsMetric().stream(train, batch_size=7)
     for i in range(0, len(test), 50):
         stream.add(test.x[i : i + 50])
     at_once = stream.extract(fidelity.to_uint8(test.x, (-1.0, 1.0)))

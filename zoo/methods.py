@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from zoo import plugins
 from zoo.data import Dataset, dataset_sigma_data, load_dataset
 from zoo.diffusion import Denoiser
 from zoo.nets import build_network, count_parameters
@@ -116,12 +117,22 @@ class BenchRow:
     options: dict = field(default_factory=dict)
 
 
+def check_method(name: str, obj) -> None:
+    """What registering a method needs: a :class:`Method` whose ``name`` is ``name`` (its runs
+    go to runs/DATASET/NAME)."""
+    if not isinstance(obj, Method):
+        raise TypeError(f"method {name!r} is a {type(obj).__name__}, not a zoo.methods.Method "
+                        "instance")
+    if obj.name != name:
+        raise ValueError(f"method {name!r} has name {obj.name!r}: a method's `name` attribute "
+                         "must be the name it is registered under (its runs go to "
+                         "runs/DATASET/NAME)")
+
+
 def sampler_label(sampler: str, options: dict | None = None) -> str:
     """A sampler and its options as a row label shows them: ``edm-stochastic, S_churn=40``; a
     registered sampler that declares a ``display_name`` (``"DPM-Solver-2"``) shows that."""
-    from zoo.plugins import registry
-
-    samplers = registry("samplers")
+    samplers = plugins.registry("samplers")
     if sampler in samplers:
         sampler = getattr(samplers.get(sampler), "display_name", None) or sampler
     return ", ".join([sampler, *(f"{k}={v}" for k, v in (options or {}).items())])
@@ -363,3 +374,6 @@ class ModalMethod(Method):
         config = config_from_dict(self.config_class, {**preset, **overrides})
         config.validate()
         return config
+
+
+plugins.add_object_check("methods", check_method)

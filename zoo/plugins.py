@@ -136,6 +136,8 @@ def _load() -> None:
     _state.loaded = True
     import zoo
 
+    for modname in CHECK_MODULES:
+        importlib.import_module(modname)
     for modname in CORE_MODULES:
         module = importlib.import_module(modname)
         _state.pm.register(module, name=modname)
@@ -198,30 +200,29 @@ def unregister_plugin(name: str) -> None:
     _state.registries = None
 
 
+#: Checks of registered objects by kind, ``check(name, obj)`` raising on what the kind cannot
+#: use; added by the modules that define the kinds (zoo.methods, zoo.diffusion.samplers,
+#: zoo.metrics), so this module imports none of them.
+OBJECT_CHECKS: dict = {}
+#: Modules whose import adds an object check without registering anything.
+CHECK_MODULES = ("zoo.methods",)
+
+
+def add_object_check(kind: str, check) -> None:
+    """Check every object registered as ``kind`` with ``check(name, obj)`` (see docs/plugin-api.md
+    for what each kind needs)."""
+    if kind not in KINDS:
+        raise UnknownNameError(f"unknown registry {kind!r}; valid: {', '.join(KINDS)}")
+    OBJECT_CHECKS[kind] = check
+
+
 def _check_object(kind: str, name, obj) -> None:
     """Refuse a registration whose object lacks what its kind needs (docs/plugin-api.md)."""
     if not isinstance(name, str) or not name:
         raise ValueError(f"a {kind[:-1]} name must be a non-empty string, got {name!r}")
-    if kind == "methods":
-        from zoo.methods import Method
-
-        if not isinstance(obj, Method):
-            raise TypeError(f"method {name!r} is a {type(obj).__name__}, not a "
-                            "zoo.methods.Method instance")
-        if obj.name != name:
-            raise ValueError(f"method {name!r} has name {obj.name!r}: a method's `name` "
-                             "attribute must be the name it is registered under (its runs go to "
-                             "runs/DATASET/NAME)")
-    elif kind == "metrics":
-        missing = [a for a in ("name", "kinds", "lower_is_better", "compute")
-                   if not hasattr(obj, a)]
-        if missing:
-            raise TypeError(f"metric {name!r} lacks {', '.join(missing)} (a zoo.metrics.Metric "
-                            "has name, kinds, lower_is_better and compute)")
-    elif kind == "samplers":
-        from zoo.diffusion.samplers import check_sampler
-
-        check_sampler(name, obj)
+    check = OBJECT_CHECKS.get(kind)
+    if check is not None:
+        check(name, obj)
     elif not callable(obj):
         raise TypeError(f"{kind[:-1]} {name!r} must be callable, got {type(obj).__name__}")
 

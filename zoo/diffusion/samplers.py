@@ -26,6 +26,7 @@ from typing import Annotated, Literal, Union
 import torch
 from tqdm.auto import tqdm
 
+from zoo import plugins
 from zoo.diffusion.precond import SIGMA_MIN, expand_sigma, ode_derivative
 from zoo.diffusion.random import StackedGenerator
 from zoo.distributed import all_max, gather_samples, shard
@@ -458,3 +459,6 @@ def generate(
     if distributed:
         x0, nfe = gather_samples(x0, total), all_max(nfe)
     return x0, nfe
+
+
+plugins.add_object_check("samplers", check_sampler)

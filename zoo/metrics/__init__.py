@@ -29,9 +29,10 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 import torch
 
+from zoo import plugins
 from zoo.hookspecs import hookimpl
+from zoo.metrics.digits import DigitsMetric
 from zoo.metrics.fidelity import (
-    DigitsMetric,
     FidelityMetric,
     InceptionMetric,
     InceptionWeightsError,
@@ -104,6 +105,14 @@ def default_metrics(dataset) -> list[str]:
     held_out = is_digits_training_split(dataset)
     # the first is what the bench plots: FD297, which real data's floor row measures alike
     return [*(["fdinf-digits", "memorisation-digits"] if held_out else []), "fd-digits"]
+
+
+def check_metric(name: str, obj) -> None:
+    """What registering a metric needs: ``name``, ``kinds``, ``lower_is_better``, ``compute``."""
+    missing = [a for a in ("name", "kinds", "lower_is_better", "compute") if not hasattr(obj, a)]
+    if missing:
+        raise TypeError(f"metric {name!r} lacks {', '.join(missing)} (a zoo.metrics.Metric has "
+                        "name, kinds, lower_is_better and compute)")
 
 
 class MetricResultError(ValueError):
@@ -259,3 +268,6 @@ def lower_is_better(name: str) -> bool | None:
 def _takes(fn, parameter: str) -> bool:
     params = inspect.signature(fn).parameters
     return parameter in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
+
+
+plugins.add_object_check("metrics", check_metric)

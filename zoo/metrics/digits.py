@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch_fidelity.feature_extractor_base import FeatureExtractorBase
 
-from zoo.metrics.fidelity import register_feature_extractor
+from zoo.metrics.fidelity import FidelityMetric, register_feature_extractor
 
 WEIGHTS = Path(__file__).with_name("digits_classifier.pt")
 EXTRACTOR = "zoo-digits"
@@ -143,3 +143,13 @@ class DigitsFeatureExtractor(FeatureExtractorBase):
 
 
 register_feature_extractor(EXTRACTOR, DigitsFeatureExtractor)
+
+
+class DigitsMetric(FidelityMetric):
+    """FD-digits, IS-digits, KID-digits, precision-digits, recall-digits: FID-style metrics in the
+    feature space of the shipped digits classifier (this module's extractor, registered with
+    torch-fidelity on import), for 1×8×8 digits. Not comparable with Inception FID.
+    """
+
+    def __init__(self):
+        super().__init__("fd-digits", "zoo-digits", fd_name="FD", suffix="-digits", shape=(1, 8, 8))

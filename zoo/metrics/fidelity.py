@@ -415,18 +415,3 @@ class InceptionMetric(FidelityMetric):
         torch.save(state, buffer)
         buffer.seek(0)
         return {"feature_extractor_weights_path": buffer}
-
-
-class DigitsMetric(FidelityMetric):
-    """FD-digits, IS-digits, KID-digits, precision-digits, recall-digits: FID-style metrics in the
-    feature space of the shipped digits classifier (:mod:`zoo.metrics.digits`), for 1×8×8 digits.
-    Not comparable with Inception FID.
-    """
-
-    def __init__(self):
-        super().__init__("fd-digits", "zoo-digits", fd_name="FD", suffix="-digits", shape=(1, 8, 8))
-
-    def extractor_options(self) -> dict:
-        import zoo.metrics.digits  # noqa: F401  (registers the zoo-digits extractor)
-
-        return {}
