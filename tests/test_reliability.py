@@ -213,12 +213,13 @@ def test_resume_refuses_run_defining_changes_and_missing_runs(tmp_path):
 
 
 @pytest.mark.parametrize("method, setting, value", [
-    ("pd", "teacher_steps", 16), ("cm", "mode", "ct"), ("cm", "teacher_weights", "raw")])
+    ("pd", "teacher_steps", 16), ("cm", "mode", "ct"), ("cm", "teacher_weights", "raw"),
+    ("edm", "sigma_data", 0.3)])  # EDM's σ_data sets its preconditioning, as ECT's does
 def test_method_settings_that_define_a_run_are_refused_on_resume(method, setting, value):
     from zoo.training.config import resume_config
 
     m = zoo.plugins.get("methods", method)
-    saved = m.configure("toy", teacher="runs/toy/edm")
+    saved = m.configure("toy", **({} if method == "edm" else {"teacher": "runs/toy/edm"}))
     saved.method = method
     with pytest.raises(ValueError, match=f"{setting}: run has"):
         resume_config(m.config_class, json.loads(json.dumps(vars(saved))), {setting: value})
@@ -542,3 +543,26 @@ def test_bench_set_continues_an_unfinished_run_with_its_values_and_says_so(tmp_p
                             echo=said.append)
     assert load_checkpoint(run)["config"]["lr"] == 0.002
     assert any("resuming with lr=0.002" in line for line in said), said
+
+
+def test_resume_removes_the_temporary_files_of_a_killed_grid_write(tmp_path):
+    from zoo.training.rundir import remove_stale_temporaries
+
+    (tmp_path / "samples").mkdir(parents=True)
+    stale = [tmp_path / "checkpoint.pt12ab.tmp",
+             tmp_path / "samples" / ".grid-step0000010.x1y2.png"]
+    kept = tmp_path / "samples" / "grid-step0000010.png"
+    for path in [*stale, kept]:
+        path.write_bytes(b"")
+    assert sorted(remove_stale_temporaries(tmp_path)) == sorted(stale)
+    assert kept.exists() and not any(p.exists() for p in stale)
+
+
+def test_the_consistency_sampler_refuses_a_negative_sigma_min_before_any_evaluation():
+    from zoo.diffusion.samplers import run_sampler, sample_consistency
+
+    def never(x, sigma, class_labels=None):
+        raise AssertionError("the network was evaluated")
+
+    with pytest.raises(ValueError, match="option sigma_min must be a finite number >= 0"):
+        run_sampler(sample_consistency, never, torch.zeros(2, 2), [80.0, 0.8], sigma_min=-1.0)

@@ -47,6 +47,9 @@ class EDMConfig(TrainConfig):
         f"needs a network with augment_dim={AUGMENT_DIM}, e.g. network_kwargs "
         f'{{"augment_dim": {AUGMENT_DIM}}}.')
 
+    #: σ_data sets the preconditioning: a resumed run cannot change it (as ECT's cannot)
+    RESUME_FIXED = (*TrainConfig.RESUME_FIXED, "sigma_data")
+
     def validate(self) -> None:
         super().validate()
         if not 0 <= self.augment_p <= 1:

@@ -180,6 +180,9 @@ def sample_consistency(
     estimate is clipped to the data range ``clip`` (images: (−1, 1)) after every step.
     With one σ this is one-step generation f(σ_max·z, σ_max).
     """
+    if not (math.isfinite(sigma_min) and sigma_min >= 0):
+        raise ValueError(f"sampler 'consistency': option sigma_min must be a finite number >= 0 "
+                         f"(the ε of the model), got {sigma_min}")
     sigmas = check_sigmas(sigmas, sigma_min=sigma_min)
     for i, s in enumerate(sigmas):
         if i > 0:

@@ -61,7 +61,10 @@ class RunLock:
 def remove_stale_temporaries(run_dir) -> list[Path]:
     """Delete the ``*.tmp`` files that a write killed before its rename left behind (call it only
     while holding the run's lock: then no write of ours is in flight)."""
-    stale = sorted(Path(run_dir).glob("*.tmp")) + sorted(Path(run_dir).glob("snapshots/*.tmp"))
+    run_dir = Path(run_dir)
+    stale = (sorted(run_dir.glob("*.tmp")) + sorted(run_dir.glob("snapshots/*.tmp"))
+             # sample grids are written to hidden ".grid-stepN.XXXX.png" files, then renamed
+             + sorted(run_dir.glob("samples/.grid-*.png")))
     for path in stale:
         path.unlink(missing_ok=True)
     return stale
