@@ -188,3 +188,25 @@ def test_a_reader_in_a_tight_loop_never_finds_no_checkpoint(tmp_path):
             failures.append(str(exc))
     assert writer.returncode == 0
     assert reads > 0 and not failures, failures[:3]
+
+
+def test_a_full_disk_while_checkpointing_says_so_and_keeps_the_previous(tmp_path, monkeypatch):
+    """torch reports a full disk as "[enforce fail ...] unexpected pos": the save names ENOSPC
+    and the device, leaves no temporary file and the earlier checkpoint loadable."""
+    import errno
+    import shutil
+
+    run = tmp_path / "run"
+    save_checkpoint(state_of(1), run / CHECKPOINT_NAME, previous=run / PREVIOUS_NAME)
+
+    def full(*args, **kwargs):
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 64")
+
+    monkeypatch.setattr(ckpt.torch, "save", full)
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10, 10, 0))
+    with pytest.raises(OSError) as info:
+        save_checkpoint(state_of(2), run / CHECKPOINT_NAME, previous=run / PREVIOUS_NAME)
+    assert info.value.errno == errno.ENOSPC and "no space left on the device" in str(info.value)
+    assert not list(run.glob("*.tmp"))
+    monkeypatch.undo()
+    assert load_checkpoint(run)["step"] == 1

@@ -24,7 +24,7 @@ class UserError(click.ClickException):
 
 
 # Errors that come from what the user asked for: shown as messages, not tracebacks.
-USER_ERRORS = (ValueError, KeyError, FileNotFoundError, RuntimeError, TypeError)
+USER_ERRORS = (ValueError, KeyError, OSError, RuntimeError, TypeError)
 
 
 #: Set to 1 (or pass ``zoo --traceback``) to see the full traceback of an error instead of its

@@ -9,6 +9,7 @@ read the file as damage, so a run falls back to ``checkpoint-prev.pt`` instead o
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import tempfile
@@ -78,7 +79,15 @@ def save_checkpoint(state: dict, path, *, previous=None) -> Path:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
+            try:
+                torch.save(state, f)
+            except RuntimeError as exc:  # torch reports a full disk as "unexpected pos"
+                free = shutil.disk_usage(path.parent).free
+                if free < 64 * 2**20:
+                    raise OSError(errno.ENOSPC, f"no space left on the device of {path.parent} "
+                                  f"({free / 2**20:.0f} MiB free) while writing the checkpoint; "
+                                  "the previous checkpoint is intact") from exc
+                raise
             f.flush()
             os.fsync(f.fileno())
         if previous is not None and path.exists():
