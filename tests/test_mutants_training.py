@@ -222,7 +222,7 @@ def test_a_resumed_run_logs_each_step_once_and_its_rate_counts_samples(tmp_path)
     ({"ema_rate": -0.1}, r"ema_rate must be in \[0, 1\)"),
     ({"grad_clip": -0.5}, "grad_clip must be >= 0, got -0.5"),
     ({"lr_warmup": -1}, "lr_warmup must be >= 0, got -1"),
-    ({"eval_n": float("nan")}, "eval_n must be >= 0, got nan"),
+    ({"eval_n": float("nan")}, "eval_n must be an integer, got nan"),  # type before range
     ({"log_every": 0}, "log_every must be positive, got 0"),
     ({"lr": 0.0}, "lr must be positive, got 0.0"),
 ])
