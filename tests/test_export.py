@@ -81,3 +81,26 @@ def test_foreign_files_and_taken_run_dirs_are_clear_errors(cm_run, tmp_path):
         export_safetensors(snapshot, tmp_path / "s.safetensors", weights="raw")
     assert load_checkpoint(import_safetensors(
         export_safetensors(snapshot, tmp_path / "s.safetensors"), tmp_path / "s"))["step"] == 6
+
+
+def test_weights_that_do_not_fit_say_which_keys_and_shapes(cm_run, tmp_path):
+    """A file whose tensors miss, add or reshape keys: every mismatch named, not just torch's
+    first line ("Error(s) in loading state_dict for ...")."""
+    from safetensors.torch import load_file
+
+    path = export_safetensors(cm_run, tmp_path / "ok.safetensors")
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata()
+    tensors = load_file(str(path))
+    first, second = sorted(tensors)[:2]
+    tensors[first] = torch.zeros(3, 3)
+    del tensors[second]
+    tensors["extra.weight"] = torch.zeros(1)
+    broken = tmp_path / "broken.safetensors"
+    save_file(tensors, str(broken), metadata=meta)
+    result = CliRunner().invoke(main, ["import-safetensors", str(broken), "--out",
+                                       str(tmp_path / "z")])
+    assert result.exit_code == 1
+    flat = " ".join(result.output.split())
+    assert "the weights do not fit the network" in flat
+    assert second in flat and "extra.weight" in flat and "size mismatch" in flat

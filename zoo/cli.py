@@ -904,7 +904,13 @@ def _import(run):
     try:
         return run()
     except (*USER_ERRORS, OSError, EOFError, UnsafePickleError) as exc:
-        raise UserError(str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from None
+        text = str(exc) or type(exc).__name__
+        if text.startswith("Error(s) in loading state_dict"):
+            # torch's details (missing/unexpected keys, shape mismatches) on one line each
+            details = [line.strip() for line in text.splitlines()[1:] if line.strip()]
+            raise _user_error(ValueError("the weights do not fit the network: "
+                                         + "; ".join(details))) from None
+        raise _user_error(ValueError(text.splitlines()[0])) from None
 
 
 @main.command("import-edm")
