@@ -382,3 +382,22 @@ def test_edit_non_finite_results_are_an_error_and_the_npz_is_kept(cm_run, digit_
     assert "1 of 1 results are not finite" in result.output
     assert "EMA weights hold NaN or inf (try --weights raw" in result.output
     assert not out.exists() and out.with_suffix(".npz").exists()
+
+
+def test_diverged_weights_are_named_as_the_cause_not_the_settings(edm_run, tmp_path):
+    """Both weight sets NaN: no advice to try the other; weights scaled by 1e15 (finite, but a
+    diverged run): the weights are named, not the sampling settings given."""
+    both = nan_copy(nan_copy(edm_run, tmp_path / "both"), tmp_path / "both2", key="net")
+    result = sample(both, "--steps", "2", "--out", str(tmp_path / "b.png"))
+    assert result.exit_code == 1
+    assert "its EMA and raw weights alike: the run diverged" in result.output
+    assert "--weights raw" not in result.output
+    huge = tmp_path / "huge"
+    shutil.copytree(edm_run, huge)
+    state = load_checkpoint(huge)
+    state["ema"] = {k: v * 1e15 if v.is_floating_point() else v for k, v in state["ema"].items()}
+    save_checkpoint(state, huge / "checkpoint.pt")
+    result = sample(huge, "--steps", "2", "--out", str(tmp_path / "h.png"))
+    assert result.exit_code == 1, result.output
+    assert "weights are extreme (largest |w| = " in result.output
+    assert "likely caused by the sampling settings" not in result.output

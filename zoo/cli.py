@@ -368,9 +368,21 @@ def _not_finite(x, run, settings: list[str], kept: Path) -> str | None:
     if not bad:
         return None
     weights = "EMA" if run.ema else "raw"
+    largest = max((float(p.abs().max()) for p in run.denoiser.parameters() if p.numel()),
+                  default=0.0)
     if not all(bool(p.isfinite().all()) for p in run.denoiser.parameters()):
         other = "raw" if run.ema else "ema"
-        cause = f"the run's {weights} weights hold NaN or inf (try --weights {other}, or retrain)"
+        if _other_weights_finite(run):
+            cause = (f"the run's {weights} weights hold NaN or inf (try --weights {other}, or "
+                     "retrain)")
+        else:
+            cause = ("the run's weights hold NaN or inf, its EMA and raw weights alike: the run "
+                     "diverged; retrain it (lower --lr or set --grad-clip) or sample an earlier "
+                     "snapshot")
+    elif largest > 1e6:
+        cause = (f"the run's {weights} weights are extreme (largest |w| = {largest:.3g}): the run "
+                 "diverged; retrain it (lower --lr or set --grad-clip) or sample an earlier "
+                 "snapshot")
     elif settings:
         cause = f"likely caused by the sampling settings given: {', '.join(settings)}"
     else:
@@ -379,6 +391,19 @@ def _not_finite(x, run, settings: list[str], kept: Path) -> str | None:
         f"{bad} of {len(x)} results are not finite (NaN or inf), {cause}. "
         f"No picture was written; the raw values are kept in {kept} for inspection."
     )
+
+
+def _other_weights_finite(run) -> bool:
+    """Whether the weights the run was not loaded with (raw for EMA, EMA for raw) are finite."""
+    from zoo.training import load_checkpoint
+
+    try:
+        state = load_checkpoint(run.path)
+    except Exception:  # noqa: BLE001 - a file that cannot be read again suggests nothing
+        return False
+    other = state.get("net" if run.ema else "ema")
+    return other is not None and all(bool(t.isfinite().all()) for t in other.values()
+                                     if t.is_floating_point())
 
 
 def _sampler_params(method) -> list[click.Option]:
