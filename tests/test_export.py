@@ -104,3 +104,15 @@ def test_weights_that_do_not_fit_say_which_keys_and_shapes(cm_run, tmp_path):
     flat = " ".join(result.output.split())
     assert "the weights do not fit the network" in flat
     assert second in flat and "extra.weight" in flat and "size mismatch" in flat
+
+
+def test_export_does_not_replace_a_file_without_overwrite(cm_run, tmp_path):
+    out = tmp_path / "w.safetensors"
+    out.write_bytes(b"earlier")
+    result = CliRunner().invoke(main, ["export", str(cm_run), "--out", str(out)])
+    assert result.exit_code == 1 and "exists; pass --overwrite" in result.output
+    assert out.read_bytes() == b"earlier"
+    result = CliRunner().invoke(main, ["export", str(cm_run), "--out", str(out), "--overwrite"])
+    assert result.exit_code == 0, result.output
+    with safe_open(str(out), framework="pt") as f:
+        assert f.metadata()["method"] == "cm"

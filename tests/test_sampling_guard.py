@@ -401,3 +401,17 @@ def test_diverged_weights_are_named_as_the_cause_not_the_settings(edm_run, tmp_p
     assert result.exit_code == 1, result.output
     assert "weights are extreme (largest |w| = " in result.output
     assert "likely caused by the sampling settings" not in result.output
+
+
+def test_existing_outputs_are_not_replaced_without_overwrite(edm_run, tmp_path, no_sampling):
+    out = tmp_path / "s.png"
+    out.write_bytes(b"an earlier picture")
+    result = sample(edm_run, "--out", str(out))
+    assert result.exit_code == 1
+    assert f"--out {out} exists; pass --overwrite to replace it" in result.output
+    assert out.read_bytes() == b"an earlier picture" and not (tmp_path / "s.npz").exists()
+    (tmp_path / "t.npz").write_bytes(b"earlier samples")
+    result = sample(edm_run, "--out", str(tmp_path / "t.png"))
+    assert result.exit_code == 1 and "--samples-out" in result.output and "exists" in result.output
+    result = sample(edm_run, "--out", str(out), "--overwrite")
+    assert "exists" not in result.output

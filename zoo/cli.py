@@ -433,14 +433,15 @@ def _sampler_params(method) -> list[click.Option]:
 def _make_sample_command(name, method):
     def callback(
         run, dataset, runs_root, n, seed, batch_size, out, samples_out, device, weights,
-        class_label, **opts
+        class_label, overwrite, **opts
     ):
         from zoo.viz import PICTURE_SUFFIXES, check_output, save_samples_file, save_samples_picture
 
         ctx = click.get_current_context()
         try:
-            out = check_output(out, PICTURE_SUFFIXES, "--out")
-            npz = check_output(samples_out or out.with_suffix(".npz"), (".npz",), "--samples-out")
+            out = check_output(out, PICTURE_SUFFIXES, "--out", overwrite=overwrite)
+            npz = check_output(samples_out or out.with_suffix(".npz"), (".npz",), "--samples-out",
+                               overwrite=overwrite)
             if run is None:
                 run = method.default_run_dir(method.configure(dataset), runs_root)
             loaded = method.load(run, device=device, ema=weights == "ema")
@@ -514,6 +515,8 @@ def _make_sample_command(name, method):
             help="Picture (.png, .jpg): an image grid, or a scatter plot for 2D data; its folder "
             "is created.",
         ),
+        click.Option(["--overwrite"], is_flag=True,
+                     help="Replace existing --out and --samples-out files (refused otherwise)."),
         click.Option(
             ["--samples-out"],
             type=click.Path(dir_okay=False),
@@ -1001,13 +1004,18 @@ def import_openai_command(checkpoint, preset, method, out, dataset, check_data):
               help="The file (safetensors, e.g. cd-toy.safetensors) or new directory "
               "(diffusers) to write.")
 @click.option("--weights", **WEIGHTS_OPTION)
-def export_command(run, fmt, out, weights):
+@click.option("--overwrite", is_flag=True, help="Replace an existing --out file.")
+def export_command(run, fmt, out, weights, overwrite):
     """Write a run's weights (a run directory, checkpoint or snapshot) as a safetensors file,
     with the run's method, config, dataset record and step in its metadata (`zoo
     import-safetensors` turns it back into a run), or as a diffusers ConsistencyModelPipeline
     directory (UNet2DModel + CMStochasticIterativeScheduler)."""
     if fmt == "safetensors":
         from zoo.export import export_safetensors
+
+        if Path(out).is_file() and not overwrite:
+            raise UserError(f"--out {out} exists; pass --overwrite to replace it, or choose "
+                            "another file")
 
         path = _import(lambda: export_safetensors(run, out, weights=weights))
         click.echo(f"exported the {weights} weights of {run} -> {path}")

@@ -15,10 +15,14 @@ import torch
 PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 
-def check_output(path, suffixes, option: str) -> Path:
-    """An output file path checked before any work: its extension one of ``suffixes`` and its
-    folder created (an error names the option, what was wrong and what is accepted)."""
+def check_output(path, suffixes, option: str, *, overwrite: bool = True) -> Path:
+    """An output file path checked before any work: its extension one of ``suffixes``, its
+    folder created, and (``overwrite`` False) no file there yet (an error names the option,
+    what was wrong and what is accepted)."""
     path = Path(path)
+    if not overwrite and path.is_file():
+        raise ValueError(f"{option} {path} exists; pass --overwrite to replace it, or choose "
+                         "another file")
     if path.suffix.lower() not in suffixes:
         what = f"unknown extension {path.suffix!r}" if path.suffix else "no file extension"
         raise ValueError(f"{option} {path}: {what}; accepted: {', '.join(suffixes)}")
