@@ -566,3 +566,21 @@ def test_the_consistency_sampler_refuses_a_negative_sigma_min_before_any_evaluat
 
     with pytest.raises(ValueError, match="option sigma_min must be a finite number >= 0"):
         run_sampler(sample_consistency, never, torch.zeros(2, 2), [80.0, 0.8], sigma_min=-1.0)
+
+
+def test_sigterm_during_start_up_exits_143_with_a_message(tmp_path):
+    """A SIGTERM while zoo is still loading (here: from a plugin's hook, as plugins load) is a
+    one-line message and exit 143, not a silent death; the handler is gone afterwards."""
+    class Slow:
+        @zoo.hookimpl
+        def register_networks(self, register):
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    before = signal.getsignal(signal.SIGTERM)
+    zoo.plugins.register_plugin(Slow(), "slow-start")
+    result = CliRunner().invoke(main, ["train", "edm", "--dataset", "toy", "--run-dir",
+                                       str(tmp_path / "run")])
+    assert result.exit_code == 143
+    assert "zoo: SIGTERM before any work started; nothing was written" in result.output
+    assert not (tmp_path / "run").exists()
+    assert signal.getsignal(signal.SIGTERM) == before
