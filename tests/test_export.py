@@ -116,3 +116,15 @@ def test_export_does_not_replace_a_file_without_overwrite(cm_run, tmp_path):
     assert result.exit_code == 0, result.output
     with safe_open(str(out), framework="pt") as f:
         assert f.metadata()["method"] == "cm"
+
+
+def test_damaged_metadata_names_the_file(cm_run, tmp_path):
+    from safetensors.torch import load_file
+
+    path = export_safetensors(cm_run, tmp_path / "ok.safetensors")
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata()
+    broken = tmp_path / "broken.safetensors"
+    save_file(load_file(str(path)), str(broken), metadata={**meta, "config": "{not json"})
+    with pytest.raises(ExportError, match=rf"{broken}: zoo's metadata in it is damaged"):
+        import_safetensors(broken, tmp_path / "run")

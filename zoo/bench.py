@@ -845,7 +845,10 @@ def rescore_bench(dataset: str, *, out=None, metrics=None, n=None, seed=None, ba
     if not table.exists():
         raise BenchError(f"--rescore: no bench table {table}; run zoo bench --out {out} first "
                          "(it keeps every row's samples)")
-    record = json.loads(table.read_text())
+    try:
+        record = json.loads(table.read_text())
+    except json.JSONDecodeError as exc:
+        raise BenchError(f"--rescore: {table} is not a readable bench table ({exc})") from None
     data = load_dataset(dataset)
     first = record["seeds"][0]
     if (record["dataset"], record["dataset_checksum"]) != (dataset, data.checksum):

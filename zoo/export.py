@@ -90,8 +90,12 @@ def read_safetensors(path) -> tuple[dict, dict]:
     if meta.get("format_version") != FORMAT_VERSION:
         raise ExportError(f"{path} has zoo export format version {meta.get('format_version')}, "
                           f"this zoo reads version {FORMAT_VERSION}")
-    meta["config"], meta["dataset"] = json.loads(meta["config"]), json.loads(meta["dataset"])
-    meta["step"] = int(meta["step"])
+    try:
+        meta["config"], meta["dataset"] = json.loads(meta["config"]), json.loads(meta["dataset"])
+        meta["step"] = int(meta["step"])
+    except (KeyError, ValueError, TypeError) as exc:
+        raise ExportError(f"{path}: zoo's metadata in it is damaged ({type(exc).__name__}: "
+                          f"{exc}); export the run again") from None
     return meta, tensors
 
 
