@@ -584,3 +584,20 @@ def test_sigterm_during_start_up_exits_143_with_a_message(tmp_path):
     assert "zoo: SIGTERM before any work started; nothing was written" in result.output
     assert not (tmp_path / "run").exists()
     assert signal.getsignal(signal.SIGTERM) == before
+
+
+def test_the_first_log_row_after_a_resume_averages_its_whole_window(tmp_path):
+    """Rows every 4 steps, checkpoints every 3: a run resumed from step 6 logs at step 8 the mean
+    loss of steps 5-8, the same number as the uninterrupted run (not the mean of 7-8 alone)."""
+    settings = dict(iterations=12, log_every=4, checkpoint_every=3)
+    trainer_for(tiny_config(**settings), tmp_path / "straight").fit()
+    run = tmp_path / "run"
+    with pytest.raises(ZeroDivisionError):
+        trainer_for(tiny_config(**settings), run).fit(on_step=lambda s, _: s == 7 and 1 / 0)
+    trainer_for(tiny_config(**settings), run).fit(resume=True)
+
+    def losses(run_dir):
+        rows = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
+        return {r["step"]: r["loss"] for r in rows if "loss" in r}
+
+    assert losses(run) == losses(tmp_path / "straight") and set(losses(run)) == {4, 8, 12}

@@ -280,6 +280,8 @@ class Trainer:
         #: training images and network passes so far (:mod:`zoo.training.cost`); None for a
         #: run resumed from a checkpoint that has no such record
         self.cost: dict | None = add_cost(empty_cost(), task.setup_passes())
+        #: the loss summed over the steps since the last log row, kept in checkpoints
+        self.log_window = {"loss": 0.0, "steps": 0}
 
     def echo(self, message: str) -> None:
         if self.rank == 0:
@@ -324,6 +326,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "loader": self.loader.state_dict(),
             "task": self.task.state_dict(),
+            "log_window": dict(self.log_window),
         }
 
     def save(self) -> None:
@@ -393,6 +396,8 @@ class Trainer:
         self.task.load_state_dict(state["task"])
         self.step = state["step"]
         self.cost = state.get("cost")
+        # the steps since the last log row (a run saved before this was kept: none)
+        self.log_window = state.get("log_window", {"loss": 0.0, "steps": 0})
         return path
 
     def fit(self, *, resume: bool = False, on_step=None) -> dict:
@@ -531,7 +536,10 @@ class Trainer:
                 desc=f"train {c.method} on {c.dataset}",
                 dynamic_ncols=True,
             )
-            last_loss, window_loss, window_n, t0 = float("nan"), 0.0, 0, time.perf_counter()
+            # the log's loss averages every step since the last row, those before a resume too
+            last_loss, t0 = float("nan"), time.perf_counter()
+            window_loss, window_n = self.log_window["loss"], self.log_window["steps"]
+            resumed_steps = window_n  # trained before this start: not in the samples/s
             try:
                 with StopSignals(self.echo) as stop:
                     while self.step < c.iterations:
@@ -540,9 +548,11 @@ class Trainer:
                                                            measure_grad=logged)
                         window_loss += last_loss
                         window_n += 1
+                        self.log_window = {"loss": window_loss, "steps": window_n}
                         bar.update(1)
                         if logged:
-                            rate = window_n * c.batch_size / (time.perf_counter() - t0)
+                            rate = ((window_n - resumed_steps) * c.batch_size
+                                    / (time.perf_counter() - t0))
                             if self.world_size > 1:  # the global batch's loss, not rank 0's share
                                 window = torch.tensor(window_loss / self.world_size,
                                                       device=self.device)
@@ -560,6 +570,8 @@ class Trainer:
                                     **{f"train_{k}": v for k, v in (self.cost or {}).items()},
                                 }, "train", self.task.metrics(self.step - 1))
                             window_loss, window_n, t0 = 0.0, 0, time.perf_counter()
+                            resumed_steps = 0
+                            self.log_window = {"loss": 0.0, "steps": 0}
                         paused = time.perf_counter()
                         if self._due(c.sample_every_kimg):
                             self.write_grid()
