@@ -207,7 +207,8 @@ def test_conditional_digits_run_trains_and_samples_a_class(tmp_path):
 
     def sample(run_dir, *args):
         return runner.invoke(main, ["sample", "edm", "--run", str(run_dir), "--n", "4",
-                                    "--steps", "2", "--out", str(tmp_path / "s.png"), *args])
+                                    "--steps", "2", "--out", str(tmp_path / "s.png"),
+                                    "--overwrite", *args])
 
     result = sample(cond, "--class", "3")
     assert result.exit_code == 0, result.output

@@ -415,3 +415,26 @@ def test_existing_outputs_are_not_replaced_without_overwrite(edm_run, tmp_path, 
     assert result.exit_code == 1 and "--samples-out" in result.output and "exists" in result.output
     result = sample(edm_run, "--out", str(out), "--overwrite")
     assert "exists" not in result.output
+
+
+def test_sample_streams_batch_by_batch_into_its_npz(edm_run, tmp_path, monkeypatch):
+    """`zoo sample` asks the method for one batch at a time and writes each into the .npz (memory
+    holds a batch and the picture's share, not all n); the file equals one call's samples."""
+    edm = get("methods", "edm")
+    real, asked = type(edm).sample, []
+
+    def spy(self, run, n, **kwargs):
+        asked.append(n)
+        return real(self, run, n, **kwargs)
+
+    monkeypatch.setattr(type(edm), "sample", spy)
+    result = sample(edm_run, "--steps", "2", "--batch-size", "4", "--out",
+                    str(tmp_path / "s.png"))
+    assert result.exit_code == 0, result.output
+    assert asked == [4, 2]  # n = 6 in batches of 4
+    monkeypatch.undo()
+    with np.load(tmp_path / "s.npz") as f:
+        streamed, info = f["samples"], json.loads(str(f["info"]))
+    whole = edm.sample(edm.load(edm_run), 6, steps=2).x.numpy()
+    np.testing.assert_array_equal(streamed, whole)
+    assert info["n"] == 6 and info["seeds"] == [0, 5] and info["nfe"] == 3

@@ -379,14 +379,9 @@ def _given(ctx: click.Context, names) -> list[str]:
     ]
 
 
-def _not_finite(x, run, settings: list[str], kept: Path) -> str | None:
-    """The error for results holding NaN or inf (None when all are finite): how many, the likely
-    cause (the weights themselves, else the ``settings`` the user gave) and where they are kept."""
-    import torch
-
-    bad = int((~torch.isfinite(x.flatten(1))).any(1).sum())
-    if not bad:
-        return None
+def _not_finite(bad: int, n: int, run, settings: list[str], kept: Path) -> str:
+    """The error for ``bad`` of ``n`` results holding NaN or inf: how many, the likely cause
+    (the weights themselves, else the ``settings`` the user gave) and where they are kept."""
     weights = "EMA" if run.ema else "raw"
     largest = max((float(p.abs().max()) for p in run.denoiser.parameters() if p.numel()),
                   default=0.0)
@@ -408,7 +403,7 @@ def _not_finite(x, run, settings: list[str], kept: Path) -> str | None:
     else:
         cause = f"with the default settings and the {weights} weights (try --weights)"
     return (
-        f"{bad} of {len(x)} results are not finite (NaN or inf), {cause}. "
+        f"{bad} of {n} results are not finite (NaN or inf), {cause}. "
         f"No picture was written; the raw values are kept in {kept} for inspection."
     )
 
@@ -455,7 +450,11 @@ def _make_sample_command(name, method):
         run, dataset, runs_root, n, seed, batch_size, out, samples_out, device, weights,
         class_label, overwrite, **opts
     ):
-        from zoo.viz import PICTURE_SUFFIXES, check_output, save_samples_file, save_samples_picture
+        import numpy as np
+        from tqdm.auto import tqdm
+
+        from zoo.sample_export import NpzWriter
+        from zoo.viz import MAX_GRID, PICTURE_SUFFIXES, check_output, save_samples_picture
 
         ctx = click.get_current_context()
         try:
@@ -470,30 +469,41 @@ def _make_sample_command(name, method):
                     raise ValueError(f"--class: method {name!r} does not sample "
                                      "class-conditionally")
                 opts["class_label"] = class_label
-            samples = method.sample(
-                loaded, n, seed=seed, batch_size=batch_size, device=device, progress=True, **opts
-            )
+            first, picture, labels, bad = None, [], [], 0
+            writer = NpzWriter(npz, n, tuple(loaded.dataset["shape"]), np.float32,
+                               name="samples", labels_name="labels")
+            try:  # batch by batch into the .npz: memory holds one batch and the picture's
+                for start in tqdm(range(0, n, batch_size), desc=f"sample {name}",
+                                  disable=n <= batch_size, dynamic_ncols=True):
+                    count = min(batch_size, n - start)
+                    chunk = method.sample(loaded, count, seed=seed + start,
+                                          batch_size=batch_size, device=device,
+                                          progress=n <= batch_size, **opts)
+                    first = first or chunk
+                    x = chunk.x.detach().float().cpu()
+                    bad += int((~torch.isfinite(x.flatten(1))).any(1).sum())
+                    writer.add(x.numpy(), chunk.labels)
+                    if chunk.labels is not None:
+                        labels += chunk.labels.tolist()
+                    keep = MAX_GRID if loaded.dataset["kind"] == "image" else n
+                    picture.append(x[: max(0, keep - sum(map(len, picture)))])
+                info = {**first.info, "run": str(run), "weights": weights,
+                        "dataset": loaded.dataset["name"], "seeds": [seed, seed + n - 1],
+                        "n": n, **({"labels": labels} if labels else {})}
+                npz = writer.close({"info": np.array(json.dumps(info))})
+            except BaseException:
+                writer.abort()
+                raise
         except USER_ERRORS as exc:
             raise _user_error(exc) from None
-        info = {
-            **samples.info,
-            "run": str(run),
-            "weights": weights,
-            "dataset": loaded.dataset["name"],
-            "seeds": [seed, seed + n - 1],
-            "n": n,
-        }
-        if samples.labels is not None:
-            info["labels"] = samples.labels.tolist()
-        npz = save_samples_file(samples.x, info, npz)
+        picture = torch.cat(picture)
         settings = _given(ctx, ["weights", "sampler", "sampler_options",
                                 *(o.name for o in method.sample_options)])
-        error = _not_finite(samples.x, loaded, settings, npz)
-        if error:
-            raise UserError(error)
-        title = f"{name}  NFE={samples.nfe}" + ("  (raw weights)" if weights == "raw" else "")
-        pic = save_samples_picture(samples.x, loaded.dataset["kind"], out, title)
-        click.echo(f"{n} samples, NFE {samples.nfe}: {pic} {npz}")
+        if bad:
+            raise UserError(_not_finite(bad, n, loaded, settings, npz))
+        title = f"{name}  NFE={first.nfe}" + ("  (raw weights)" if weights == "raw" else "")
+        pic = save_samples_picture(picture, loaded.dataset["kind"], out, title)
+        click.echo(f"{n} samples, NFE {first.nfe}: {pic} {npz}")
 
     params = [
         click.Option(
@@ -921,9 +931,9 @@ def edit_command(
     info = {"task": task, "names": names, "run": str(run), "weights": weights, "sigmas": sigmas}
     save_samples_file(results, info, npz)
     settings = _given(click.get_current_context(), ["weights", "sigmas", "sigma"])
-    error = _not_finite(results, loaded, settings, npz)
-    if error:
-        raise UserError(error)
+    bad = int((~torch.isfinite(results.flatten(1))).any(1).sum())
+    if bad:
+        raise UserError(_not_finite(bad, len(results), loaded, settings, npz))
     paths = [
         save_row(row, out / f"{name}.png" if batch else out, task)
         for name, row in zip(names, rows, strict=True)

@@ -41,15 +41,16 @@ class NpzWriter:
     ``arr_0`` (openai's evaluator batch: uint8 images ``[H, W, C]``), their labels as ``arr_1``
     and any ``extra`` arrays given to :meth:`close` (e.g. the bench's ``info``)."""
 
-    def __init__(self, path, n: int, item_shape, dtype=np.uint8):
+    def __init__(self, path, n: int, item_shape, dtype=np.uint8, *, name: str = "arr_0",
+                 labels_name: str = "arr_1"):
         self.path, self.n, self.written, self.labels = Path(path), n, 0, []
-        self.dtype = np.dtype(dtype)
+        self.dtype, self.labels_name = np.dtype(dtype), labels_name
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd, self.tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.stem}.",
                                         suffix=".npz")
         os.close(fd)
         self.zip = zipfile.ZipFile(self.tmp, "w", zipfile.ZIP_DEFLATED, allowZip64=True)
-        self.member = self.zip.open("arr_0.npy", "w", force_zip64=True)
+        self.member = self.zip.open(f"{name}.npy", "w", force_zip64=True)
         self.member.write(_npy_header((n, *item_shape), self.dtype))
 
     def add(self, items: np.ndarray, labels=None) -> None:
@@ -66,7 +67,7 @@ class NpzWriter:
         if self.written != self.n:
             self.abort()
             raise RuntimeError(f"{self.path}: {self.written} samples written, {self.n} declared")
-        members = {"arr_1": np.concatenate(self.labels)} if self.labels else {}
+        members = {self.labels_name: np.concatenate(self.labels)} if self.labels else {}
         for name, array in {**members, **(extra or {})}.items():
             with self.zip.open(f"{name}.npy", "w", force_zip64=True) as f:
                 np.lib.format.write_array(f, np.asarray(array), allow_pickle=False)
