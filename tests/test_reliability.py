@@ -601,3 +601,13 @@ def test_the_first_log_row_after_a_resume_averages_its_whole_window(tmp_path):
         return {r["step"]: r["loss"] for r in rows if "loss" in r}
 
     assert losses(run) == losses(tmp_path / "straight") and set(losses(run)) == {4, 8, 12}
+
+
+def test_an_unwritable_run_dir_is_one_line_not_a_traceback(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    result = CliRunner().invoke(main, ["train", "edm", "--dataset", "toy", "--iterations", "2",
+                                       "--run-dir", str(blocker / "run"), "--no-progress"])
+    assert result.exit_code == 1
+    assert "Error: " in result.output and "Traceback" not in result.output
+    assert len(result.output.strip().splitlines()) <= 2, result.output
