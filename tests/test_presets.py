@@ -145,6 +145,9 @@ def test_uniform_u_weighting_is_the_derivative_of_the_inverse_karras_time():
 def test_edm_augmentation_needs_the_augment_labels_in_the_network():
     edm = get("methods", "edm")
     with pytest.raises(ValueError, match=re.escape("set network_kwargs augment_dim=9")):
-        edm.configure("cifar10", network_kwargs={"dropout": 0.13})
+        edm.configure("cifar10", network_kwargs={"augment_dim": 0})
+    # giving another network option keeps the preset's augment_dim (merged, not replaced)
+    assert edm.configure("cifar10", network_kwargs={"dropout": 0.1}).network_kwargs[
+        "augment_dim"] == 9
     with pytest.raises(ValueError, match=r"augment_p must be in \[0, 1\], got 2"):
         edm.configure("cifar10", augment_p=2.0)

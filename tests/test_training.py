@@ -161,3 +161,18 @@ def test_device_auto_is_cuda_where_available_and_recorded_resolved(monkeypatch):
     assert edm().configure("cifar10").device == "cpu"  # presets leave the device to auto
     result = CliRunner().invoke(main, ["sample", "edm", "--device", "gpu0"])
     assert result.exit_code == 2 and "accepted: auto, cpu, cuda, cuda:N" in result.output
+
+
+def test_network_kwargs_merge_into_the_preset_as_set_does():
+    """--network-kwargs with one key keeps the preset's others: a CT run given a width keeps its
+    preset's dropout 0 (it used to fall back to the network's default 0.13)."""
+    from zoo.plugins import get
+
+    cm = get("methods", "cm")
+    preset = cm.configure("cifar10", mode="ct")
+    given = cm.configure("cifar10", mode="ct", network_kwargs={"model_channels": 16})
+    assert given.network_kwargs == {**preset.network_kwargs, "model_channels": 16}
+    assert given.network_kwargs["dropout"] == 0.0
+    edm = get("methods", "edm")
+    assert edm.configure("toy", network_kwargs={"hidden": 8}).network_kwargs == \
+        {**edm.configure("toy").network_kwargs, "hidden": 8}

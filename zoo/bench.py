@@ -53,6 +53,7 @@ from zoo.data import Dataset, load_dataset
 from zoo.methods import BenchRow, Method
 from zoo.training import CheckpointError, load_checkpoint
 from zoo.training.checkpoint import CHECKPOINT_NAME
+from zoo.training.config import merge_overrides
 from zoo.training.cost import forward_equivalents, run_cost
 from zoo.viz import write_atomic
 
@@ -293,11 +294,8 @@ def apply_settings(name: str, config, settings: dict[str | None, dict]):
         raise BenchError(f"--set {', '.join(unknown)}: method {name} has no such setting; "
                          f"scope it to the methods that have it (METHOD.KEY=VALUE). "
                          f"{name}'s settings: {', '.join(sorted(fields))}")
-    for key, value in wanted.items():
-        old = getattr(config, key)
-        if isinstance(old, dict) and isinstance(value, dict):
-            wanted[key] = {**old, **value}
-    config = dataclasses.replace(config, **wanted)
+    config = dataclasses.replace(config, **merge_overrides(
+        {k: getattr(config, k) for k in wanted}, wanted))
     config.validate()
     return config
 
@@ -368,10 +366,8 @@ def resume_overrides(method: Method, run_dir: Path, name: str, settings: dict) -
         saved = method.saved_config(run_dir)
     except CheckpointError:
         return None
-    wanted = {**settings.get(None, {}), **settings.get(name, {})}
-    for key, value in list(wanted.items()):
-        if isinstance(saved.get(key), dict) and isinstance(value, dict):
-            wanted[key] = {**saved[key], **value}
+    wanted = merge_overrides({k: saved.get(k) for k in saved},
+                             {**settings.get(None, {}), **settings.get(name, {})})
     overrides = {k: v for k, v in wanted.items() if saved.get(k) != v}
     config_class = method.config_class
     fixed = sorted(k for k in overrides if k in config_class.RESUME_FIXED)

@@ -20,7 +20,13 @@ from zoo.diffusion import Denoiser
 from zoo.nets import build_network, count_parameters
 from zoo.training import CheckpointError, Trainer, TrainingTask, load_checkpoint
 from zoo.training.checkpoint import load_latest_checkpoint
-from zoo.training.config import TrainConfig, config_from_dict, config_to_dict, resume_config
+from zoo.training.config import (
+    TrainConfig,
+    config_from_dict,
+    config_to_dict,
+    merge_overrides,
+    resume_config,
+)
 from zoo.training.trainer import dataset_record
 
 DEFAULT_RUNS_ROOT = Path("runs")
@@ -180,7 +186,8 @@ class Method(abc.ABC):
         unknown = sorted(set(overrides) - names)
         if unknown:
             raise ValueError(f"unknown {self.name} settings: {', '.join(unknown)}")
-        config = dataclasses.replace(config, **overrides)
+        config = dataclasses.replace(config, **merge_overrides(
+            {k: getattr(config, k) for k in overrides}, overrides))
         config.validate()
         return config
 
@@ -371,7 +378,7 @@ class ModalMethod(Method):
         """The preset of ``dataset`` for ``overrides["mode"]`` (default: the first mode), then
         the overrides."""
         preset = config_to_dict(self.preset(dataset, overrides.get("mode")))
-        config = config_from_dict(self.config_class, {**preset, **overrides})
+        config = config_from_dict(self.config_class, merge_overrides(preset, overrides))
         config.validate()
         return config
 

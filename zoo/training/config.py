@@ -35,7 +35,9 @@ class TrainConfig:
     dataset: str = setting("toy", "Registered dataset name.")
     dataset_options: dict = setting({}, 'Dataset options as JSON, e.g. \'{"path": "imgs/"}\'.')
     network: str = setting("mlp", "Registered network name.")
-    network_kwargs: dict = setting({}, "Network constructor overrides as JSON.")
+    network_kwargs: dict = setting(
+        {}, "Network constructor options as JSON, merged key by key into the preset's (as "
+        "`zoo bench --set` merges).")
     num_classes: int = setting(
         0, "Classes of a class-conditional model: the dataset's number (digits, cifar10: 10; "
         "imagenet64: 1000); 0 = unconditional.")
@@ -174,6 +176,18 @@ def check_type(name: str, value, annotation: str) -> None:
         raise ValueError(f"{name} must be {kind}, got {value!r}")
 
 
+def merge_overrides(settings: dict, overrides: dict) -> dict:
+    """``settings`` with ``overrides`` applied, a dict value (``network_kwargs``,
+    ``dataset_options``) merged key by key into the dict it replaces: the one rule of
+    ``zoo train --network-kwargs``, ``zoo bench --set`` and resume overrides (giving one key never
+    drops the preset's others, e.g. its dropout)."""
+    out = dict(settings)
+    for key, value in overrides.items():
+        old = settings.get(key)
+        out[key] = {**old, **value} if isinstance(old, dict) and isinstance(value, dict) else value
+    return out
+
+
 def config_to_dict(config) -> dict:
     return dataclasses.asdict(config)
 
@@ -215,6 +229,7 @@ def resume_config(cls, saved: dict, overrides: dict):
     unknown = sorted(set(overrides) - names)
     if unknown:
         raise ValueError(f"unknown {cls.__name__} settings: {', '.join(unknown)}")
+    overrides = merge_overrides({k: saved[k] for k in overrides if k in saved}, overrides)
     changes = [(k, saved.get(k), v) for k, v in overrides.items() if saved.get(k) != v]
     fixed = [c for c in changes if c[0] in cls.RESUME_FIXED]
     if fixed:
