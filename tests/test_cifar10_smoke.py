@@ -144,3 +144,21 @@ def test_cifar10_bench_path_end_to_end_on_cpu(tiny_cifar10):
     for name in ("table.md", "table.csv", "metric_vs_nfe.png"):
         assert (out / name).stat().st_size > 0
     assert len(list((out / "samples").glob("*.png"))) == len(rows)
+
+
+def test_missing_inception_weights_are_found_before_any_training(tiny_cifar10, monkeypatch):
+    """`zoo bench --train-missing` on CIFAR-10 without Inception weights stops before it trains
+    anything (it used to train every run, then fail), naming the file and where it goes."""
+    import torch
+
+    from zoo.metrics import fidelity
+
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tiny_cifar10 / "hub"))
+    monkeypatch.delenv(fidelity.INCEPTION_ENV, raising=False)
+    runs = tiny_cifar10 / "runs"
+    result = CliRunner().invoke(main, ["bench", "--models", "edm", "--dataset", "cifar10",
+                                       "--train-missing", "--runs-root", str(runs),
+                                       "--out", str(tiny_cifar10 / "bench"), "--n", "16"])
+    assert result.exit_code == 1
+    assert fidelity.INCEPTION_FILE in result.output
+    assert not runs.exists()  # nothing was trained
