@@ -11,6 +11,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -488,19 +489,21 @@ def test_bench_set_values_are_type_checked(tmp_path):
     assert not (tmp_path / "runs").exists()
 
 
-def test_sigterm_to_a_bench_stops_its_training_children_after_their_checkpoints(tmp_path):
-    """The bench's parent forwards SIGTERM to the runs training in child processes, waits for
-    their checkpoints, exits 143 and prints the command that continues; no process is left."""
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_sigterm_to_a_bench_stops_its_training_children_after_their_checkpoints(tmp_path, jobs):
+    """The bench's parent forwards SIGTERM to the runs training in child processes (--jobs 2),
+    or its own training checkpoints (--jobs 1), waits for the checkpoints, exits 143 (not 1) and
+    prints the command that continues; no process is left."""
     settings = ["--set", "iterations=200000", "--set", "checkpoint_every=100000",
                 "--set", 'network_kwargs={"hidden": 16, "num_layers": 1}',
                 "--set", "batch_size=32", "--set", "log_every=1000000"]
     bench = subprocess.Popen(
         [sys.executable, "-m", "zoo.cli", "bench", "--models", "edm,rf", "--dataset", "toy",
-         "--train-missing", "--jobs", "2", "--no-progress", *settings,
+         "--train-missing", "--jobs", str(jobs), "--no-progress", *settings,
          "--runs-root", str(tmp_path / "runs"), "--out", str(tmp_path / "out")],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         env={**os.environ, "OMP_NUM_THREADS": "1"})
-    runs = [tmp_path / "runs" / "toy" / name for name in ("edm", "rf")]
+    runs = [tmp_path / "runs" / "toy" / name for name in ("edm", "rf")[:jobs]]
     deadline = time.time() + 120
     while time.time() < deadline and not all((r / CHECKPOINT_NAME).exists() for r in runs):
         time.sleep(0.2)
@@ -611,3 +614,19 @@ def test_an_unwritable_run_dir_is_one_line_not_a_traceback(tmp_path):
     assert result.exit_code == 1
     assert "Error: " in result.output and "Traceback" not in result.output
     assert len(result.output.strip().splitlines()) <= 2, result.output
+
+
+def test_the_zoo_command_says_so_when_stopped_while_importing():
+    """The `zoo` entry point installs its SIGTERM handler before importing torch and the
+    plugins: a job stopped in those seconds exits 143 with a message, not silently."""
+    script = Path(sys.executable).parent / "zoo"
+    if not script.exists():
+        pytest.skip("the zoo console script is not installed beside this Python")
+    proc = subprocess.Popen([str(script), "plugins"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    time.sleep(0.5)  # the interpreter is up; torch is still importing
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err
+    assert "zoo: SIGTERM while starting; nothing was written" in err \
+        or "zoo: SIGTERM before any work started" in err
