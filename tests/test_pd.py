@@ -214,7 +214,7 @@ def test_cli_samples_a_stage_by_run_or_by_nfe(pd_run, tmp_path):
     assert result.exit_code == 0, result.output
     assert "NFE 2" in result.output and out.exists()
     result = runner.invoke(main, ["sample", "pd", "--run", str(pd_run), "--nfe", "4", "--n", "16",
-                                  "--out", str(out)])
+                                  "--out", str(out), "--overwrite"])
     assert result.exit_code == 0 and "NFE 4" in result.output, result.output
     result = runner.invoke(main, ["sample", "pd", "--run", str(pd_run), "--nfe", "3"])
     assert result.exit_code == 1 and "no PD stage with 3 steps" in result.output
