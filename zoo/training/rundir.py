@@ -63,7 +63,7 @@ def remove_stale_temporaries(run_dir) -> list[Path]:
     while holding the run's lock: then no write of ours is in flight)."""
     run_dir = Path(run_dir)
     stale = (sorted(run_dir.glob("*.tmp")) + sorted(run_dir.glob("snapshots/*.tmp"))
-             # sample grids are written to hidden ".grid-stepN.XXXX.png" files, then renamed
+             # sample grids are written to hidden ".grid-stepN.<random>.png" files, then renamed
              + sorted(run_dir.glob("samples/.grid-*.png")))
     for path in stale:
         path.unlink(missing_ok=True)
