@@ -454,7 +454,10 @@ class Trainer:
 
     def _warn_ema(self) -> None:
         """Warn when the evaluation EMA after the last step still holds more than 1 % of the
-        initial weights (Πβ over every update), whichever form its rate takes."""
+        initial weights (Πβ over every update), whichever form its rate takes (rank 0 alone:
+        the others would print nothing)."""
+        if self.rank != 0:
+            return
         c = self.config
         betas = [self.ema_beta_at(step) for step in range(c.iterations)]
         left = initialisation_weight(betas)
