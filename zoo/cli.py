@@ -8,7 +8,6 @@ import inspect
 import json
 import os
 import sys
-import threading
 import warnings
 from pathlib import Path
 
@@ -42,24 +41,6 @@ def _user_error(exc: BaseException) -> UserError:
     if _show_traceback:
         raise exc
     return UserError(str(exc))
-
-
-def _stop_politely_until_work_starts() -> None:
-    """SIGTERM during start-up (imports, data and plugin loading: seconds to a minute on a busy
-    machine) exits 143 with a message instead of silently; training then installs its own
-    handler, which checkpoints. The previous handler comes back when the command ends."""
-    import signal
-
-    if threading.current_thread() is not threading.main_thread():
-        return
-
-    def stopped(signum, frame):
-        click.echo(f"zoo: {signal.Signals(signum).name} before any work started; nothing was "
-                   "written", err=True)
-        sys.exit(128 + signum)
-
-    previous = signal.signal(signal.SIGTERM, stopped)
-    click.get_current_context().call_on_close(lambda: signal.signal(signal.SIGTERM, previous))
 
 
 def _report_plugin_failures() -> None:
@@ -125,7 +106,6 @@ def main(traceback):
     """
     global _show_traceback
     _show_traceback = traceback or os.environ.get(TRACEBACK_ENV, "") not in ("", "0")
-    _stop_politely_until_work_starts()
     distributed.init_distributed()  # a no-op unless torchrun's environment variables are set
     warnings.showwarning = _show_warning
     _report_plugin_failures()
