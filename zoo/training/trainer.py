@@ -551,7 +551,6 @@ class Trainer:
                                                            measure_grad=logged)
                         window_loss += last_loss
                         window_n += 1
-                        self.log_window = {"loss": window_loss, "steps": window_n}
                         bar.update(1)
                         if logged:
                             rate = ((window_n - resumed_steps) * c.batch_size
@@ -574,7 +573,6 @@ class Trainer:
                                 }, "train", self.task.metrics(self.step - 1))
                             window_loss, window_n, t0 = 0.0, 0, time.perf_counter()
                             resumed_steps = 0
-                            self.log_window = {"loss": 0.0, "steps": 0}
                         paused = time.perf_counter()
                         if self._due(c.sample_every_kimg):
                             self.write_grid()
@@ -586,6 +584,7 @@ class Trainer:
                         signum = distributed.all_max(stop.signum or 0)
                         if (signum or self.step % c.checkpoint_every == 0
                                 or self.step == c.iterations):
+                            self.log_window = {"loss": window_loss, "steps": window_n}
                             self.save()
                         if signum:
                             raise TrainingInterrupted(signum, self.step, self.checkpoint_path)
