@@ -82,7 +82,8 @@ def main() -> None:
         samples = method.sample(run, args.n, seed=args.seed, **options)
         result = metric.compute(samples.x, dataset, seed=args.seed)
         w2[label], floor = result["W2"], result["W2 floor"]
-        print(f"| {label} | {samples.nfe} | {w2[label]:.4f} | {result.get('W2 ±', float('nan')):.4f} | {run_dir} "
+        stderr = result.get("W2 ±", float("nan"))
+        print(f"| {label} | {samples.nfe} | {w2[label]:.4f} | {stderr:.4f} | {run_dir} "
               f"(step {run.step}) |", flush=True)
     if floor is None:
         return

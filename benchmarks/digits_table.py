@@ -31,15 +31,8 @@ import shlex
 import sys
 from pathlib import Path
 
-from zoo.bench import (
-    cost_cells,
-    format_table,
-    git_commit,
-    plot_metric_vs_cost,
-    plot_metric_vs_nfe,
-    rescore_bench,
-    run_bench,
-)
+from zoo.bench import format_table, rescore_bench, run_bench
+from zoo.bench.report import cost_cells, git_commit, plot_metric_vs_cost, plot_metric_vs_nfe
 from zoo.cli import training_jobs
 from zoo.data import load_dataset
 from zoo.metrics import evaluate, lower_is_better

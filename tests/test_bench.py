@@ -24,6 +24,7 @@ from zoo.bench import (
     run_bench,
     training_order,
 )
+from zoo.bench.sample import check_npz_sizes
 from zoo.cli import main
 from zoo.data import Dataset, load_dataset
 from zoo.diffusion.fast_samplers import sample_dpm_solver_2
@@ -389,7 +390,7 @@ def test_staged_runs_count_every_stage_for_the_longest_first_order():
 
 
 def test_plot_series_get_distinct_colour_and_marker_pairs_past_ten():
-    from zoo.bench import _series_styles
+    from zoo.bench.report import _series_styles
 
     labels = [f"method {i}" for i in range(25)] + ["method 3"]  # repeats keep their style
     styles = _series_styles(labels)
@@ -597,7 +598,7 @@ def test_rescore_reads_no_decompression_bomb_and_names_a_truncated_file(benched,
     assert path.stat().st_size < 10 * 2**20
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     with pytest.raises(BenchError, match=r"pd-nfe1.npz declares 2.0 GiB of arrays"):
-        bench_module.check_npz_sizes(path, limit=2**30)
+        check_npz_sizes(path, limit=2**30)
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 200 * 2**10  # KiB
     path.write_bytes(path.read_bytes()[:1000])
     with pytest.raises(BenchError, match=r"pd-nfe1.npz is not a complete bench samples file"):

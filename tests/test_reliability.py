@@ -525,6 +525,7 @@ def test_bench_set_continues_an_unfinished_run_with_its_values_and_says_so(tmp_p
     command the bench prints is the one it runs; a setting that defines the run is refused with
     the way out."""
     from zoo import bench as bench_module
+    from zoo.bench.train import train_one
 
     run = tmp_path / "runs" / "toy" / "edm"
     with pytest.raises(ZeroDivisionError):  # the run dies at step 9 of 14 (checkpoint at 8)
@@ -542,7 +543,7 @@ def test_bench_set_continues_an_unfinished_run_with_its_values_and_says_so(tmp_p
                        r"unfinished edm run .* \(mv "):
         bench_module.resume_overrides(edm(), run, "edm", {"edm": {"batch_size": 16}})
     said = []
-    bench_module._train_one(edm(), tiny_config(), run, {"lr": 0.002}, progress=False,
+    train_one(edm(), tiny_config(), run, {"lr": 0.002}, progress=False,
                             echo=said.append)
     assert load_checkpoint(run)["config"]["lr"] == 0.002
     assert any("resuming with lr=0.002" in line for line in said), said

@@ -370,6 +370,12 @@ class FidelityMetric:
         return stream.result(seed)
 
 
+def use_inception_weights(path: str | os.PathLike) -> None:
+    """Make ``path`` (checked, :func:`inception_weights`) the Inception weights of every later
+    feature extractor in this process and its children (``$ZOO_INCEPTION_WEIGHTS``)."""
+    os.environ[INCEPTION_ENV] = str(inception_weights(path))
+
+
 def inception_weights(path: str | os.PathLike | None = None) -> Path:
     """The Inception weights file: ``path``, else ``$ZOO_INCEPTION_WEIGHTS``, else
     ``<torch.hub.get_dir()>/checkpoints/weights-inception-2015-12-05-6726825d.pth`` (where
