@@ -136,3 +136,18 @@ def test_edit_prints_only_the_sigmas_its_task_uses_and_labels_its_panels(cm_run,
     result = cli("edit", cm_run, "--task", "stroke", "--sigma", "5", "--input", png,
                  "--out", tmp_path / "st.png")
     assert result.exit_code == 0 and "sigmas [" in result.output, result.output
+
+
+def test_the_command_line_imports_torch_only_for_a_command_that_needs_it():
+    """``zoo --version`` and ``zoo --help`` answer without importing torch (seconds on a loaded
+    machine); the commands import what they use when they run."""
+    import subprocess
+    import sys
+
+    probe = ("import sys; from click.testing import CliRunner; from zoo.cli import main; "
+             "result = CliRunner().invoke(main, sys.argv[1:]); assert result.exit_code == 0, "
+             "result.output; print('torch' in sys.modules)")
+    for args in (["--version"], ["--help"]):
+        out = subprocess.run([sys.executable, "-c", probe, *args], capture_output=True,
+                             text=True, check=True).stdout
+        assert out.strip().splitlines()[-1] == "False", (args, out)

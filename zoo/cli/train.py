@@ -1,0 +1,192 @@
+"""``zoo train METHOD``: one command per registered method, one option per setting of its
+config, the dataset presets' values in the help."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from zoo import plugins as zoo_plugins
+from zoo.cli.common import (
+    USER_ERRORS,
+    MethodGroup,
+    UserError,
+    main,
+    shared_option,
+    user_error,
+)
+
+
+def _click_type(annotation: str):
+    base = annotation.replace(" | None", "")
+    return {"int": int, "float": float, "str": str, "bool": bool, "dict": "json"}.get(base, str)
+
+
+#: The datasets whose presets ``zoo train METHOD --help`` shows, one per preset scale.
+PRESET_DATASETS = ("toy", "digits", "cifar10")
+
+
+def _presets(method) -> dict:
+    """The method's configurations for :data:`PRESET_DATASETS` (no data loaded), those it has."""
+    out = {}
+    for dataset in PRESET_DATASETS:
+        try:
+            out[dataset] = method.configure(dataset)
+        except (*USER_ERRORS, zoo_plugins.UnknownNameError):
+            continue
+    return out
+
+
+def _shown(value) -> str:
+    return json.dumps(value, separators=(",", ":")) if isinstance(value, (dict, list)) \
+        else f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def config_options(config_class, presets: dict | None = None) -> list[click.Option]:
+    """One ``--option`` per config field (a ``click.Choice`` where the field has ``choices``);
+    unset (None) options keep the dataset preset's value, whose values per dataset in
+    ``presets`` (name -> config) the help shows."""
+    options = []
+    for f in dataclasses.fields(config_class):
+        if f.name in ("method", "dataset"):
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        kind = _click_type(f.type if isinstance(f.type, str) else f.type.__name__)
+        if "choices" in f.metadata:
+            kind = click.Choice(f.metadata["choices"])
+        values = ", ".join(f"{d} {_shown(getattr(c, f.name))}" for d, c in (presets or {}).items())
+        help_text = f.metadata.get("help", "") + (
+            f" [presets: {values}]" if values else " [default: from the dataset preset]")
+        if kind is bool:
+            options.append(
+                click.Option([f"{flag}/--no-{flag[2:]}", f.name], default=None, help=help_text)
+            )
+        elif kind == "json":
+            options.append(
+                click.Option([flag, f.name], default=None, metavar="JSON", help=help_text)
+            )
+        else:
+            options.append(click.Option([flag, f.name], type=kind, default=None, help=help_text))
+    return options
+
+
+def _overrides(config_class, params: dict) -> dict:
+    out = {}
+    for f in dataclasses.fields(config_class):
+        value = params.get(f.name)
+        if value is None or f.name in ("method", "dataset"):
+            continue
+        if _click_type(f.type if isinstance(f.type, str) else f.type.__name__) == "json":
+            try:
+                value = json.loads(value)
+            except json.JSONDecodeError as exc:
+                raise UserError(f"--{f.name.replace('_', '-')} must be JSON: {exc}") from None
+            if not isinstance(value, dict):
+                raise UserError(f"--{f.name.replace('_', '-')} must be a JSON object")
+        out[f.name] = value
+    return out
+
+
+def _duration(seconds: float) -> str:
+    """``2d 3h 4m``, ``5h 6m`` or ``7m 8s``."""
+    m, s = divmod(round(seconds), 60)
+    h, m = divmod(m, 60)
+    d, h = divmod(h, 24)
+    return f"{d}d {h}h {m}m" if d else f"{h}h {m}m" if h else f"{m}m {s}s"
+
+
+def _print_dry_run(report: dict) -> None:
+    c = report["config"]
+    click.echo("settings (as the run's config.json would record them):")
+    click.echo(json.dumps(c, indent=2, sort_keys=True))
+    click.echo(f"run directory: {report['run_dir']} (not created)")
+    click.echo(f"parameters: {report['parameters']:,}")
+    click.echo(f"samples/s: {report['samples_per_s']:,.1f} (training steps on "
+               f"{report['device']}, random data of shape {report['data_shape']})")
+    click.echo(f"projected wall time: {_duration(report['projected_s'])} for "
+               f"{report['iterations']:,} "
+               f"iterations of {c['batch_size']} samples (training steps only)")
+
+
+def _make_train_command(name, method):
+    def callback(dataset, run_dir, runs_root, resume, progress, dry_run, **params):
+        from zoo import distributed
+        from zoo.training import TrainingInterrupted
+
+        overrides = _overrides(method.config_class, params)
+        echo = lambda msg: click.echo(msg, err=True) if distributed.is_main() else None
+        try:
+            if run_dir is None:
+                preset = method.configure(dataset or "toy", **overrides)
+                run_dir = method.default_run_dir(preset, runs_root)
+            run_dir = Path(run_dir)
+            if dry_run:
+                if resume:
+                    raise UserError("--dry-run describes a new run; it does not take --resume")
+                config = method.configure(dataset or "toy", **overrides)
+                report = method.dry_run(config, run_dir)
+                if distributed.is_main():
+                    _print_dry_run(report)
+                return
+            if resume:
+                echo(f"resuming {name} in {run_dir}")
+                if dataset is not None:
+                    overrides["dataset"] = dataset
+                method.resume(run_dir, overrides, progress=progress, echo=echo)
+            else:
+                config = method.configure(dataset or "toy", **overrides)
+                echo(f"training {name} on {config.dataset} -> {run_dir}")
+                method.train(config, run_dir, progress=progress)
+        except TrainingInterrupted as exc:
+            echo(f"{exc}\nresume with: zoo train {name} --run-dir {run_dir} --resume")
+            sys.exit(exc.exit_code)
+        except USER_ERRORS as exc:
+            raise user_error(exc) from None
+        if distributed.is_main():
+            click.echo(f"trained run: {run_dir}")
+
+    params = [
+        click.Option(
+            ["--dataset"],
+            default=None,
+            help="Registered dataset name [default: toy; with --resume, the run's].",
+        ),
+        click.Option(
+            ["--run-dir"],
+            type=click.Path(file_okay=False),
+            default=None,
+            help="Where to write the run [default: RUNS_ROOT/DATASET/RUN_NAME].",
+        ),
+        shared_option("runs_root"),
+        click.Option(
+            ["--resume"],
+            is_flag=True,
+            help="Continue the run from its last checkpoint with its own settings; the settings "
+            "passed override them (run-defining ones, e.g. data, network, batch size, are "
+            "refused).",
+        ),
+        shared_option("progress"),
+        click.Option(
+            ["--dry-run"],
+            is_flag=True,
+            help="Print the resolved settings, the parameter count, the samples/s of a few real "
+            "training steps on random data and the projected wall time; write nothing.",
+        ),
+        *config_options(method.config_class, _presets(method)),
+    ]
+    return click.Command(
+        name,
+        callback=callback,
+        params=params,
+        help=f"Train {name}: {method.description}",
+        short_help=method.description,
+    )
+
+
+@main.group(cls=MethodGroup, make_command=_make_train_command)
+def train():
+    """Train a method: `zoo train METHOD --dataset D [settings]`; `zoo train METHOD --help`."""
