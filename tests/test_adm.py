@@ -21,8 +21,8 @@ import pytest
 import torch
 
 import zoo.plugins
-from zoo.checkpoint_import import OPENAI_PRESETS, import_openai_run, karras_sigma
 from zoo.diffusion.samplers import sample_consistency
+from zoo.importers import OPENAI_PRESETS, import_openai_run, karras_sigma
 from zoo.nets import build_network
 from zoo.nets.adm import ADMUNet, dhariwal_state_dict_to_adm, dhariwal_to_adm_kwargs
 

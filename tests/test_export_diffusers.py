@@ -12,9 +12,9 @@ import torch
 from click.testing import CliRunner
 
 import zoo.plugins
-from zoo.checkpoint_import import OPENAI_PRESETS, import_openai_run, save_weights_run
 from zoo.cli import main
 from zoo.export import ExportError
+from zoo.importers import OPENAI_PRESETS, import_openai_run, save_weights_run
 from zoo.training import load_checkpoint
 
 diffusers = pytest.importorskip("diffusers")

@@ -15,9 +15,9 @@ from test_cifar10_smoke import RandomConvExtractor, tiny_cifar10  # noqa: F401  
 
 from zoo import plugins
 from zoo.bench import DEFAULT_N, PICTURE_N, default_n, protocol_note
-from zoo.checkpoint_import import dataset_record, write_imported_run
 from zoo.cli import main
 from zoo.data import load_dataset
+from zoo.importers import dataset_record, write_imported_run
 from zoo.metrics import digits as digits_module
 from zoo.metrics import evaluate, fidelity
 from zoo.sample_export import SampleExport
@@ -247,7 +247,7 @@ def test_imported_openai_runs_give_the_papers_rows(tmp_path, monkeypatch):
     import zoo_cm.method
     import zoo_edm.method
 
-    from zoo.checkpoint_import import OPENAI_PRESETS
+    from zoo.importers import OPENAI_PRESETS
 
     cm, edm = plugins.get("methods", "cm"), plugins.get("methods", "edm")
     root = tmp_path / "runs"

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 import zoo.plugins
-from zoo.checkpoint_import import (
+from zoo.importers import (
     OPENAI_PRESETS,
     UnsafePickleError,
     import_edm_run,

@@ -105,7 +105,7 @@ def import_safetensors(path, run_dir) -> Path:
     weights as the run's weights (EMA and raw alike), its config, dataset record and step. Like
     the other imported runs it holds no optimizer state, so it is sampled, not resumed."""
     from zoo import plugins
-    from zoo.checkpoint_import import save_weights_run, sha256_file
+    from zoo.importers import save_weights_run, sha256_file
     from zoo.training.config import config_from_dict
 
     meta, tensors = read_safetensors(path)

@@ -33,8 +33,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from zoo.checkpoint_import import karras_sigma
 from zoo.export import ExportError, run_weights
+from zoo.importers import karras_sigma
 from zoo.nets.adm import ADMUNet, AttentionBlock, Downsample, ResBlock, Upsample
 
 SUPPORTED = ("a consistency-model run (method cm) of the adm network, exported as "

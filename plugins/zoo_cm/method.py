@@ -8,10 +8,10 @@ from pathlib import Path
 
 import click
 
-from zoo.checkpoint_import import ADM_IMAGENET64, _two_step_sigmas
 from zoo.data.images import IMAGENET64_CLASSES
 from zoo.diffusion import SIGMA_DATA, SIGMA_MAX, SIGMA_MIN, Denoiser
 from zoo.diffusion.samplers import generate, parse_sigmas
+from zoo.importers.openai import ADM_IMAGENET64, two_step_sigmas
 from zoo.methods import DEFAULT_RUNS_ROOT, BenchRow, ModalMethod, Samples, draw_labels, preset_scale
 from zoo.plugins import get
 from zoo.training.config import TrainConfig, setting
@@ -198,11 +198,11 @@ PRESETS = {
         # --start_scales 40 fixed, --start_ema 0.95 fixed, 600k steps, lr 8e-6; the teacher
         # takes Heun steps (cm/karras_diffusion.py:193-196)
         "cd": dict(num_scales=40, target_ema=0.95, solver="heun", iterations=600_000, lr=8e-6,
-                   sample_sigmas=_two_step_sigmas(22, 40)),
+                   sample_sigmas=two_step_sigmas(22, 40)),
         # --start_scales 2 --end_scales 200 progressive, --start_ema 0.95 adaptive
         # (μ = exp(s0·log μ0 / N(k)): the paper's form), 800k steps, lr 1e-4, random init
         "ct": dict(init="random", s0=2, s1=200, mu0=0.95, ct_mu_form="paper",
-                   iterations=800_000, lr=1e-4, sample_sigmas=_two_step_sigmas(106, 201)),
+                   iterations=800_000, lr=1e-4, sample_sigmas=two_step_sigmas(106, 201)),
     },
 }
 

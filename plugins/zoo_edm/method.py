@@ -9,7 +9,6 @@ from pathlib import Path
 import click
 
 from zoo.augment import AUGMENT_DIM, augment
-from zoo.checkpoint_import import ADM_IMAGENET64
 from zoo.data import dataset_sigma_data
 from zoo.data.images import IMAGENET64_CLASSES
 from zoo.diffusion import SIGMA_DATA, SIGMA_MAX, SIGMA_MIN, Denoiser, append_zero, karras_sigmas
@@ -21,6 +20,7 @@ from zoo.diffusion.samplers import (
     sample_edm_stochastic,
     sampler_options,
 )
+from zoo.importers import ADM_IMAGENET64
 from zoo.methods import (
     DEFAULT_RUNS_ROOT,
     BenchRow,

@@ -27,7 +27,7 @@ _CHECK_DATA = click.option(
 
 def _import(run):
     """Run an import, every failure a one-line message (exit code 1)."""
-    from zoo.checkpoint_import import UnsafePickleError
+    from zoo.importers import UnsafePickleError
 
     try:
         return run()
@@ -60,7 +60,7 @@ def import_edm_command(pickle_file, out, dataset, check_data):
     """Import EDM's released network pickle (edm-cifar10-32x32-uncond-vp.pkl,
     edm-imagenet-64x64-cond-adm.pkl, network-snapshot-*.pkl) as an `edm` run, through a
     restricted unpickler: nothing in the file is executed."""
-    from zoo.checkpoint_import import import_edm_run
+    from zoo.importers import import_edm_run
 
     run_dir = _import(lambda: import_edm_run(pickle_file, out, dataset=dataset,
                                              check_data=check_data))
@@ -84,7 +84,7 @@ def import_openai_command(checkpoint, preset, method, out, dataset, check_data):
     """Import a checkpoint released by openai/consistency_models (edm_imagenet64_ema.pt,
     cd_imagenet64_lpips.pt, ...) as a `cm` or `edm` run; read with torch.load(weights_only=True).
     """
-    from zoo.checkpoint_import import import_openai_run
+    from zoo.importers import import_openai_run
 
     run_dir = _import(lambda: import_openai_run(checkpoint, out, preset, method=method,
                                                 dataset=dataset, check_data=check_data))
