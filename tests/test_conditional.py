@@ -17,7 +17,7 @@ from zoo.data import load_dataset
 from zoo.diffusion import Denoiser
 from zoo.methods import Run, check_num_classes, draw_labels
 from zoo.plugins import get
-from zoo.training.trainer import BatchNoise
+from zoo.training import BatchNoise
 
 DIGITS_NET = {"model_channels": 8, "num_blocks": 1}
 

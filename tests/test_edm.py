@@ -10,7 +10,7 @@ from zoo_edm import EDMConfig, EDMLoss
 
 import zoo.plugins
 from zoo.cli import main
-from zoo.training.trainer import BatchNoise
+from zoo.training import BatchNoise
 
 
 class Spy(torch.nn.Module):

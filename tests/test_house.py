@@ -1,5 +1,6 @@
 """The house rules that code review alone does not keep: no import circle among the modules of the
-core and the first-party plugins (module-level and function-level imports alike)."""
+core and the first-party plugins (module-level and function-level imports alike), and no module
+above 500 lines except the network definitions."""
 
 import ast
 from pathlib import Path
@@ -83,3 +84,21 @@ def test_no_import_circle_in_the_core_or_the_first_party_plugins():
     assert {"zoo.plugins", "zoo.methods", "zoo_cm.loss"} <= set(graph)
     assert "zoo.plugins" in graph["zoo.methods"]  # the graph sees imports
     assert circles(graph) == []
+
+
+#: Network definitions may be long (a U-Net is one idea in many layers); nothing else may.
+LONG_ALLOWED = ("zoo/nets/", "plugins/zoo_meanflow/net.py")
+MAX_LINES = 500
+
+
+def test_no_module_of_the_core_or_a_plugin_is_above_500_lines():
+    """One idea per module, for the orchestration as for the math: a module that grows past
+    MAX_LINES is split by what it does (as zoo/bench/ and zoo/cli/ are)."""
+    long = {}
+    for base in (ROOT / "zoo", ROOT / "plugins"):
+        for path in base.rglob("*.py"):
+            name = path.relative_to(ROOT).as_posix()
+            lines = len(path.read_text().splitlines())
+            if lines > MAX_LINES and not name.startswith(LONG_ALLOWED):
+                long[name] = lines
+    assert not long, f"modules above {MAX_LINES} lines: {long}"

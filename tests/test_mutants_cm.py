@@ -100,7 +100,7 @@ def test_discrete_pairs_are_adjacent_grid_points_and_cover_every_interval():
     """n ~ U{1, …, N−1} (Algorithm 3): with the trainer's own noise, the online network sees
     t_{n+1} and the target t_n, always neighbours on the Karras grid (written out here), and
     every one of the N − 1 intervals is drawn."""
-    from zoo.training.trainer import BatchNoise
+    from zoo.training import BatchNoise
 
     f = consistency_fn(torch.float64)
     config = cm_config(mode="ct", init="random", iterations=10, s0=5, s1=5)

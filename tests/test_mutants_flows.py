@@ -29,7 +29,7 @@ def test_meanflow_times_are_two_logit_normal_draws_ordered():
     pooled, their logits have the mean and standard deviation asked for."""
     from zoo_meanflow.loss import sample_times
 
-    from zoo.training.trainer import BatchNoise
+    from zoo.training import BatchNoise
 
     r, t = sample_times(BatchNoise(0, 0, 20_000), mean=-0.4, std=1.6, ratio=1.0)
     assert bool((r <= t).all()) and bool((r < t).any())

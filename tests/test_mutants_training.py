@@ -155,7 +155,7 @@ def test_intervals_end_where_the_sample_count_crosses_a_multiple_and_at_the_last
 def test_batch_noise_of_a_rank_is_its_slice_of_the_global_batchs_draws():
     """Each rank's numbers are its contiguous share of what one process draws for the global
     batch (BatchNoise's docstring), for every kind of draw."""
-    from zoo.training.trainer import BatchNoise
+    from zoo.training import BatchNoise
 
     whole = BatchNoise(3, 7, 8)
     draws = [whole.randn(2), whole.rand(), whole.randint(0, 5)]

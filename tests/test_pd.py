@@ -12,8 +12,7 @@ from zoo.cli import main
 from zoo.diffusion import Denoiser
 from zoo.diffusion.samplers import euler_step
 from zoo.nets import MLPDenoiserNet
-from zoo.training import CheckpointError
-from zoo.training.trainer import BatchNoise
+from zoo.training import BatchNoise, CheckpointError
 
 TINY_NET = {"hidden": 16, "num_layers": 1, "noise_channels": 16}
 

@@ -21,8 +21,7 @@ import zoo
 import zoo.plugins
 from zoo.cli import main
 from zoo.diffusion.samplers import NFECounter
-from zoo.training import load_checkpoint
-from zoo.training.trainer import BatchNoise
+from zoo.training import BatchNoise, load_checkpoint
 
 MU, S = torch.tensor([1.0, -0.5], dtype=torch.float64), 0.5  # X_1 ~ N(μ, s²I)
 TINY = {"batch_size": 64, "lr_warmup": 0, "network_kwargs": {"hidden": 16, "num_layers": 1},

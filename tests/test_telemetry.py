@@ -13,7 +13,7 @@ from interrupt import Killed, kill_at
 from PIL import Image
 
 import zoo.plugins
-import zoo.training.trainer as trainer_module
+import zoo.training.monitor as monitor_module
 from zoo.cli import main
 from zoo.data import load_dataset
 from zoo.metrics import evaluate
@@ -115,7 +115,7 @@ class FakeWriter:
 
 def test_tensorboard_gets_the_log_rows_grids_and_metrics(tmp_path, monkeypatch):
     FakeWriter.made = []
-    monkeypatch.setattr(trainer_module, "summary_writer_class", lambda: FakeWriter)
+    monkeypatch.setattr(monitor_module, "summary_writer_class", lambda: FakeWriter)
     trainer_for("edm", tmp_path, iterations=4, tensorboard=True, sample_every_kimg=0.128,
                 eval_every_kimg=0.256, eval_n=100, sample_n=50).fit()
     (writer,) = FakeWriter.made
@@ -134,7 +134,7 @@ def test_tensorboard_gets_the_log_rows_grids_and_metrics(tmp_path, monkeypatch):
 def test_tensorboard_missing_is_a_clear_error_before_anything_is_written(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # as if not installed
     with pytest.raises(RuntimeError, match="pip install tensorboard"):
-        trainer_module.summary_writer_class()
+        monitor_module.summary_writer_class()
     run = tmp_path / "run"
     result = CliRunner().invoke(main, ["train", "edm", "--run-dir", str(run), "--tensorboard",
                                        "--iterations", "2", "--no-progress"])

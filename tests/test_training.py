@@ -8,9 +8,8 @@ from interrupt import Killed, kill_at
 
 import zoo.plugins
 from zoo.data import load_dataset
-from zoo.training import CheckpointError, NonFiniteLossError, Trainer, load_checkpoint
+from zoo.training import BatchNoise, CheckpointError, NonFiniteLossError, Trainer, load_checkpoint
 from zoo.training.checkpoint import save_checkpoint
-from zoo.training.trainer import BatchNoise
 
 TINY = dict(
     network_kwargs={"hidden": 32, "num_layers": 2},

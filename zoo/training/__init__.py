@@ -3,13 +3,9 @@
 from zoo.training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from zoo.training.config import TrainConfig, config_from_dict, config_to_dict, setting
 from zoo.training.ema import EMA
-from zoo.training.trainer import (
-    BatchNoise,
-    NonFiniteLossError,
-    Trainer,
-    TrainingInterrupted,
-    TrainingTask,
-)
+from zoo.training.signals import TrainingInterrupted
+from zoo.training.task import BatchNoise, TrainingTask
+from zoo.training.trainer import NonFiniteLossError, Trainer
 
 __all__ = [
     "EMA",

@@ -9,27 +9,21 @@ and the telemetry: ``log.jsonl`` (and TensorBoard) scalars, sample grids and per
 
 from __future__ import annotations
 
-import abc
 import contextlib
 import json
 import math
-import signal
 import sys
-import threading
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.distributed as dist
-from PIL import Image
 from torch import nn
 from tqdm.auto import tqdm
 
 import zoo
 from zoo import distributed
 from zoo.data import BatchLoader
-from zoo.metrics import default_metrics, evaluate, min_samples
 from zoo.training.checkpoint import (
     CHECKPOINT_NAME,
     PREVIOUS_NAME,
@@ -41,6 +35,7 @@ from zoo.training.checkpoint import (
 from zoo.training.config import TrainConfig, config_to_dict, save_config
 from zoo.training.cost import add_cost, empty_cost
 from zoo.training.ema import EMA, ema_beta, initialisation_weight
+from zoo.training.monitor import METRICS_NAME, RunMonitor
 from zoo.training.rundir import (
     LOG_NAME,
     RunLock,
@@ -48,25 +43,9 @@ from zoo.training.rundir import (
     remove_stale_temporaries,
     trim_log,
 )
+from zoo.training.signals import StopSignals, TrainingInterrupted
+from zoo.training.task import BatchNoise, TrainingTask, mix_seed
 from zoo.training.threads import choose_threads
-from zoo.viz import save_samples_picture
-
-METRICS_NAME = "metrics.jsonl"
-SAMPLES_DIR = "samples"
-TENSORBOARD_DIR = "tensorboard"
-
-
-def summary_writer_class():
-    """torch's TensorBoard ``SummaryWriter``, or a clear error naming the package to install."""
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:
-        raise RuntimeError(
-            "--tensorboard needs the tensorboard package, which is not installed: "
-            "pip install tensorboard (or pip install 'fewstep-zoo[tensorboard]'), or drop "
-            "--tensorboard"
-        ) from None
-    return SummaryWriter
 
 
 def grad_norm(parameters) -> torch.Tensor:
@@ -85,140 +64,6 @@ class NonFiniteLossError(RuntimeError):
     """The loss became NaN or infinite; the run stopped and its last good checkpoint is kept."""
 
 
-class TrainingInterrupted(RuntimeError):
-    """SIGINT or SIGTERM stopped training after a step; that step's checkpoint was written."""
-
-    def __init__(self, signum: int, step: int, checkpoint: Path):
-        name = signal.Signals(signum).name
-        super().__init__(f"{name} at step {step}: checkpoint written to {checkpoint}")
-        self.signum, self.step, self.checkpoint = signum, step, checkpoint
-        self.exit_code = 128 + signum
-
-
-class StopSignals:
-    """SIGINT/SIGTERM ask the loop to stop after the current step (cluster schedulers send
-    SIGTERM before they kill a job); a second signal exits at once. Installed only in the main
-    thread, and the previous handlers come back on exit."""
-
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-    def __init__(self, echo):
-        self.signum: int | None = None
-        self.echo = echo
-        self.previous: dict = {}
-
-    def _handle(self, signum, frame):
-        if self.signum is not None:
-            if signum == signal.SIGINT:
-                raise KeyboardInterrupt
-            raise SystemExit(128 + signum)
-        self.signum = signum
-        self.echo(f"\n{signal.Signals(signum).name}: finishing this step and writing a checkpoint "
-                  "(send it again to exit at once)")
-
-    def __enter__(self) -> StopSignals:
-        if threading.current_thread() is threading.main_thread():
-            self.previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for s, handler in self.previous.items():
-            signal.signal(s, handler)
-
-
-def _mix(*ints: int) -> int:
-    """Combine integers into one 63-bit seed (SplitMix64-style), deterministic across runs."""
-    h = 0x9E3779B97F4A7C15
-    for v in ints:
-        h = (h ^ (v + 0x9E3779B97F4A7C15 + (h << 6) + (h >> 2))) & 0xFFFFFFFFFFFFFFFF
-        h = (h * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
-        h ^= h >> 31
-    return h & 0x7FFFFFFFFFFFFFFF
-
-
-class BatchNoise:
-    """The random numbers of one training step, drawn for the whole global batch from a generator
-    seeded by (seed, step), then sliced to this rank's samples.
-
-    So a run's noise does not depend on the number of processes, and resuming at step k draws
-    exactly what the uninterrupted run drew.
-    """
-
-    def __init__(self, seed: int, step: int, global_batch: int, rank=0, world_size=1, device="cpu"):
-        self.generator = torch.Generator().manual_seed(_mix(seed, step))
-        self.global_batch = global_batch
-        local = global_batch // world_size
-        self.rows = slice(rank * local, (rank + 1) * local)
-        self.device = torch.device(device)
-
-    def _local(self, t: torch.Tensor) -> torch.Tensor:
-        return t[self.rows].to(self.device)
-
-    def randn(self, *shape: int) -> torch.Tensor:
-        """Standard normal, shape [local_batch, *shape]."""
-        return self._local(torch.randn(self.global_batch, *shape, generator=self.generator))
-
-    def rand(self, *shape: int) -> torch.Tensor:
-        """Uniform on [0, 1), shape [local_batch, *shape]."""
-        return self._local(torch.rand(self.global_batch, *shape, generator=self.generator))
-
-    def randint(self, low: int, high: int) -> torch.Tensor:
-        """One integer in [low, high) per sample, shape [local_batch]."""
-        return self._local(torch.randint(low, high, (self.global_batch,), generator=self.generator))
-
-    def randn_like(self, x: torch.Tensor) -> torch.Tensor:
-        return self.randn(*x.shape[1:]).to(x.dtype)
-
-
-class TrainingTask(abc.ABC):
-    """What a method gives the trainer: ``net``, the module whose parameters are optimised, and
-    ``loss(net, x, labels, noise)`` returning per-sample losses (or their mean).
-
-    ``loss`` must call the ``net`` it is given (under DDP that is the wrapped module, which is
-    what synchronises gradients), not ``self.net``. ``after_step`` runs after each optimiser
-    step (e.g. to update a target network); ``metrics`` adds the method's own scalars to the
-    log; ``state_dict``/``load_state_dict`` carry any extra state through checkpoints;
-    ``passes_per_sample`` and ``setup_passes`` declare the training cost (:mod:`zoo.training.cost`).
-    """
-
-    def __init__(self, net: nn.Module):
-        self.net = net
-
-    @abc.abstractmethod
-    def loss(self, net: nn.Module, x: torch.Tensor, labels, noise: BatchNoise) -> torch.Tensor:
-        """Per-sample losses [local_batch] (or their mean) for one batch."""
-
-    def after_step(self, step: int) -> None:
-        pass
-
-    def passes_per_sample(self) -> dict[str, int]:
-        """Network passes per training sample of one step, every network counted (online,
-        target, teacher): ``{"forward": f, "backward": b}``, a JVP counting as two forward
-        passes. By default one forward and one backward pass (a plain regression loss)."""
-        return {"forward": 1, "backward": 1}
-
-    def setup_passes(self) -> dict[str, int]:
-        """Network passes made once per run, before training (e.g. a reflow round's pairs):
-        ``{"forward": f, "backward": b}``; none by default."""
-        return {"forward": 0, "backward": 0}
-
-    def metrics(self, step: int) -> dict[str, float]:
-        """Method-specific scalars of training step ``step`` (0-based) for the log rows and
-        TensorBoard, e.g. a schedule's current values; none by default."""
-        return {}
-
-    def state_dict(self) -> dict:
-        return {}
-
-    def load_state_dict(self, state: dict) -> None:
-        pass
-
-
-def eval_samples(config: TrainConfig, dataset) -> int:
-    """Samples per ``eval_every_kimg`` measurement: ``eval_n``, or 5000 for FID, else 2000."""
-    return config.eval_n or (5000 if "fid" in default_metrics(dataset) else 2000)
-
-
 class Trainer:
     """Runs a :class:`TrainingTask` for ``config.iterations`` steps, writing ``run_dir``:
     ``checkpoint.pt`` (atomic; the one before it kept as ``checkpoint-prev.pt``), ``config.json``
@@ -234,27 +79,14 @@ class Trainer:
     def __init__(self, task: TrainingTask, config: TrainConfig, dataset, run_dir, *, progress=True,
                  echo=None, sample_fn=None):
         config.validate()
-        if sample_fn is None and (config.sample_every_kimg or config.eval_every_kimg):
-            raise ValueError("sample_every_kimg and eval_every_kimg need the method's sampler: "
-                             "build the trainer with Method.make_trainer")
-        self.sample_fn = sample_fn
-        if config.eval_every_kimg:
-            n = eval_samples(config, dataset)
-            short = [f"{m} needs {k}" for m in default_metrics(dataset)
-                     if n < (k := min_samples(m))]
-            if short:
-                raise ValueError(f"eval_n={config.eval_n} gives {n} samples per measurement, too "
-                                 f"few: {'; '.join(short)}; pass eval_n >= "
-                                 f"{max(map(min_samples, default_metrics(dataset)))} or 0 (the "
-                                 "default)")
-        self.writer_class = summary_writer_class() if config.tensorboard else None
-        self.writer = None
         self.task, self.config, self.dataset = task, config, dataset
         self.run_dir = Path(run_dir)
         self.rank, self.world_size = distributed.rank(), distributed.world_size()
         self.device = distributed.local_device(config.device)
         self.progress = progress and self.rank == 0
         self._echo = echo or (lambda msg: print(msg, file=sys.stderr, flush=True))
+        self.monitor = RunMonitor(config, dataset, self.run_dir, sample_fn=sample_fn,
+                                  rank=self.rank, echo=self.echo)
         self.net = task.net.to(self.device)
         if config.channels_last:
             self.net.to(memory_format=torch.channels_last)
@@ -520,10 +352,7 @@ class Trainer:
         self._warn_ema()
         with self._engine() as (net, autocast, threads, why):
             log = open(self.run_dir / LOG_NAME, "a") if self.rank == 0 else None
-            if self.writer_class is not None and self.rank == 0:
-                # purge_step: TensorBoard drops what a killed run logged after this checkpoint
-                self.writer = self.writer_class(str(self.run_dir / TENSORBOARD_DIR),
-                                                purge_step=self.step)
+            self.monitor.open(self.step)
             if log is not None:
                 start = {"event": "start", "step": self.step, "threads": threads,
                          "threads_reason": why, "world_size": self.world_size,
@@ -563,7 +392,7 @@ class Trainer:
                             bar.set_postfix(loss=f"{window_loss / window_n:.4g}",
                                             samples_s=f"{rate:.0f}")
                             if log is not None:
-                                self._write_row(log, {
+                                self.monitor.write_row(log, {
                                     "step": self.step,
                                     "loss": window_loss / window_n,
                                     "samples_per_s": rate,
@@ -575,9 +404,9 @@ class Trainer:
                             resumed_steps = 0
                         paused = time.perf_counter()
                         if self._due(c.sample_every_kimg):
-                            self.write_grid()
+                            self.monitor.write_grid(self.ema.module, self.step, self.device)
                         if self._due(c.eval_every_kimg):
-                            self.measure()
+                            self.monitor.measure(self.ema.module, self.step, self.device)
                         t0 += time.perf_counter() - paused  # samples/s counts training only
                         if self._due(c.snapshot_every_kimg):
                             self.save_snapshot()
@@ -594,66 +423,9 @@ class Trainer:
                 bar.close()
                 if log is not None:
                     log.close()
-                if self.writer is not None:
-                    self.writer.close()
-                    self.writer = None
+                self.monitor.close()
         distributed.barrier()  # rank 0's last checkpoint is on disk when fit returns anywhere
         return {"step": self.step, "loss": last_loss if math.isfinite(last_loss) else None}
-
-    def _write_row(self, file, row: dict, group: str, extra: dict | None = None) -> None:
-        """``row`` (with a method's ``extra`` scalars) as one JSON line of ``file`` and, with
-        TensorBoard, its numbers as the scalars ``group/NAME`` at ``row["step"]``."""
-        clash = sorted(set(extra or {}) & set(row))
-        if clash:
-            raise ValueError(f"the task's metrics reuse the log's names: {', '.join(clash)}")
-        row = {**row, **(extra or {})}
-        file.write(json.dumps(row) + "\n")
-        file.flush()
-        if self.writer is not None:
-            for name, value in row.items():
-                if name != "step" and isinstance(value, (int, float)):
-                    self.writer.add_scalar(f"{group}/{name}", value, row["step"])
-
-    def _sample(self, n: int) -> torch.Tensor:
-        """Seeds 0…n−1 from the EMA weights through the method's sampler (every rank calls it)."""
-        return self.sample_fn(self.ema.module, n, step=self.step, device=self.device)
-
-    def write_grid(self) -> Path | None:
-        """``samples/grid-stepNNNNNNN.png``: ``sample_n`` samples of fixed seeds from the EMA
-        weights (a scatter plot for points), also in TensorBoard; rank 0 writes it."""
-        kind = self.dataset.kind
-        x = self._sample(self.config.sample_n or (64 if kind == "image" else 1000))
-        if self.rank != 0:
-            return None
-        path = save_samples_picture(x, kind, self.run_dir / SAMPLES_DIR /
-                                    f"grid-step{self.step:07d}.png", title=f"step {self.step}")
-        if self.writer is not None:
-            picture = np.asarray(Image.open(path).convert("RGB"))
-            self.writer.add_image("samples", picture, self.step, dataformats="HWC")
-        return path
-
-    def measure(self) -> dict | None:
-        """The dataset's default metrics (:func:`zoo.metrics.evaluate`) on ``eval_n`` samples of
-        fixed seeds from the EMA weights, appended to ``metrics.jsonl`` (and TensorBoard) by
-        rank 0, which returns the row."""
-        c = self.config
-        n = eval_samples(c, self.dataset)
-        start = time.perf_counter()
-        x = self._sample(n)
-        if self.rank != 0:
-            return None
-        row = {"step": self.step, "kimg": self.step * c.batch_size / 1000, "n": n}
-        bad = int((~torch.isfinite(x.flatten(1))).any(1).sum())
-        if bad:
-            row["nonfinite_samples"] = bad
-            self.echo(f"warning: step {self.step}: {bad} of {n} samples are not finite; "
-                      "metrics skipped")
-        else:
-            row.update(evaluate(x, self.dataset, finite=False))  # a diverged run scores inf
-        row["seconds"] = time.perf_counter() - start
-        with open(self.run_dir / METRICS_NAME, "a") as f:
-            self._write_row(f, row, "eval")
-        return row
 
     def throughput(self, steps: int = 5, warmup: int = 2) -> float:
         """Samples per second of ``steps`` real training steps (after ``warmup`` untimed ones,
@@ -681,7 +453,7 @@ class Trainer:
         if c.channels_last and x.ndim == 4:
             x = x.contiguous(memory_format=torch.channels_last)
         noise = BatchNoise(c.seed, step, c.batch_size, self.rank, self.world_size, self.device)
-        torch.manual_seed(_mix(c.seed, step, self.rank, 1))  # dropout and the like
+        torch.manual_seed(mix_seed(c.seed, step, self.rank, 1))  # dropout and the like
         for group in self.optimizer.param_groups:
             group["lr"] = self.lr_at(step)
         with autocast:
