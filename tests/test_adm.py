@@ -132,7 +132,7 @@ def test_imported_cd_run_samples_like_openai_karras_sample(reference, imported_c
     if sampler == "onestep":  # sample_onestep: f(x_T, σ_0) at σ_0 of the fp32 40-point grid
         sigmas = [float(torch.tensor(karras_sigma(0, ref["steps"]), dtype=torch.float32))]
     else:  # stochastic_iterative_sampler with ts = 0, 22, 39: the run's default 2-step σ
-        sigmas = zoo.plugins.get("methods", "cm").default_sigmas(imported_cd_run.config, 2)
+        sigmas = zoo.plugins.get("methods", "cm").step_sigmas(imported_cd_run.config, 2)
         assert sigmas == [karras_sigma(t, ref["steps"]) for t in ref["ts"][:2]]
     with torch.no_grad():
         x = sample_consistency(imported_cd_run.denoiser, x_T, sigmas, generator=Replay(draws[1:]),

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -10,10 +9,10 @@ import click
 
 from zoo.data.images import IMAGENET64_CLASSES
 from zoo.diffusion import SIGMA_DATA, SIGMA_MAX, SIGMA_MIN, Denoiser
-from zoo.diffusion.samplers import generate, parse_sigmas
+from zoo.diffusion.samplers import parse_sigmas
+from zoo.families import ConsistencyStudent, nfe_option
 from zoo.importers.openai import ADM_IMAGENET64, two_step_sigmas
-from zoo.methods import DEFAULT_RUNS_ROOT, BenchRow, ModalMethod, Samples, draw_labels, preset_scale
-from zoo.plugins import get
+from zoo.methods import DEFAULT_RUNS_ROOT, ModalMethod, preset_scale
 from zoo.training.config import TrainConfig, setting
 from zoo.training.cost import BUDGETS, budget_iterations
 from zoo_cm.loss import (
@@ -207,19 +206,15 @@ PRESETS = {
 }
 
 
-class ConsistencyModels(ModalMethod):
+class ConsistencyModels(ModalMethod, ConsistencyStudent):
     name = "cm"
     description = ("Consistency models (Song et al. 2023): distillation (CD) from an edm teacher, "
                    "training (CT), continuous-time CD∞/CT∞; 1- and few-step sampling")
     config_class = CMConfig
     modes = MODES
     presets = PRESETS
-    requires = ("edm",)
-    parameterization = "consistency"
-    default_sampler = "consistency"
     sample_options = (
-        click.Option(["--nfe"], type=click.IntRange(min=1), default=1, show_default=True,
-                     help="Steps (= NFE): the first NFE of the run's default sample σ."),
+        nfe_option("Steps (= NFE): the first NFE of the run's default sample σ."),
         click.Option(["--sigmas"], default=None,
                      help="Explicit σ list, e.g. 80,0.8 (overrides --nfe)."),
     )
@@ -232,38 +227,12 @@ class ConsistencyModels(ModalMethod):
                         sigma_data=config.sigma_data, sigma_min=config.sigma_min,
                         sigma_max=config.sigma_max)
 
-    def load_teacher(self, config: CMConfig, dataset):
-        """The teacher's denoiser with its ``teacher_weights`` (EMA or raw), refusing one trained
-        on other data than ``dataset``."""
-        path = Path(config.teacher)
-        if not (path / "checkpoint.pt").exists():
-            raise FileNotFoundError(
-                f"no teacher checkpoint in {path}: train one first with "
-                f"`zoo train edm --dataset {config.dataset}`, or pass --teacher RUN_DIR"
-            )
-        teacher = get("methods", "edm").load(path, device=config.device,
-                                             ema=config.teacher_weights == "ema")
-        if teacher.dataset["checksum"] != dataset.checksum:
-            raise ValueError(
-                f"teacher {path} was trained on other data ({teacher.dataset['name']}, checksum "
-                f"{teacher.dataset['checksum'][:12]}) than {dataset.name} (checksum "
-                f"{dataset.checksum[:12]})"
-            )
-        return teacher
-
     def make_task(self, config: CMConfig, dataset):
         distance = make_distance(config.distance, dataset.kind)
         teacher = record = None
         if config.mode.startswith("cd") or config.init == "teacher":
             teacher = self.load_teacher(config, dataset)
-            record = {"path": str(teacher.path), "step": teacher.step,
-                      "checksum": teacher.dataset["checksum"]}
-            # The student is the teacher's network (architecture and weights) under the
-            # consistency parameterisation; the run's config records that architecture.
-            # The config's network_kwargs (e.g. the student's dropout) override the teacher's.
-            # A conditional teacher makes a conditional student over the same classes.
-            config.network, config.num_classes = teacher.config.network, teacher.config.num_classes
-            config.network_kwargs = {**teacher.config.network_kwargs, **config.network_kwargs}
+            record = self.adopt_teacher(config, teacher)
         else:
             config.teacher = ""  # the run's config says what was used: no teacher
         student = self.build_denoiser(config, dataset.shape)
@@ -272,35 +241,17 @@ class ConsistencyModels(ModalMethod):
         distiller = teacher.denoiser if config.mode.startswith("cd") else None
         return TASKS[config.mode](student, config, distance, distiller, record).to(config.device)
 
-    def default_sigmas(self, config: CMConfig, nfe: int) -> list[float]:
-        sigmas = parse_sigmas(config.sample_sigmas)
-        if nfe > len(sigmas):
-            raise ValueError(f"this run has default σ for up to {len(sigmas)} steps "
-                             f"({config.sample_sigmas}); pass --sigmas for NFE={nfe}")
-        return sigmas[:nfe]
+    def schedule(self, config: CMConfig) -> list[float]:
+        return parse_sigmas(config.sample_sigmas)
 
-    def sample(self, run, n, *, seed=0, batch_size=256, nfe=1, sigmas=None, device="cpu",
-               progress=False, class_label=None, sampler="consistency", sampler_options=None):
-        """Algorithm 1 (``sampler`` consistency): f(σ_0·z, σ_0), then re-noise to each further σ
-        with √(σ² − ε²) and apply f again, clipping images to [−1, 1] after every step. The
-        run's ε and the image range are the defaults of a sampler taking ``sigma_min`` and
-        ``clip``; ``sampler_options`` override them."""
-        c = run.config
-        clip = (-1.0, 1.0) if run.dataset["kind"] == "image" else None
-        fn, opts = self.resolve_sampler(sampler, sampler_options, sigma_min=c.sigma_min,
-                                        clip=clip)
-        if sigmas:
-            sigmas = parse_sigmas(sigmas, sigma_min=c.sigma_min, sigma_max=c.sigma_max,
-                                  name="--sigmas")
-        else:
-            sigmas = self.default_sigmas(c, nfe)
-        labels = draw_labels(range(seed, seed + n), c.num_classes, class_label)
-        x, nfe = generate(run.denoiser, fn, sigmas, run.dataset["shape"],
-                          range(seed, seed + n), labels=labels, batch_size=batch_size,
-                          device=device, progress=progress, **opts)
-        info = {"method": self.name, "mode": c.mode, "sampler": sampler, "nfe": nfe,
-                "sigmas": sigmas}
-        return Samples(x, nfe, info, labels)
+    def parse_schedule(self, text: str, config: CMConfig, name: str) -> list[float]:
+        return parse_sigmas(text, sigma_min=config.sigma_min, sigma_max=config.sigma_max,
+                            name=name)
+
+    def bench_label(self, config: CMConfig) -> str:
+        """"CD (L2)", "CT (LPIPS)", …: rows at NFE 1 and 2 of the run's default σ (e.g. openai's
+        two-step schedule for an imported run; NFE 2 only where it has two σ)."""
+        return f"{MODE_LABELS[config.mode]} ({config.distance.upper()})"
 
     def bench_configs(self, dataset: str, runs_root=DEFAULT_RUNS_ROOT) -> dict[str, CMConfig]:
         """``cm-cd`` and ``cm-ct``; where runs ``cm-cd-DISTANCE`` exist (e.g. openai's released
@@ -317,11 +268,3 @@ class ConsistencyModels(ModalMethod):
         cd = {f"cm-cd-{d}": config(mode="cd", distance=d) for d in DISTANCES
               if (root / f"cm-cd-{d}").is_dir()}
         return {**(cd or {"cm-cd": config(mode="cd")}), "cm-ct": config(mode="ct")}
-
-    def bench_rows(self, run_dir) -> list[BenchRow]:
-        """"CD (L2)" / "CT (LPIPS)" / … at NFE 1 and 2 (the run's default σ, e.g. openai's
-        two-step schedule for an imported run; NFE 2 only where it has two σ)."""
-        config = json.loads((Path(run_dir) / "config.json").read_text())
-        label = f"{MODE_LABELS[config['mode']]} ({config['distance'].upper()})"
-        steps = len(parse_sigmas(config["sample_sigmas"]))
-        return [BenchRow(label, k, Path(run_dir), {"nfe": k}) for k in (1, 2) if k <= steps]

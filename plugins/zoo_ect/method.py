@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -10,15 +9,12 @@ import click
 
 from zoo.data import dataset_sigma_data
 from zoo.diffusion import SIGMA_DATA, Denoiser
-from zoo.diffusion.samplers import generate, parse_sigmas, sample_consistency
-from zoo.methods import DEFAULT_RUNS_ROOT, BenchRow, Method, Samples, draw_labels, preset_scale
-from zoo.plugins import get
+from zoo.diffusion.samplers import parse_sigmas
+from zoo.families import ConsistencyStudent, nfe_option
+from zoo.methods import DEFAULT_RUNS_ROOT, preset_scale
 from zoo.training.config import TrainConfig, setting
 from zoo.training.cost import BUDGETS, budget_iterations
 from zoo_ect.loss import EasyConsistencyTuning
-
-#: Settings the student takes from its teacher: it starts from the teacher's network.
-TEACHER_FIELDS = ("network", "num_classes")
 
 
 @dataclass
@@ -113,15 +109,17 @@ PRESETS = {
 }
 
 
-class ECT(Method):
+class ECT(ConsistencyStudent):
     name = "ect"
     description = ("Easy consistency tuning (Geng et al. 2024): consistency training from an "
                    "edm run's weights with a shrinking Δt; 1- and 2-step sampling")
     config_class = ECTConfig
-    requires = ("edm",)
+    # the official generator_fn (ct_training_loop.py:80-97) does not clip between steps
+    clip_images = False
+    same_sigma_data = ("the consistency model starts as the teacher's denoiser, so it keeps its "
+                       "preconditioning")
     sample_options = (
-        click.Option(["--nfe"], type=click.IntRange(min=1), default=1, show_default=True,
-                     help="Steps (= NFE): the first NFE of the run's sample σ."),
+        nfe_option("Steps (= NFE): the first NFE of the run's sample σ."),
         click.Option(["--sigmas"], default=None,
                      help="Explicit σ list, e.g. 80,0.821 (overrides --nfe)."),
     )
@@ -140,63 +138,22 @@ class ECT(Method):
         return Denoiser(self.build_net(config, data_shape), "consistency",
                         sigma_data=config.sigma_data, sigma_min=config.sigma_min)
 
-    def load_teacher(self, config: ECTConfig, dataset):
-        """The teacher run with its ``teacher_weights``, refusing one trained on other data."""
-        path = Path(config.teacher)
-        if not (path / "checkpoint.pt").exists():
-            raise FileNotFoundError(
-                f"no teacher checkpoint in {path}: train one first with `zoo train edm "
-                f"--dataset {config.dataset}`, or pass --teacher RUN_DIR (an edm run)")
-        teacher = get("methods", "edm").load(path, device=config.device,
-                                             ema=config.teacher_weights == "ema")
-        if teacher.dataset["checksum"] != dataset.checksum:
-            raise ValueError(
-                f"teacher {path} was trained on other data ({teacher.dataset['name']}, checksum "
-                f"{teacher.dataset['checksum'][:12]}) than {dataset.name} (checksum "
-                f"{dataset.checksum[:12]})")
-        if teacher.config.sigma_data != config.sigma_data:
-            raise ValueError(f"sigma_data={config.sigma_data} differs from the teacher's "
-                             f"{teacher.config.sigma_data}: the consistency model starts as the "
-                             "teacher's denoiser, so it keeps its preconditioning")
-        return teacher
-
     def make_task(self, config: ECTConfig, dataset) -> EasyConsistencyTuning:
         """The student: the teacher's network (its architecture, classes and weights; the
         config's ``network_kwargs``, e.g. dropout, override the teacher's) under the
         consistency parameterisation with ε = ``sigma_min``."""
         teacher = self.load_teacher(config, dataset)
-        for name in TEACHER_FIELDS:
-            setattr(config, name, getattr(teacher.config, name))
-        config.network_kwargs = {**teacher.config.network_kwargs, **config.network_kwargs}
+        record = self.adopt_teacher(config, teacher)
         student = self.build_denoiser(config, dataset.shape)
         student.net.load_state_dict(teacher.denoiser.net.state_dict())
-        record = {"path": str(teacher.path), "step": teacher.step,
-                  "checksum": teacher.dataset["checksum"]}
         return EasyConsistencyTuning(student.to(config.device), config, record)
 
-    def sample(self, run, n, *, seed=0, batch_size=256, nfe=1, sigmas=None, device="cpu",
-               progress=False, class_label=None) -> Samples:
-        """x ← f(σ_0·z, σ_0), then for each further σ: x ← f(x + √(σ² − ε²)·z', σ) (the zoo's
-        consistency sampler; ε = 0: the official ``generator_fn``, ct_training_loop.py:80-97,
-        which does not clip between steps)."""
-        c = run.config
-        if sigmas:
-            sigmas = sample_sigmas(sigmas, c.sigma_min, "--sigmas")
-        else:
-            sigmas = sample_sigmas(c.sample_sigmas, c.sigma_min, "sample_sigmas")
-            if nfe > len(sigmas):
-                raise ValueError(f"this run has sample σ for up to {len(sigmas)} steps "
-                                 f"({c.sample_sigmas}); pass --sigmas for NFE={nfe}")
-            sigmas = sigmas[:nfe]
-        labels = draw_labels(range(seed, seed + n), c.num_classes, class_label)
-        x, count = generate(run.denoiser, sample_consistency, sigmas, run.dataset["shape"],
-                            range(seed, seed + n), labels=labels, batch_size=batch_size,
-                            device=device, progress=progress, sigma_min=c.sigma_min)
-        return Samples(x, count, {"method": self.name, "sampler": "consistency", "nfe": count,
-                                  "sigmas": sigmas}, labels)
+    def schedule(self, config: ECTConfig) -> list[float]:
+        return sample_sigmas(config.sample_sigmas, config.sigma_min, "sample_sigmas")
 
-    def bench_rows(self, run_dir) -> list[BenchRow]:
+    def parse_schedule(self, text: str, config: ECTConfig, name: str) -> list[float]:
+        return sample_sigmas(text, config.sigma_min, name)
+
+    def bench_label(self, config: ECTConfig) -> str:
         """"ECT" at NFE 1 and 2 (the run's first one and two sample σ)."""
-        config = json.loads((Path(run_dir) / "config.json").read_text())
-        steps = len(parse_sigmas(config["sample_sigmas"]))
-        return [BenchRow("ECT", k, Path(run_dir), {"nfe": k}) for k in (1, 2) if k <= steps]
+        return "ECT"

@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
-
-import click
 
 from zoo.augment import AUGMENT_DIM, ORIENTATION_FREE_LABELS
-from zoo.diffusion.samplers import generate
-from zoo.methods import BenchRow, Method, Samples, draw_labels, preset_scale
+from zoo.families import FlowSampling, nfe_option
+from zoo.methods import preset_scale
 from zoo.training.config import TrainConfig, setting
 from zoo.training.cost import BUDGETS, budget_iterations
 from zoo_meanflow.loss import MeanFlowLoss
@@ -87,17 +84,14 @@ PRESETS = {
 }
 
 
-class MeanFlow(Method):
+class MeanFlow(FlowSampling):
     name = "meanflow"
     description = ("MeanFlow (Geng et al. 2025): average-velocity flow trained through the "
                    "MeanFlow identity (JVP); 1- and few-step sampling")
     config_class = MeanFlowConfig
     parameterization = "average-velocity"
     default_sampler = "meanflow"
-    sample_options = (
-        click.Option(["--nfe"], type=click.IntRange(min=1), default=1, show_default=True,
-                     help="Steps (= NFE) on the uniform time grid 1, 1 − 1/NFE, …, 0."),
-    )
+    sample_options = (nfe_option("Steps (= NFE) on the uniform time grid 1, 1 − 1/NFE, …, 0."),)
 
     def preset(self, dataset: str) -> MeanFlowConfig:
         return MeanFlowConfig(method=self.name, dataset=dataset,
@@ -109,19 +103,11 @@ class MeanFlow(Method):
     def make_task(self, config: MeanFlowConfig, dataset) -> MeanFlowLoss:
         return MeanFlowLoss(self.build_denoiser(config, dataset.shape), config)
 
-    def sample(self, run, n, *, seed=0, batch_size=256, nfe=1, device="cpu", progress=False,
-               class_label=None, sampler="meanflow", sampler_options=None):
-        """ε from seed i, then ``nfe`` steps on the uniform grid from t = 1 to 0 with an
-        average-velocity sampler, by default Eq. 12, z_r = z_t − (t − r)·u_θ(z_t, r, t)
-        (:func:`zoo_meanflow.loss.sample_meanflow`; one step: x = ε − u_θ(ε, 0, 1))."""
-        fn, opts = self.resolve_sampler(sampler, sampler_options)
-        times = [1 - i / nfe for i in range(nfe + 1)]
-        labels = draw_labels(range(seed, seed + n), run.config.num_classes, class_label)
-        x, nfe = generate(run.denoiser, fn, times, run.dataset["shape"],
-                          range(seed, seed + n), labels=labels, batch_size=batch_size,
-                          device=device, progress=progress, **opts)
-        return Samples(x, nfe, {"method": self.name, "sampler": sampler, "nfe": nfe,
-                                "times": times, **opts}, labels)
+    def time_grid(self, steps: int) -> list[float]:
+        """The uniform grid 1, 1 − 1/NFE, …, 0; the default sampler is Eq. 12,
+        z_r = z_t − (t − r)·u_θ(z_t, r, t) (:func:`zoo_meanflow.loss.sample_meanflow`; one step:
+        x = ε − u_θ(ε, 0, 1))."""
+        return [1 - i / steps for i in range(steps + 1)]
 
-    def bench_rows(self, run_dir) -> list[BenchRow]:
-        return [BenchRow("MeanFlow", k, Path(run_dir), {"nfe": k}) for k in (1, 2)]
+    def bench_label(self, config: MeanFlowConfig) -> str:
+        return "MeanFlow"

@@ -4,15 +4,12 @@ dataset scale, Euler sampling and bench rows. The math is in :mod:`zoo_rf.flow`.
 from __future__ import annotations
 
 import dataclasses
-import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-import click
-
-from zoo.diffusion.samplers import generate
-from zoo.methods import DEFAULT_RUNS_ROOT, BenchRow, Method, Samples, draw_labels, preset_scale
+from zoo.families import FlowSampling, nfe_option
+from zoo.methods import DEFAULT_RUNS_ROOT, preset_scale
 from zoo.training import TrainConfig, config_to_dict, setting
 from zoo.training.cost import BUDGETS, budget_iterations
 from zoo_rf.flow import RectifiedFlowLoss, ReflowPairs, VelocityField, euler_grid
@@ -103,7 +100,7 @@ REFLOW_PRESETS = {
 }
 
 
-class RectifiedFlow(Method):
+class RectifiedFlow(FlowSampling):
     name = "rf"
     description = ("Rectified flow / flow matching (Liu et al. 2022): Euler sampling; "
                    "--mode reflow trains 2-rectified flow on a run's (noise, sample) pairs")
@@ -111,8 +108,8 @@ class RectifiedFlow(Method):
     parameterization = "velocity"
     default_sampler = "rf-euler"
     sample_options = (
-        click.Option(["--nfe"], type=click.IntRange(min=1), default=None,
-                     help="Euler steps (= NFE) [default: 100 for 1-RF, 1 for a reflowed run]."),
+        nfe_option("Euler steps (= NFE) [default: 100 for 1-RF, 1 for a reflowed run].",
+                   default=None),
     )
 
     def preset(self, dataset: str) -> RFConfig:
@@ -182,25 +179,18 @@ class RectifiedFlow(Method):
         report["pair_nfe"] = config.reflow_pairs * config.reflow_steps
         return report
 
-    def sample(self, run, n, *, seed=0, batch_size=256, nfe=None, device="cpu", progress=False,
-               class_label=None, sampler="rf-euler", sampler_options=None) -> Samples:
-        """From Z_0 = z (seed ``seed + i`` for sample i) to t = 1 on ``nfe`` uniform steps of the
-        noise weight s = 1 − t (:func:`zoo_rf.flow.euler_grid`) with a velocity sampler, by
-        default Euler (:func:`zoo_rf.flow.sample_rf_euler`)."""
-        fn, opts = self.resolve_sampler(sampler, sampler_options)
-        steps = nfe or DEFAULT_NFE[run.config.mode]
-        sigmas = euler_grid(steps)
-        labels = draw_labels(range(seed, seed + n), run.config.num_classes, class_label)
-        x, count = generate(run.denoiser, fn, sigmas, run.dataset["shape"],
-                            range(seed, seed + n), labels=labels, batch_size=batch_size,
-                            device=device, progress=progress, **opts)
-        return Samples(x, count, {"method": self.name, "sampler": sampler, "steps": steps,
-                                  "nfe": count, **opts}, labels)
+    def time_grid(self, steps: int) -> list[float]:
+        """From Z_0 = z to t = 1 on ``steps`` uniform steps of the noise weight s = 1 − t
+        (:func:`zoo_rf.flow.euler_grid`); the default sampler is Euler
+        (:func:`zoo_rf.flow.sample_rf_euler`)."""
+        return euler_grid(steps)
 
-    #: Euler steps of the table's rows: 1-RF across NFE, the reflowed flow at 1 and 2.
-    bench_nfe = {"train": (1, 2, 4, 8, 16, 32, 100), "reflow": (1, 2)}
+    def default_nfe(self, config: RFConfig) -> int:
+        return DEFAULT_NFE[config.mode]
 
-    def bench_rows(self, run_dir) -> list[BenchRow]:
-        mode = json.loads((Path(run_dir) / "config.json").read_text())["mode"]
-        label = "1-RF" if mode == "train" else "2-RF"
-        return [BenchRow(label, k, Path(run_dir), {"nfe": k}) for k in self.bench_nfe[mode]]
+    def bench_label(self, config: RFConfig) -> str:
+        return "1-RF" if config.mode == "train" else "2-RF"
+
+    def bench_steps(self, config: RFConfig) -> tuple[int, ...]:
+        """Euler steps of the table's rows: 1-RF across NFE, the reflowed flow at 1 and 2."""
+        return (1, 2, 4, 8, 16, 32, 100) if config.mode == "train" else (1, 2)

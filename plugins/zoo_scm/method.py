@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,13 +9,17 @@ from pathlib import Path
 import click
 
 from zoo.diffusion import SIGMA_DATA, SIGMA_MAX, SIGMA_MIN
-from zoo.diffusion.samplers import generate, sample_consistency
-from zoo.methods import DEFAULT_RUNS_ROOT, BenchRow, ModalMethod, Samples, draw_labels
-from zoo.plugins import get
+from zoo.families import ConsistencyStudent, nfe_option
+from zoo.methods import DEFAULT_RUNS_ROOT, ModalMethod
 from zoo.training import TrainConfig, setting
 from zoo.training.cost import BUDGETS, budget_iterations
 from zoo_scm.loss import SCMLoss
-from zoo_scm.trigflow import PAPER_MID_TIME, TIME_LABELS, TrigFlowConsistency, time_to_sigma
+from zoo_scm.trigflow import (
+    PAPER_MID_TIME,
+    TIME_LABELS,
+    TrigFlowConsistency,
+    time_to_sigma,
+)
 
 MODES = ("sct", "scd")
 MODE_LABELS = {"sct": "sCT", "scd": "sCD"}
@@ -138,17 +141,22 @@ PRESETS = {
 }
 
 
-class SCM(ModalMethod):
+class SCM(ModalMethod, ConsistencyStudent):
+    """Sampling is Song et al. 2023's multistep consistency sampling (Algorithm 1) as the sCM
+    paper uses it: f_θ(σ_d·z, t_max), then for each further t: x_t = cos(t)·x̂_0 + sin(t)·z,
+    f_θ(x_t, t) (the core consistency sampler in σ = σ_d·tan t, re-noising x̂_0 + σ·ε, Eq. 30),
+    one NFE per time; images clipped to [−1, 1] after every step."""
+
     name = "scm"
     description = ("sCM (Lu & Song 2024): continuous-time consistency training (sCT) and "
                    "distillation (sCD) in TrigFlow, from an edm run; 1- and 2-step sampling")
     config_class = SCMConfig
     modes = MODES
     presets = PRESETS
-    requires = ("edm",)
+    schedule_option = "times"
+    same_sigma_data = "TrigFlow's time t = arctan(σ/σ_d) needs the same σ_d"
     sample_options = (
-        click.Option(["--nfe"], type=click.IntRange(min=1), default=1, show_default=True,
-                     help="Steps (= NFE): t_max, then the first NFE − 1 of the run's mid_times."),
+        nfe_option("Steps (= NFE): t_max, then the first NFE − 1 of the run's mid_times."),
         click.Option(["--times"], default=None,
                      help="Explicit TrigFlow times after t_max, e.g. 1.1 (overrides --nfe)."),
     )
@@ -160,35 +168,11 @@ class SCM(ModalMethod):
         return TrigFlowConsistency(self.build_net(config, data_shape), config.sigma_data,
                                    config.time_label, config.time_scale, config.sigma_max)
 
-    def load_teacher(self, config: SCMConfig, dataset):
-        """The edm run ``config.teacher`` with its ``teacher_weights``, refusing one trained on
-        other data than ``dataset`` or with another σ_d."""
-        path = Path(config.teacher)
-        if not (path / "checkpoint.pt").exists():
-            raise FileNotFoundError(
-                f"no teacher checkpoint in {path}: train one first with "
-                f"`zoo train edm --dataset {config.dataset}`, or pass --teacher RUN_DIR")
-        teacher = get("methods", "edm").load(path, device=config.device,
-                                             ema=config.teacher_weights == "ema")
-        if teacher.dataset["checksum"] != dataset.checksum:
-            raise ValueError(f"teacher {path} was trained on other data "
-                             f"({teacher.dataset['name']}) than {dataset.name}")
-        if teacher.config.sigma_data != config.sigma_data:
-            raise ValueError(f"teacher {path} has sigma_data={teacher.config.sigma_data}, this "
-                             f"run {config.sigma_data}: TrigFlow's time t = arctan(σ/σ_d) needs "
-                             "the same σ_d")
-        return teacher
-
     def make_task(self, config: SCMConfig, dataset) -> SCMLoss:
         teacher = record = None
         if config.mode == "scd" or config.init == "teacher":
             teacher = self.load_teacher(config, dataset)
-            record = {"path": str(teacher.path), "step": teacher.step,
-                      "checksum": teacher.dataset["checksum"]}
-            # The student is the teacher's network; the config's network_kwargs (e.g. dropout)
-            # override the teacher's, and a conditional teacher makes a conditional student.
-            config.network, config.num_classes = teacher.config.network, teacher.config.num_classes
-            config.network_kwargs = {**teacher.config.network_kwargs, **config.network_kwargs}
+            record = self.adopt_teacher(config, teacher)
         else:
             config.teacher = ""  # the run records what it used: no teacher
         model = self.build_denoiser(config, dataset.shape)
@@ -197,38 +181,28 @@ class SCM(ModalMethod):
         distiller = teacher.denoiser if config.mode == "scd" else None
         return SCMLoss(model, config, distiller, record).to(config.device)
 
-    def sample(self, run, n, *, seed=0, batch_size=256, nfe=1, times=None, device="cpu",
-               progress=False, class_label=None) -> Samples:
-        """Song et al. 2023's multistep consistency sampling (Algorithm 1) as the paper uses it:
-        f_θ(σ_d·z, t_max), then for each further t: x_t = cos(t)·x̂_0 + sin(t)·z, f_θ(x_t, t)
-        (core ``sample_consistency`` in σ = σ_d·tan t, re-noising x̂_0 + σ·ε, Eq. 30), one NFE
-        per time; images clipped to [−1, 1] after every step."""
-        c = run.config
-        if times is not None:
-            mid = parse_times(times, c.t_max, "--times")
-        else:
-            mid = parse_times(c.mid_times, c.t_max)
-            if nfe - 1 > len(mid):
-                raise ValueError(f"this run has times for up to {len(mid) + 1} steps (t_max, "
-                                 f"{c.mid_times}); pass --times for NFE={nfe}")
-            mid = mid[: nfe - 1]
-        sigmas = [c.sigma_max] + [time_to_sigma(t, c.sigma_data) for t in mid]
-        clip = (-1.0, 1.0) if run.dataset["kind"] == "image" else None
-        labels = draw_labels(range(seed, seed + n), c.num_classes, class_label)
-        x, count = generate(run.denoiser, sample_consistency, sigmas, run.dataset["shape"],
-                            range(seed, seed + n), labels=labels, batch_size=batch_size,
-                            device=device, progress=progress, sigma_min=0.0, clip=clip)
-        info = {"method": self.name, "mode": c.mode, "sampler": "consistency", "nfe": count,
-                "times": [c.t_max, *mid]}
-        return Samples(x, count, info, labels)
+    def _sigmas(self, config: SCMConfig, times: list[float]) -> list[float]:
+        return [config.sigma_max] + [time_to_sigma(t, config.sigma_data) for t in times]
+
+    def schedule(self, config: SCMConfig) -> list[float]:
+        """σ_max (t_max), then the σ of the run's ``mid_times``."""
+        return self._sigmas(config, parse_times(config.mid_times, config.t_max))
+
+    def parse_schedule(self, text: str, config: SCMConfig, name: str) -> list[float]:
+        return self._sigmas(config, parse_times(text, config.t_max, name))
+
+    def schedule_info(self, config: SCMConfig, sigmas: list[float]) -> dict:
+        return {"times": [config.t_max, *(math.atan(s / config.sigma_data) for s in sigmas[1:])]}
+
+    def sampler_sigma_min(self, config: SCMConfig) -> float:
+        return 0.0  # TrigFlow re-noises x̂_0 + σ·ε: no ε floor
+
+    def bench_label(self, config: SCMConfig) -> str:
+        """"sCT" / "sCD" at NFE 1 and 2 (t_max, then t_mid)."""
+        return MODE_LABELS[config.mode]
 
     def bench_configs(self, dataset: str, runs_root=DEFAULT_RUNS_ROOT) -> dict[str, SCMConfig]:
         """``scm-sct`` and ``scm-scd``, both from the edm run of ``runs_root``."""
         teacher = str(Path(runs_root) / dataset / "edm")
         configs = (self.configure(dataset, mode=m, teacher=teacher) for m in MODES)
         return {self.run_name(c): c for c in configs}
-
-    def bench_rows(self, run_dir) -> list[BenchRow]:
-        """"sCT" / "sCD" at NFE 1 and 2 (t_max, then t_mid)."""
-        mode = json.loads((Path(run_dir) / "config.json").read_text())["mode"]
-        return [BenchRow(MODE_LABELS[mode], k, Path(run_dir), {"nfe": k}) for k in (1, 2)]
