@@ -264,6 +264,23 @@ def test_bad_sampler_entries_are_refused_before_any_training(tmp_path, monkeypat
     assert not (tmp_path / "runs").exists()
 
 
+def test_a_missing_weights_file_of_a_run_to_train_is_refused_before_any_training(tmp_path,
+                                                                             monkeypatch):
+    """CD with LPIPS on digits without VGG16's weights: the EDM teacher would train first and
+    the CD run then fail; the bench names the file before training anything (the teacher, which
+    the bench trains first, is not missing)."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    for name in ("edm", "cm"):
+        monkeypatch.setattr(type(zoo.plugins.get("methods", name)), "train",
+                            lambda *a, **k: pytest.fail("training started"))
+    with pytest.raises(BenchError, match=r"cm run .*cm-cd: --distance lpips needs the VGG16 "
+                                         r"ImageNet weights") as info:
+        run_bench(["cm"], "digits", runs_root=tmp_path / "runs", train_missing=True,
+                  progress=False, settings={"cm": {"distance": "lpips"}}, out=tmp_path / "out")
+    assert "teacher" not in str(info.value)
+    assert not (tmp_path / "runs").exists()
+
+
 def test_cli_sampler_options_by_entry(benched, tmp_path):
     runs = str(benched[0] / "runs")
     args = ["bench", "--models", "edm:edm-stochastic", "--runs-root", runs, "--n", "8",

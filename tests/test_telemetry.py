@@ -4,6 +4,7 @@ writer, sample grids and metrics during training, and ``zoo train --dry-run``.""
 import json
 import math
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -192,13 +193,14 @@ def test_dry_run_writes_nothing_and_reports_what_the_run_would_record(tmp_path, 
     flags = ["--dataset", "toy", "--mode", "ct", "--iterations", "1000", "--batch-size", "32",
              "--network-kwargs", '{"hidden": 24, "num_layers": 2}', "--dataset-options",
              '{"n": 500}', "--no-progress"]
-    result = CliRunner().invoke(main, ["train", "cm", *flags, "--dry-run"])
+    result = CliRunner().invoke(main, ["train", "cm", *flags, "--dry-run", "--time-steps", "3"])
     assert result.exit_code == 0, result.output
     assert list(tmp_path.iterdir()) == []  # no run directory, no runs/ root, nothing
     lines = result.output.splitlines()
     end = next(i for i, line in enumerate(lines) if line.startswith("run directory:"))
     settings = json.loads("\n".join(lines[1:end]))
-    values = dict(line.split(": ", 1) for line in lines[end:])
+    values = dict(line.split(": ", 1) for line in lines[end:] if ": " in line)
+    assert values["missing"].startswith("nothing")  # CT from nothing: no teacher, L2
     cm = method("cm")
     config = cm.configure("toy", mode="ct", iterations=1000, batch_size=32,
                           network_kwargs={"hidden": 24, "num_layers": 2})
@@ -224,3 +226,66 @@ def test_eval_n_below_what_a_default_metric_measures_is_refused_before_training(
     assert not list(tmp_path.iterdir())  # nothing trained, nothing written
     config.eval_n = 297  # the held-out split's size is enough
     m.make_trainer(m.make_task(config, data), config, data, tmp_path / "ok", progress=False)
+
+
+def test_a_dry_run_needs_no_data_writes_nothing_and_prints_the_settings_first(tmp_path,
+                                                                           monkeypatch):
+    """The CIFAR-10 preset on a machine without CIFAR-10: the settings in seconds, no data read
+    or cached, nothing written; what is missing (LPIPS's VGG16 weights, the teacher) is listed
+    and the command fails, as training would before its first step."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("ZOO_DATA_DIR", str(tmp_path / "data"))  # no CIFAR-10 here
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))  # no VGG16 weights either
+    started = time.perf_counter()
+    result = CliRunner().invoke(main, ["train", "cm", "--dataset", "cifar10", "--dry-run",
+                                       "--network-kwargs", '{"model_channels": 16}'])
+    assert time.perf_counter() - started < 20
+    assert result.exit_code == 1, result.output
+    lines = result.output.splitlines()
+    end = next(i for i, line in enumerate(lines) if line.startswith("run directory:"))
+    settings = json.loads("\n".join(lines[1:end]))
+    assert settings["mode"] == "cd" and settings["distance"] == "lpips"
+    assert settings["network_kwargs"]["model_channels"] == 16  # merged into the preset's
+    assert settings["network_kwargs"]["dropout"] == method("cm").preset("cifar10").network_kwargs[
+        "dropout"]
+    missing = [line for line in lines if line.startswith("missing:")]
+    assert any("VGG16 ImageNet weights" in m for m in missing), result.output
+    assert any("teacher run runs/cifar10/edm has no checkpoint" in m for m in missing)
+    assert "2 thing(s) the run needs are missing" in result.output
+    assert list(tmp_path.iterdir()) == []  # no data cache, no run, no torch hub folder
+
+
+def test_a_reflow_dry_run_without_its_1rf_run_fails_and_reports_the_pairs_cost(tmp_path):
+    result = CliRunner().invoke(main, ["train", "rf", "--dataset", "toy", "--mode", "reflow",
+                                       "--dry-run", "--teacher", str(tmp_path / "rf")])
+    assert result.exit_code == 1, result.output
+    assert f"the teacher run {tmp_path / 'rf'} has no checkpoint" in result.output
+    config = method("rf").configure("toy", mode="reflow")
+    pairs = config.reflow_pairs * config.reflow_steps
+    assert f"reflow pairs: {pairs:,} network evaluations" in result.output
+
+
+def test_zoo_train_refuses_a_missing_asset_before_its_first_step(tmp_path, monkeypatch):
+    """--eval-every-kimg on data measured by FID without the Inception weights, and a CD run
+    whose teacher is missing: refused with every missing file named, no run written."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.delenv("ZOO_INCEPTION_WEIGHTS", raising=False)
+    images = tmp_path / "images"
+    images.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(8):
+        Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(images / f"{i}.png")
+    run = tmp_path / "run"
+    result = CliRunner().invoke(main, [
+        "train", "edm", "--dataset", "folder", "--dataset-options",
+        json.dumps({"path": str(images)}), "--iterations", "2", "--eval-every-kimg", "0.001",
+        "--network-kwargs", '{"model_channels": 8, "channel_mult": [1], "num_blocks": 1}',
+        "--run-dir", str(run), "--no-progress"])
+    assert result.exit_code == 1, result.output
+    assert "--eval-every-kimg measures FID" in result.output and "Inception" in result.output
+    assert "--inception-weights" not in result.output  # a flag zoo train does not have
+    assert not run.exists()
+    result = CliRunner().invoke(main, ["train", "cm", "--dataset", "toy", "--teacher",
+                                       str(tmp_path / "edm"), "--run-dir", str(run)])
+    assert result.exit_code == 1 and f"teacher run {tmp_path / 'edm'} has no" in result.output
+    assert not run.exists()

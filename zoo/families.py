@@ -69,6 +69,19 @@ class ConsistencyStudent(Method):
         """ε of the re-noising √(σ² − ε²) between steps: the run's ``sigma_min``."""
         return config.sigma_min
 
+    def teacher_run(self, config: TrainConfig) -> Path | None:
+        """The edm run ``config.teacher`` (a member that trains without one in some modes
+        says so)."""
+        return Path(config.teacher)
+
+    def configure(self, dataset: str, **overrides) -> TrainConfig:
+        """The preset with ``overrides``; a run that uses no teacher (CT from nothing) records
+        none, as its config.json will."""
+        config = super().configure(dataset, **overrides)
+        if self.teacher_run(config) is None:
+            config.teacher = ""
+        return config
+
     def load_teacher(self, config: TrainConfig, dataset):
         """The edm run ``config.teacher`` with its ``teacher_weights`` (EMA or raw), refusing one
         trained on other data than ``dataset`` (and, with :attr:`same_sigma_data`, another

@@ -261,9 +261,54 @@ class Method(abc.ABC):
 
         return Trainer(task, config, dataset, run_dir, progress=progress, sample_fn=sample_fn)
 
+    def teacher_run(self, config: TrainConfig) -> Path | None:
+        """The run a run of ``config`` trains from (a distillation teacher, the weights it
+        starts from); None when it needs none."""
+        return None
+
+    def missing_assets(self, config: TrainConfig, dataset: Dataset | None = None, *,
+                       planned=()) -> list[str]:
+        """What a run of ``config`` needs that is not on this machine, each with where it goes,
+        checked before anything is built or trained: its teacher run (unless among the run
+        directories ``planned`` to be trained first), TensorBoard, and with the ``dataset``
+        loaded, the Inception weights its ``eval_every_kimg`` measurements need. A method adds
+        its own (CM: LPIPS's VGG16 weights)."""
+        missing = []
+        teacher = self.teacher_run(config)
+        if teacher is not None and not (Path(teacher) / "checkpoint.pt").exists() and not any(
+                Path(teacher).resolve() == Path(p).resolve() for p in planned):
+            missing.append(f"the teacher run {teacher} has no checkpoint: train it first (zoo "
+                           "bench --train-missing trains teachers first), or pass --teacher "
+                           "RUN_DIR")
+        if config.tensorboard:
+            import importlib.util
+
+            if importlib.util.find_spec("tensorboard") is None:
+                missing.append("--tensorboard needs the tensorboard package: pip install "
+                               "tensorboard (or 'fewstep-zoo[tensorboard]'), or drop --tensorboard")
+        if dataset is not None and config.eval_every_kimg:
+            from zoo.metrics import default_metrics
+
+            if "fid" in default_metrics(dataset):
+                from zoo.metrics.fidelity import InceptionWeightsError, inception_weights
+
+                try:
+                    inception_weights()
+                except InceptionWeightsError as exc:
+                    missing.append(f"--eval-every-kimg measures FID: {exc}")
+        return missing
+
+    def check_assets(self, config: TrainConfig, dataset: Dataset | None = None) -> None:
+        """Refuse a run whose :meth:`missing_assets` are not all present, naming every one."""
+        missing = self.missing_assets(config, dataset)
+        if missing:
+            raise FileNotFoundError(f"{self.name} cannot start: " + "; ".join(missing))
+
     def _trainer(self, config: TrainConfig, run_dir, progress) -> Trainer:
         config.method = self.name
+        self.check_assets(config)
         dataset = load_dataset(config.dataset, **config.dataset_options)
+        self.check_assets(config, dataset)
         run_dir = Path(run_dir) if run_dir else self.default_run_dir(config)
         return self.make_trainer(self.make_task(config, dataset), config, dataset, run_dir,
                                  progress=progress)
@@ -281,23 +326,29 @@ class Method(abc.ABC):
         ``zoo bench --jobs`` starts the longest runs first."""
         return config.iterations
 
-    def dry_run(self, config: TrainConfig, run_dir=None, *, steps: int = 5) -> dict:
-        """What training ``config`` would do, without writing anything: the settings the run
-        would record, the trained parameters, the samples/s of ``steps`` real training steps on
-        random data of the dataset's shape, and the projected wall time of its ``iterations``
-        (training steps only: no checkpoints, grids or metrics)."""
+    def dry_run(self, config: TrainConfig, run_dir=None, *, steps: int = 0) -> dict:
+        """What training ``config`` would do, writing nothing: the settings as given (a
+        distillation run takes its network from its teacher when it starts), the run directory,
+        the iterations and what is missing (:meth:`missing_assets`), without loading data.
+        With ``steps`` > 0 it also builds the run as training would (data, teacher, network)
+        and times ``steps`` real training steps on random data of the dataset's shape: the
+        settings as resolved, the trained parameters, samples/s and the projected wall time of
+        its ``iterations`` (training steps only: no checkpoints, grids or metrics)."""
+        config.method = self.name
+        report = {
+            "run_dir": str(Path(run_dir) if run_dir else self.default_run_dir(config)),
+            "config": config_to_dict(config),
+            "iterations": self.total_iterations(config),
+            "missing": self.missing_assets(config),
+        }
+        if steps <= 0:
+            return report
         trainer = self._trainer(config, run_dir, progress=False)
         rate = trainer.throughput(steps)
-        return {
-            "run_dir": str(trainer.run_dir),
-            "config": config_to_dict(config),
-            "parameters": count_parameters(trainer.net),
-            "device": str(trainer.device),
-            "data_shape": list(trainer.dataset.shape),
-            "samples_per_s": rate,
-            "iterations": config.iterations,
-            "projected_s": config.iterations * config.batch_size / rate,
-        }
+        return {**report, "config": config_to_dict(config), "missing": [],
+                "parameters": count_parameters(trainer.net), "device": str(trainer.device),
+                "data_shape": list(trainer.dataset.shape), "samples_per_s": rate,
+                "projected_s": report["iterations"] * config.batch_size / rate}
 
     def saved_config(self, run_dir) -> dict:
         """The settings a run was last checkpointed with (the truth when it is resumed)."""

@@ -24,6 +24,7 @@ from zoo_cm.loss import (
     ConsistencyTraining,
     ContinuousConsistency,
     make_distance,
+    vgg16_weights_file,
 )
 
 MODES = ("cd", "ct", "cd-cont", "ct-cont")
@@ -206,7 +207,7 @@ PRESETS = {
 }
 
 
-class ConsistencyModels(ModalMethod, ConsistencyStudent):
+class ConsistencyModels(ConsistencyStudent, ModalMethod):
     name = "cm"
     description = ("Consistency models (Song et al. 2023): distillation (CD) from an edm teacher, "
                    "training (CT), continuous-time CD∞/CT∞; 1- and few-step sampling")
@@ -226,6 +227,22 @@ class ConsistencyModels(ModalMethod, ConsistencyStudent):
         return Denoiser(self.build_net(config, data_shape), "consistency",
                         sigma_data=config.sigma_data, sigma_min=config.sigma_min,
                         sigma_max=config.sigma_max)
+
+    def teacher_run(self, config: CMConfig) -> Path | None:
+        """The edm run CD distils, or CT starts from (``init="teacher"``)."""
+        if config.mode.startswith("cd") or config.init == "teacher":
+            return Path(config.teacher)
+        return None
+
+    def missing_assets(self, config: CMConfig, dataset=None, *, planned=()) -> list[str]:
+        """The shared checks, and LPIPS's VGG16 ImageNet weights for ``distance="lpips"``."""
+        missing = super().missing_assets(config, dataset, planned=planned)
+        if config.distance == "lpips" and not vgg16_weights_file().exists():
+            missing.append(f"--distance lpips needs the VGG16 ImageNet weights at "
+                           f"{vgg16_weights_file()} (torchvision's {vgg16_weights_file().name}, "
+                           "from https://download.pytorch.org/models/); copy the file there (or "
+                           "set TORCH_HOME), or choose --distance l2")
+        return missing
 
     def make_task(self, config: CMConfig, dataset):
         distance = make_distance(config.distance, dataset.kind)

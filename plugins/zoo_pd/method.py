@@ -211,6 +211,9 @@ class ProgressiveDistillation(Method):
     def teacher_dir(self, config: PDConfig, runs_root=DEFAULT_RUNS_ROOT) -> Path:
         return Path(config.teacher) if config.teacher else Path(runs_root) / config.dataset / "edm"
 
+    def teacher_run(self, config: PDConfig) -> Path:
+        return self.teacher_dir(config)
+
     def bench_configs(self, dataset, runs_root=DEFAULT_RUNS_ROOT):
         config = self.configure(dataset)
         config.teacher = str(self.teacher_dir(config, runs_root))
@@ -290,16 +293,16 @@ class ProgressiveDistillation(Method):
         """Every stage's ``iterations``."""
         return len(stage_plan(config.teacher_steps)) * config.iterations
 
-    def dry_run(self, config: PDConfig, run_dir=None, *, steps: int = 5) -> dict:
-        """Stage 0's throughput, projected over every stage's ``iterations`` (the stages train
-        the same network on the same batch size); the settings shown are the run's plan."""
+    def dry_run(self, config: PDConfig, run_dir=None, *, steps: int = 0) -> dict:
+        """The run's plan (every stage's ``iterations``); with ``steps``, stage 0's throughput,
+        projected over every stage (the stages train the same network on the same batch)."""
         config.method = self.name
         config.teacher = str(self.teacher_dir(config))
+        if steps <= 0 or self.missing_assets(config):
+            return super().dry_run(config, run_dir)
         report = super().dry_run(self.stage_config(config, 0, Path(config.teacher)), run_dir,
                                  steps=steps)
-        report["config"] = config_to_dict(config)
-        report["iterations"] = self.total_iterations(config)
-        report["projected_s"] *= report["iterations"] / config.iterations
+        report["config"] = config_to_dict(config)  # the plan, not stage 0's settings
         return report
 
     def saved_config(self, run_dir) -> dict:

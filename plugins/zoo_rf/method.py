@@ -10,7 +10,7 @@ from pathlib import Path
 
 from zoo.families import FlowSampling, nfe_option
 from zoo.methods import DEFAULT_RUNS_ROOT, preset_scale
-from zoo.training import TrainConfig, config_to_dict, setting
+from zoo.training import TrainConfig, setting
 from zoo.training.cost import BUDGETS, budget_iterations
 from zoo_rf.flow import RectifiedFlowLoss, ReflowPairs, VelocityField, euler_grid
 
@@ -169,13 +169,22 @@ class RectifiedFlow(FlowSampling):
             task.pairs.path = Path(run_dir) / PAIRS_NAME
         return super().make_trainer(task, config, dataset, run_dir, progress=progress)
 
-    def dry_run(self, config: RFConfig, run_dir=None, *, steps: int = 5) -> dict:
-        """A reflow step costs what a 1-RF step costs (one forward and backward), so its rate is
-        measured as 1-RF's; ``pair_nfe`` adds the one-off cost of making the pairs."""
+    def teacher_run(self, config: RFConfig) -> Path | None:
+        """The 1-RF run a reflow round draws its pairs from."""
+        return self.teacher_dir(config) if config.mode == "reflow" else None
+
+    def dry_run(self, config: RFConfig, run_dir=None, *, steps: int = 0) -> dict:
+        """A reflow round also reports ``pair_nfe``, the one-off cost of making its pairs; its
+        steps cost what a 1-RF step costs (one forward and backward), so its rate is measured
+        as 1-RF's."""
         if config.mode == "train":
             return super().dry_run(config, run_dir, steps=steps)
-        report = super().dry_run(dataclasses.replace(config, mode="train"), run_dir, steps=steps)
-        report["config"] = config_to_dict(config)
+        config.teacher = str(self.teacher_dir(config))
+        report = super().dry_run(config, run_dir)
+        if steps > 0 and not report["missing"]:
+            timed = super().dry_run(dataclasses.replace(config, mode="train"), run_dir,
+                                    steps=steps)
+            report = {**timed, "config": report["config"], "run_dir": report["run_dir"]}
         report["pair_nfe"] = config.reflow_pairs * config.reflow_steps
         return report
 

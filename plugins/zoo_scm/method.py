@@ -141,7 +141,7 @@ PRESETS = {
 }
 
 
-class SCM(ModalMethod, ConsistencyStudent):
+class SCM(ConsistencyStudent, ModalMethod):
     """Sampling is Song et al. 2023's multistep consistency sampling (Algorithm 1) as the sCM
     paper uses it: f_θ(σ_d·z, t_max), then for each further t: x_t = cos(t)·x̂_0 + sin(t)·z,
     f_θ(x_t, t) (the core consistency sampler in σ = σ_d·tan t, re-noising x̂_0 + σ·ε, Eq. 30),
@@ -167,6 +167,10 @@ class SCM(ModalMethod, ConsistencyStudent):
     def build_denoiser(self, config: SCMConfig, data_shape) -> TrigFlowConsistency:
         return TrigFlowConsistency(self.build_net(config, data_shape), config.sigma_data,
                                    config.time_label, config.time_scale, config.sigma_max)
+
+    def teacher_run(self, config: SCMConfig) -> Path | None:
+        """The edm run sCD distils, or sCT starts from (``init="teacher"``)."""
+        return Path(config.teacher) if config.mode == "scd" or config.init == "teacher" else None
 
     def make_task(self, config: SCMConfig, dataset) -> SCMLoss:
         teacher = record = None

@@ -31,7 +31,6 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from zoo import distributed
-from zoo import metrics as zoo_metrics
 from zoo.bench.plan import (
     ModelEntry,
     parse_models,
@@ -58,6 +57,7 @@ from zoo.bench.results import (
     BenchReport,
     RowResult,
     default_n,
+    evaluation_of,
     protocol_note,
 )
 from zoo.bench.sample import (
@@ -107,8 +107,8 @@ def run_bench(models: list[str], dataset: str, *, runs_root="runs", train_missin
         use_inception_weights(inception_weights)
     # everything the bench will need is checked before any training: the metrics and their
     # weights, the output folder (writable, not another bench's, not in use)
-    evaluation = zoo_metrics.Evaluation(data, metrics, seed=seed, batch_size=batch_size,
-                                        ref=ref, distributed=True)
+    evaluation = evaluation_of(data, metrics, seed=seed, batch_size=batch_size, ref=ref,
+                               distributed=True)
     out = Path(out) if out else Path("bench") / dataset
     metric_names = [name for name, _ in evaluation.metrics]
     lock = earlier = None

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -146,8 +147,8 @@ def _flags(values: dict) -> list[str]:
         if isinstance(value, bool):
             flags.append(flag if value else f"--no-{flag[2:]}")
         else:
-            flags.append(f"{flag} '{json.dumps(value)}'" if isinstance(value, dict)
-                         else f"{flag} {value}")
+            flags.append(f"{flag} {shlex.quote(json.dumps(value))}" if isinstance(value, dict)
+                         else f"{flag} {shlex.quote(str(value))}")
     return flags
 
 
@@ -241,6 +242,11 @@ def prepare_runs(methods: dict[str, Method], dataset: str, data: Dataset, runs_r
                 missing.append((name, run_dir, config, overrides))
             else:  # refused before anything is trained from it
                 check_same_data(method.bench_rows(run_dir), dataset, data)
+    planned = [run_dir for _, run_dir, _, _ in missing]
+    absent = [f"{name} run {run_dir}: {problem}" for name, run_dir, config, _ in missing
+              for problem in resolved[name].missing_assets(config, data, planned=planned)]
+    if absent:  # found before anything is trained
+        raise BenchError("cannot train the missing runs: " + "; ".join(absent))
     train_runs(resolved, missing, jobs=jobs, progress=progress, echo=echo)
     rows, records = [], {}
     for name, run_dir in runs:

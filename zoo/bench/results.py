@@ -102,3 +102,15 @@ def row_result_from_record(saved: dict, metrics: dict | None = None) -> RowResul
         None if cost is None else {k: v for k, v in cost.items() if k != "forward_equivalents"},
         saved.get("sampler"), saved.get("entry", saved["method"]), saved["samples_file"],
         saved.get("run_stamp", ""))
+
+
+def evaluation_of(data: Dataset, metrics, **options):
+    """The bench's :class:`zoo.metrics.Evaluation`: its metrics and their weights checked before
+    any work; missing Inception weights name the bench's own flag."""
+    from zoo.metrics.fidelity import InceptionWeightsError
+
+    try:
+        return zoo_metrics.Evaluation(data, metrics, **options)
+    except InceptionWeightsError as exc:
+        raise InceptionWeightsError(f"{exc} (zoo bench: or pass --inception-weights PATH)"
+                                    ) from None

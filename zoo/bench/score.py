@@ -8,12 +8,12 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from zoo import metrics as zoo_metrics
 from zoo.bench.report import write_outputs
 from zoo.bench.results import (
     BenchError,
     BenchReport,
     RowResult,
+    evaluation_of,
     protocol_note,
     row_result_from_record,
 )
@@ -88,8 +88,7 @@ def rescore_bench(dataset: str, *, out=None, metrics=None, n=None, seed=None, ba
         from zoo.metrics.fidelity import use_inception_weights
 
         use_inception_weights(inception_weights)
-    evaluation = zoo_metrics.Evaluation(data, metrics, seed=first, batch_size=batch_size,
-                                        ref=ref)
+    evaluation = evaluation_of(data, metrics, seed=first, batch_size=batch_size, ref=ref)
     report = BenchReport(dataset, data.checksum, record["n"], first, batch_size, record["device"],
                          note=protocol_note(data, record["n"]), ref=str(ref) if ref else None,
                          metric_names=[name for name, _ in evaluation.metrics])

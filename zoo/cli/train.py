@@ -99,21 +99,38 @@ def _duration(seconds: float) -> str:
     return f"{d}d {h}h {m}m" if d else f"{h}h {m}m" if h else f"{m}m {s}s"
 
 
-def _print_dry_run(report: dict) -> None:
-    c = report["config"]
-    click.echo("settings (as the run's config.json would record them):")
-    click.echo(json.dumps(c, indent=2, sort_keys=True))
+def _print_plan(report: dict) -> None:
+    """The settings, run directory, iterations and what is missing: no data loaded."""
+    click.echo("settings (the preset with the options given; a distilled run takes its network "
+               "from its teacher when it starts):")
+    click.echo(json.dumps(report["config"], indent=2, sort_keys=True))
     click.echo(f"run directory: {report['run_dir']} (not created)")
+    click.echo(f"iterations: {report['iterations']:,} of {report['config']['batch_size']} samples")
+    if "pair_nfe" in report:
+        click.echo(f"reflow pairs: {report['pair_nfe']:,} network evaluations of the 1-RF run, "
+                   "once, before the first step")
+    for problem in report["missing"]:
+        click.echo(f"missing: {problem}")
+    if not report["missing"]:
+        click.echo("missing: nothing the run needs besides its data (loaded when it starts)")
+
+
+def _print_timing(plan: dict, report: dict, steps: int) -> None:
+    """What building the run resolved, and the timed steps' rate and projection."""
+    changed = {k: v for k, v in report["config"].items() if plan["config"].get(k) != v}
+    if changed:
+        click.echo("resolved when the run was built (from the teacher and the data):")
+        click.echo(json.dumps(changed, indent=2, sort_keys=True))
     click.echo(f"parameters: {report['parameters']:,}")
-    click.echo(f"samples/s: {report['samples_per_s']:,.1f} (training steps on "
+    click.echo(f"samples/s: {report['samples_per_s']:,.1f} ({steps} training steps on "
                f"{report['device']}, random data of shape {report['data_shape']})")
     click.echo(f"projected wall time: {_duration(report['projected_s'])} for "
                f"{report['iterations']:,} "
-               f"iterations of {c['batch_size']} samples (training steps only)")
+               f"iterations of {report['config']['batch_size']} samples (training steps only)")
 
 
 def _make_train_command(name, method):
-    def callback(dataset, run_dir, runs_root, resume, progress, dry_run, **params):
+    def callback(dataset, run_dir, runs_root, resume, progress, dry_run, time_steps, **params):
         from zoo import distributed
         from zoo.training import TrainingInterrupted
 
@@ -128,10 +145,21 @@ def _make_train_command(name, method):
                 if resume:
                     raise UserError("--dry-run describes a new run; it does not take --resume")
                 config = method.configure(dataset or "toy", **overrides)
-                report = method.dry_run(config, run_dir)
+                plan = method.dry_run(config, run_dir)
                 if distributed.is_main():
-                    _print_dry_run(report)
+                    _print_plan(plan)
+                if time_steps and not plan["missing"]:
+                    echo(f"timing {time_steps} training steps (the data and teacher are loaded "
+                         "as training would)...")
+                    report = method.dry_run(config, run_dir, steps=time_steps)
+                    if distributed.is_main():
+                        _print_timing(plan, report, time_steps)
+                elif plan["missing"]:
+                    raise UserError(f"{len(plan['missing'])} thing(s) the run needs are missing "
+                                    "(listed above): training would stop before its first step")
                 return
+            if time_steps:
+                raise UserError("--time-steps times a --dry-run; pass --dry-run too")
             if resume:
                 echo(f"resuming {name} in {run_dir}")
                 if dataset is not None:
@@ -173,8 +201,18 @@ def _make_train_command(name, method):
         click.Option(
             ["--dry-run"],
             is_flag=True,
-            help="Print the resolved settings, the parameter count, the samples/s of a few real "
-            "training steps on random data and the projected wall time; write nothing.",
+            help="Print the settings, the run directory and what the run needs that is missing "
+            "(teacher run, weights files, packages), in seconds: no data loaded, nothing "
+            "written.",
+        ),
+        click.Option(
+            ["--time-steps"],
+            type=click.IntRange(min=0),
+            default=0,
+            show_default=True,
+            help="With --dry-run: also build the run as training would (data, teacher, network) "
+            "and time this many training steps on random data: parameters, samples/s and the "
+            "projected wall time.",
         ),
         *config_options(method.config_class, _presets(method)),
     ]

@@ -387,8 +387,8 @@ def inception_weights(path: str | os.PathLike | None = None) -> Path:
         found = Path(given).expanduser()
         if not found.is_file():
             raise InceptionWeightsError(
-                f"Inception weights not found at {found} (from zoo bench --inception-weights "
-                f"or {INCEPTION_ENV}); it should be torch-fidelity's {INCEPTION_FILE}, "
+                f"Inception weights not found at {found} (from --inception-weights or "
+                f"{INCEPTION_ENV}); it should be torch-fidelity's {INCEPTION_FILE}, "
                 f"downloadable from {INCEPTION_URL}"
             )
         return found
@@ -397,8 +397,7 @@ def inception_weights(path: str | os.PathLike | None = None) -> Path:
         raise InceptionWeightsError(
             f"FID/IS/KID need torch-fidelity's Inception weights {INCEPTION_FILE}, which are not "
             f"on this machine and are never downloaded here. Put the file in {found.parent}/ "
-            f"(torch's hub cache), or set {INCEPTION_ENV}=PATH (zoo bench also takes "
-            f"--inception-weights PATH). "
+            f"(torch's hub cache), or set {INCEPTION_ENV}=PATH. "
             f"Get it, on a machine with internet, from {INCEPTION_URL}"
         )
     return found
