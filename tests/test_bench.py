@@ -620,3 +620,24 @@ def test_rescore_reads_no_decompression_bomb_and_names_a_truncated_file(benched,
     path.write_bytes(path.read_bytes()[:1000])
     with pytest.raises(BenchError, match=r"pd-nfe1.npz is not a complete bench samples file"):
         rescore_bench("toy", out=out, progress=False)
+
+
+@pytest.mark.parametrize("name", ["cm", "rf", "scm", "pd"])
+def test_the_printed_train_command_makes_the_runs_config(name, tmp_path, monkeypatch):
+    """What `zoo bench` prints for a missing run (`zoo train ...`) recreates that run's config:
+    the mode and only what differs from that mode's preset."""
+    import shlex
+
+    from zoo.bench.plan import train_command
+
+    monkeypatch.chdir(tmp_path)
+    method = zoo.plugins.get("methods", name)
+    for run_name, config in method.bench_configs("toy", tmp_path / "runs").items():
+        config.lr = 0.0123
+        command = train_command(name, method, config, "toy", tmp_path / "runs" / run_name)
+        args = shlex.split(command)[1:] + ["--dry-run"]
+        result = CliRunner().invoke(main, args)
+        lines = result.output.splitlines()
+        end = next(i for i, line in enumerate(lines) if line.startswith("run directory:"))
+        settings = json.loads("\n".join(lines[1:end]))
+        assert settings == json.loads(json.dumps(zoo.training.config_to_dict(config))), command

@@ -151,3 +151,24 @@ def test_the_command_line_imports_torch_only_for_a_command_that_needs_it():
         out = subprocess.run([sys.executable, "-c", probe, *args], capture_output=True,
                              text=True, check=True).stdout
         assert out.strip().splitlines()[-1] == "False", (args, out)
+
+
+def test_train_help_shows_each_modes_own_preset_values_and_the_real_defaults():
+    """CT's cifar10 learning rate and μ form are CT's, not CD's; settings no preset changes show
+    their own default (``--device auto``, not this machine's resolution of it)."""
+    cm = get("methods", "cm")
+    text = " ".join(cli("train", "cm", "--help").output.split())
+    ct, cd = cm.configure("cifar10", mode="ct"), cm.configure("cifar10", mode="cd")
+    assert ct.lr != cd.lr and ct.ct_mu_form != cd.ct_mu_form
+    assert f"cifar10 cd {cd.lr:g} / ct {ct.lr:g}" in text
+    assert f"cd {cd.ct_mu_form} / ct {ct.ct_mu_form}" in text
+    assert "or cuda:N. [default: auto]" in text and "cifar10 cpu" not in text
+    assert "Adam β1. [default: 0.9]" in text
+    assert "uniform-u (every u" in text  # every accepted weighting is described
+
+
+def test_sample_help_gives_an_example_the_methods_own_sampler_takes():
+    text = " ".join(cli("sample", "cm", "--help").output.split())
+    assert "S_churn" not in text and "e.g. '{\"sigma_min\": 0.002}'" in text
+    text = " ".join(cli("sample", "edm", "--help").output.split())
+    assert "e.g. '{\"" in text

@@ -47,8 +47,9 @@ class CMConfig(TrainConfig):
     solver: str = setting("heun", "Teacher's ODE step in CD: heun or euler.", choices=SOLVERS)
     distance: str = setting("l2", "d: l2 (squared, mean over dimensions), l1 or lpips.",
                             choices=DISTANCES)
-    weighting: str = setting("uniform", "λ(t_n): uniform, snrp1 or truncated-snr.",
-                             choices=WEIGHTINGS)
+    weighting: str = setting(
+        "uniform", "λ(t_n): uniform, snrp1, truncated-snr, or uniform-u (every u ~ U[0, 1] of "
+        "t = τ(u) weighed by 1: the official CD∞/CT∞ weighting).", choices=WEIGHTINGS)
     target_ema: float = setting(0.0, "μ of the target network θ⁻ (CD); 0: θ⁻ = stopgrad(θ).")
     continuous_loss: str = setting(
         "stopgrad", "CD∞/CT∞ objective: stopgrad (the paper's Appendix B: f_θ·sg(G·df_θ⁻/dt)) "

@@ -154,10 +154,13 @@ def _flags(values: dict) -> list[str]:
 
 def train_command(name: str, method: Method, config, dataset: str, run_dir: Path) -> str:
     """The ``zoo train`` command line that creates ``run_dir`` with ``config``."""
-    preset = method.preset(dataset)
+    mode = {"mode": config.mode} if hasattr(config, "mode") else {}
+    preset = method.configure(dataset, **mode)  # the mode's own preset
     changed = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)
                if f.name not in ("method", "dataset", "device")
                and getattr(config, f.name) != getattr(preset, f.name)}
+    if mode and config.mode != method.configure(dataset).mode:
+        changed = {"mode": config.mode, **changed}  # the mode, then what differs from its preset
     return " ".join([f"zoo train {name} --dataset {dataset} --run-dir {run_dir}",
                      *_flags(changed)])
 

@@ -29,18 +29,22 @@ def _sampler_params(method) -> list[click.Option]:
         return []
     names = method.samplers()
     kind = MODEL_KINDS.get(method.parameterization, method.parameterization)
-    by_sampler = "; ".join(
-        f"{n}: {', '.join(o.describe() for o in opts)}"
-        for n in names
-        if (opts := sampler_options(zoo_plugins.get("samplers", n)).values()))
+    options = {n: list(sampler_options(zoo_plugins.get("samplers", n)).values()) for n in names}
+    by_sampler = "; ".join(f"{n}: {', '.join(o.describe() for o in opts)}"
+                           for n, opts in options.items() if opts)
+    # an example this method's samplers take: the default sampler's first option, else another's
+    ordered = [method.default_sampler, *(n for n in names if n != method.default_sampler)]
+    example = next((options[n][0] for n in ordered if options.get(n)), None)
+    shown = "" if example is None else \
+        f", e.g. '{json.dumps({example.name: example.default})}'"
     return [
         click.Option(["--sampler"], type=click.Choice(names), default=method.default_sampler,
                      show_default=True,
                      help=f"A registered sampler of {kind}s: {', '.join(names)} "
                      "(docs/samplers.md)."),
         click.Option(["--sampler-options"], metavar="JSON", default=None,
-                     help="The sampler's options as a JSON object, e.g. '{\"S_churn\": 40}'; an "
-                     f"option it does not take is an error. Options: {by_sampler or '(none)'}."),
+                     help=f"The sampler's options as a JSON object{shown}; an option it does not "
+                     f"take is an error. Options: {by_sampler or '(none)'}."),
     ]
 
 

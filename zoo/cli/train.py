@@ -31,25 +31,57 @@ PRESET_DATASETS = ("toy", "digits", "cifar10")
 
 
 def _presets(method) -> dict:
-    """The method's configurations for :data:`PRESET_DATASETS` (no data loaded), those it has."""
+    """The method's configurations for :data:`PRESET_DATASETS` (no data loaded), those it has:
+    ``{dataset: {mode: config}}``, the mode None for a method without modes."""
     out = {}
     for dataset in PRESET_DATASETS:
-        try:
-            out[dataset] = method.configure(dataset)
-        except (*USER_ERRORS, zoo_plugins.UnknownNameError):
-            continue
+        for mode in getattr(method, "modes", ()) or (None,):
+            try:
+                config = method.configure(dataset, **({"mode": mode} if mode else {}))
+            except (*USER_ERRORS, zoo_plugins.UnknownNameError):
+                continue
+            out.setdefault(dataset, {})[mode] = config
     return out
 
 
+def _preset_values(name: str, presets: dict) -> str:
+    """``toy 0.002, digits 0.0002, cifar10 cd 0.0004 / ct 0.0002``: a setting's preset value per
+    dataset, per mode where the modes differ."""
+    shown = []
+    for dataset, by_mode in presets.items():
+        values = {mode: _shown(getattr(c, name)) for mode, c in by_mode.items()}
+        if len(set(values.values())) == 1:
+            shown.append(f"{dataset} {next(iter(values.values()))}")
+        else:
+            shown.append(f"{dataset} " + " / ".join(f"{m} {v}" for m, v in values.items()))
+    return ", ".join(shown)
+
+
+def _default(f: dataclasses.Field, presets: dict):
+    """The field's own default as a config resolves it (``device="auto"``: this machine's), or
+    a marker when it has none."""
+    if f.default is not dataclasses.MISSING:
+        value = f.default
+    elif f.default_factory is not dataclasses.MISSING:
+        value = f.default_factory()
+    else:
+        return dataclasses.MISSING
+    config = next(iter(next(iter(presets.values())).values()))
+    return getattr(dataclasses.replace(config, **{f.name: value}), f.name)
+
+
 def _shown(value) -> str:
+    if value == "":
+        return "(none)"
     return json.dumps(value, separators=(",", ":")) if isinstance(value, (dict, list)) \
         else f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def config_options(config_class, presets: dict | None = None) -> list[click.Option]:
     """One ``--option`` per config field (a ``click.Choice`` where the field has ``choices``);
-    unset (None) options keep the dataset preset's value, whose values per dataset in
-    ``presets`` (name -> config) the help shows."""
+    unset (None) options keep the dataset preset's value, whose values per dataset (and mode)
+    in ``presets`` (:func:`_presets`) the help shows, or the field's default where every preset
+    keeps it."""
     options = []
     for f in dataclasses.fields(config_class):
         if f.name in ("method", "dataset"):
@@ -58,9 +90,16 @@ def config_options(config_class, presets: dict | None = None) -> list[click.Opti
         kind = _click_type(f.type if isinstance(f.type, str) else f.type.__name__)
         if "choices" in f.metadata:
             kind = click.Choice(f.metadata["choices"])
-        values = ", ".join(f"{d} {_shown(getattr(c, f.name))}" for d, c in (presets or {}).items())
-        help_text = f.metadata.get("help", "") + (
-            f" [presets: {values}]" if values else " [default: from the dataset preset]")
+        default = _default(f, presets) if presets else dataclasses.MISSING
+        if default is not dataclasses.MISSING and all(
+                getattr(c, f.name) == default for m in presets.values() for c in m.values()):
+            given = f.default if f.default is not dataclasses.MISSING else default
+            shown = f" [default: {_shown(given)}]"
+        elif presets:
+            shown = f" [presets: {_preset_values(f.name, presets)}]"
+        else:
+            shown = " [default: from the dataset preset]"
+        help_text = f.metadata.get("help", "") + shown
         if kind is bool:
             options.append(
                 click.Option([f"{flag}/--no-{flag[2:]}", f.name], default=None, help=help_text)
