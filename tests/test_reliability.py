@@ -613,3 +613,57 @@ def test_the_zoo_command_says_so_when_stopped_while_importing(delay):
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 143, err
     assert "zoo: SIGTERM outside training: stopped at once" in err
+
+
+def test_a_run_resumes_from_another_directory_and_follows_a_moved_dataset(tmp_path,
+                                                                         monkeypatch):
+    """Started with relative paths (data folder, run directory, teacher) from one directory, a run
+    records them absolute and resumes from another; its data, moved, is pointed to again with
+    --dataset-options (the checkpoint's checksum still refuses other data)."""
+    import numpy as np
+    from PIL import Image
+
+    home = tmp_path / "home"
+    (home / "imgs").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in range(8):
+        Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(
+            home / "imgs" / f"{i}.png")
+    net = '{"model_channels": 8, "channel_mult": [1], "num_blocks": 1, "attn_resolutions": []}'
+    common = ["--network-kwargs", net, "--batch-size", "4", "--no-progress",
+              "--checkpoint-every", "2"]
+    monkeypatch.chdir(home)
+    result = CliRunner().invoke(main, ["train", "edm", "--dataset", "folder", "--dataset-options",
+                                       '{"path": "imgs", "resolution": 8}', "--run-dir", "run",
+                                       "--iterations", "2", *common])
+    assert result.exit_code == 0, result.output
+    saved = json.loads((home / "run" / "config.json").read_text())
+    assert saved["dataset_options"]["path"] == str(home / "imgs")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    result = CliRunner().invoke(main, ["train", "edm", "--run-dir", str(home / "run"),
+                                       "--resume", "--iterations", "4", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert load_checkpoint(home / "run")["step"] == 4
+    (home / "imgs").rename(tmp_path / "moved")
+    moved = json.dumps({"path": str(tmp_path / "moved"), "resolution": 8})
+    result = CliRunner().invoke(main, ["train", "edm", "--run-dir", str(home / "run"),
+                                       "--resume", "--iterations", "6", "--no-progress",
+                                       "--dataset-options", moved])
+    assert result.exit_code == 0, result.output
+    assert load_checkpoint(home / "run")["step"] == 6
+    Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(
+        tmp_path / "moved" / "0.png")  # other data at the same place: refused by its checksum
+    result = CliRunner().invoke(main, ["train", "edm", "--run-dir", str(home / "run"),
+                                       "--resume", "--iterations", "8", "--no-progress",
+                                       "--dataset-options", moved])
+    assert result.exit_code == 1 and "different data" in result.output, result.output
+    # a distillation teacher given relative is recorded absolute
+    monkeypatch.chdir(home)
+    cm = zoo.plugins.get("methods", "cm")
+    config = cm.configure("toy", teacher="teacher")
+    from zoo.training.config import resolve_paths
+
+    resolve_paths(config)
+    assert config.teacher == str(home / "teacher")

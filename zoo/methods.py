@@ -25,6 +25,7 @@ from zoo.training.config import (
     config_from_dict,
     config_to_dict,
     merge_overrides,
+    resolve_paths,
     resume_config,
 )
 from zoo.training.trainer import dataset_record
@@ -316,7 +317,10 @@ class Method(abc.ABC):
     def train(
         self, config: TrainConfig, run_dir=None, *, resume=False, progress=True, on_step=None
     ):
-        """Train ``config`` into ``run_dir`` with the shared trainer; returns the run directory."""
+        """Train ``config`` into ``run_dir`` with the shared trainer; returns the run directory.
+        A new run records its paths absolute (:func:`~zoo.training.config.resolve_paths`)."""
+        if not resume:
+            resolve_paths(config)
         trainer = self._trainer(config, run_dir, progress)
         trainer.fit(resume=resume, on_step=on_step)
         return trainer.run_dir

@@ -38,6 +38,7 @@ from zoo.training.config import (
     TrainConfig,
     config_from_dict,
     config_to_dict,
+    resolve_paths,
     save_config,
     setting,
 )
@@ -265,6 +266,10 @@ class ProgressiveDistillation(Method):
         config.method = self.name
         config.teacher = str(self.teacher_dir(config))
         root = Path(run_dir) if run_dir else self.default_run_dir(config)
+        if not resume:  # a new run records absolute paths: it resumes from anywhere
+            resolve_paths(config)
+            root = root.resolve()
+        self.check_assets(config)
         started = sorted(root.glob(f"stage-*/{CHECKPOINT_NAME}"))
         if started and not resume:
             raise CheckpointError(f"{root} already holds PD stages ({started[0].parent.name}...); "
@@ -273,9 +278,6 @@ class ProgressiveDistillation(Method):
         root.mkdir(parents=True, exist_ok=True)
         save_config(config, root / "config.json")
         teacher = Path(config.teacher)
-        if not (teacher / CHECKPOINT_NAME).exists():
-            raise CheckpointError(f"PD's teacher {teacher} has no checkpoint; train it first "
-                                  f"(`zoo train edm --dataset {config.dataset}`) or pass --teacher")
         for stage, steps in enumerate(stage_plan(config.teacher_steps)):
             stage_dir = root / stage_name(stage, steps)
             stage_config = self.stage_config(config, stage, teacher)

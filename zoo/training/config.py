@@ -231,7 +231,7 @@ def resume_config(cls, saved: dict, overrides: dict):
         raise ValueError(f"unknown {cls.__name__} settings: {', '.join(unknown)}")
     overrides = merge_overrides({k: saved[k] for k in overrides if k in saved}, overrides)
     changes = [(k, saved.get(k), v) for k, v in overrides.items() if saved.get(k) != v]
-    fixed = [c for c in changes if c[0] in cls.RESUME_FIXED]
+    fixed = [c for c in changes if c[0] in cls.RESUME_FIXED and not same_setting(*c)]
     if fixed:
         detail = "; ".join(f"{k}: run has {old!r}, asked {new!r}" for k, old, new in fixed)
         raise ValueError(
@@ -241,6 +241,35 @@ def resume_config(cls, saved: dict, overrides: dict):
     config = dataclasses.replace(config, **{k: v for k, _, v in changes})
     config.validate()
     return config, changes, notes
+
+
+#: Settings that are paths: a run records them absolute, so that it resumes from any directory.
+PATH_SETTINGS = ("teacher",)
+
+
+def resolve_paths(config) -> None:
+    """Make a new run's paths absolute (its teacher, ``dataset_options["path"]``): the run then
+    resumes, and its teacher is found, from any working directory."""
+    for name in PATH_SETTINGS:
+        if getattr(config, name, ""):
+            setattr(config, name, str(Path(getattr(config, name)).expanduser().resolve()))
+    path = config.dataset_options.get("path")
+    if isinstance(path, str) and path:
+        config.dataset_options = {**config.dataset_options,
+                                  "path": str(Path(path).expanduser().resolve())}
+
+
+def same_setting(name: str, a, b) -> bool:
+    """Whether two values of a run-defining setting are the same: paths (and a dataset's
+    ``path`` option, whose data the checksum identifies) compare as resolved paths from here,
+    so a run saved with relative ones is the same run from its own directory; a moved dataset
+    may be pointed to again (the checkpoint refuses other data by its checksum)."""
+    if name in PATH_SETTINGS and isinstance(a, str) and isinstance(b, str) and a and b:
+        return Path(a).expanduser().resolve() == Path(b).expanduser().resolve()
+    if name == "dataset_options" and isinstance(a, dict) and isinstance(b, dict):
+        return {k: v for k, v in a.items() if k != "path"} == \
+            {k: v for k, v in b.items() if k != "path"}
+    return a == b
 
 
 def save_config(config, path: Path) -> None:

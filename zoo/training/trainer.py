@@ -32,7 +32,7 @@ from zoo.training.checkpoint import (
     load_latest_checkpoint,
     save_checkpoint,
 )
-from zoo.training.config import TrainConfig, config_to_dict, save_config
+from zoo.training.config import TrainConfig, config_to_dict, same_setting, save_config
 from zoo.training.cost import add_cost, empty_cost
 from zoo.training.ema import EMA, ema_beta, initialisation_weight
 from zoo.training.monitor import METRICS_NAME, RunMonitor
@@ -212,7 +212,7 @@ class Trainer:
         ours = json.loads(json.dumps(config_to_dict(self.config)))
         theirs = json.loads(json.dumps(state["config"]))
         differ = [k for k in type(self.config).RESUME_FIXED if k in theirs
-                  and theirs[k] != ours.get(k)]
+                  and not same_setting(k, theirs[k], ours.get(k))]
         if differ:
             raise CheckpointError(
                 f"{path} was trained with other run-defining settings: "
