@@ -667,3 +667,29 @@ def test_a_run_resumes_from_another_directory_and_follows_a_moved_dataset(tmp_pa
 
     resolve_paths(config)
     assert config.teacher == str(home / "teacher")
+
+
+@pytest.mark.parametrize("warmup, warns", [(40, True), (14, True), (10, False), (0, False)])
+def test_a_warm_up_longer_than_the_run_is_warned_about(tmp_path, capsys, warmup, warns):
+    """The cifar10 presets' warm-ups outlast a short trial: its lr never reaches the peak."""
+    config = tiny_config(lr_warmup=warmup, iterations=14)
+    trainer_for(config, tmp_path).fit()
+    err = capsys.readouterr().err
+    assert ("learning-rate warm-up is longer than the 14 iterations" in err) == warns, err
+    if warns:
+        assert f"the lr ends at {config.lr * 14 / warmup:.3g}" in err
+
+
+def test_a_batch_jobs_log_gets_one_plain_line_per_log_row_with_an_eta(tmp_path, capsys):
+    """Without a terminal (a batch job's log file) there is no progress bar and its carriage
+    returns, but one line per log row; log.jsonl rows carry the ETA."""
+    config = tiny_config(iterations=6, log_every=2)
+    trainer = trainer_for(config, tmp_path)
+    trainer.progress = True
+    trainer.fit()
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("edm step ")]
+    assert [line.split()[2] for line in lines] == ["2/6", "4/6", "6/6"], err
+    assert all(" eta " in line for line in lines) and "\r" not in err
+    rows = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()][1:]
+    assert rows[-1]["eta_s"] == 0 and rows[0]["eta_s"] > 0

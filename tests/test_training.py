@@ -175,3 +175,23 @@ def test_network_kwargs_merge_into_the_preset_as_set_does():
     edm = get("methods", "edm")
     assert edm.configure("toy", network_kwargs={"hidden": 8}).network_kwargs == \
         {**edm.configure("toy").network_kwargs, "hidden": 8}
+
+
+@pytest.mark.parametrize("name,mode", [("edm", None), ("cm", "ct"), ("rf", None)])
+def test_accumulated_passes_equal_one_large_step(tmp_path, name, mode):
+    """batch_gpu: a batch of 32 trained in passes of 8 gives the weights of one pass of 32 (the
+    same noise rows, the gradient of the same mean), to float rounding, over several steps."""
+    method = zoo.plugins.get("methods", name)
+    settings = dict(iterations=3, batch_size=32, checkpoint_every=3, lr=1e-2,
+                    network_kwargs={"hidden": 16, "num_layers": 2}, dataset_options={"n": 256})
+    if mode:
+        settings["mode"] = mode
+    runs = {}
+    for batch_gpu in (0, 8):
+        config = method.configure("toy", batch_gpu=batch_gpu, **settings)
+        runs[batch_gpu] = method.train(config, tmp_path / f"gpu{batch_gpu}", progress=False)
+    one, passes = (load_checkpoint(runs[b])["net"] for b in (0, 8))
+    for key in one:
+        torch.testing.assert_close(passes[key], one[key], rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="batch_gpu=5 must divide"):
+        method.configure("toy", batch_gpu=5, **settings)

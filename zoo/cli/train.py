@@ -19,6 +19,7 @@ from zoo.cli.common import (
     shared_option,
     user_error,
 )
+from zoo.training.monitor import duration_text
 
 
 def _click_type(annotation: str):
@@ -130,14 +131,6 @@ def _overrides(config_class, params: dict) -> dict:
     return out
 
 
-def _duration(seconds: float) -> str:
-    """``2d 3h 4m``, ``5h 6m`` or ``7m 8s``."""
-    m, s = divmod(round(seconds), 60)
-    h, m = divmod(m, 60)
-    d, h = divmod(h, 24)
-    return f"{d}d {h}h {m}m" if d else f"{h}h {m}m" if h else f"{m}m {s}s"
-
-
 def _print_plan(report: dict) -> None:
     """The settings, run directory, iterations and what is missing: no data loaded."""
     click.echo("settings (the preset with the options given; a distilled run takes its network "
@@ -163,7 +156,7 @@ def _print_timing(plan: dict, report: dict, steps: int) -> None:
     click.echo(f"parameters: {report['parameters']:,}")
     click.echo(f"samples/s: {report['samples_per_s']:,.1f} ({steps} training steps on "
                f"{report['device']}, random data of shape {report['data_shape']})")
-    click.echo(f"projected wall time: {_duration(report['projected_s'])} for "
+    click.echo(f"projected wall time: {duration_text(report['projected_s'])} for "
                f"{report['iterations']:,} "
                f"iterations of {report['config']['batch_size']} samples (training steps only)")
 

@@ -72,6 +72,10 @@ class TrainConfig:
     )
     snapshot_keep: int = setting(0, "Snapshots to keep (the newest); 0 = all.")
     hflip: bool = setting(False, "Horizontal-flip augmentation (images).")
+    batch_gpu: int = setting(
+        0, "Samples per forward and backward pass on each process: the per-process batch is "
+        "accumulated over passes of this size (EDM's --batch-gpu), with the same result as one "
+        "pass; 0 = the whole per-process batch in one pass.")
     seed: int = setting(0, "Seed of data order, noise and initialisation.")
     checkpoint_every: int = setting(1000, "Write the checkpoint every this many iterations.")
     log_every: int = setting(100, "Log loss and throughput every this many iterations.")
@@ -134,6 +138,9 @@ class TrainConfig:
                                  f"{', '.join(valid)}")
         if self.num_classes < 0:
             raise ValueError(f"num_classes must be >= 0 (0: unconditional), got {self.num_classes}")
+        if self.batch_gpu and self.batch_size % self.batch_gpu:
+            raise ValueError(f"batch_gpu={self.batch_gpu} must divide each process's share of "
+                             f"batch_size={self.batch_size} (one process: batch_size itself)")
         positive = ("batch_size", "iterations", "checkpoint_every", "log_every")
         for name in positive:
             if getattr(self, name) <= 0:
@@ -141,7 +148,7 @@ class TrainConfig:
         non_negative = (
             "lr_warmup", "ema_halflife_kimg", "ema_rampup", "snapshot_every_kimg",
             "snapshot_keep", "threads", "grad_clip", "sample_every_kimg", "sample_n",
-            "eval_every_kimg", "eval_n",
+            "eval_every_kimg", "eval_n", "batch_gpu",
         )
         for name in non_negative:
             if not getattr(self, name) >= 0:  # also refuses NaN

@@ -21,6 +21,14 @@ SAMPLES_DIR = "samples"
 TENSORBOARD_DIR = "tensorboard"
 
 
+def duration_text(seconds: float) -> str:
+    """``2d 3h 4m``, ``5h 6m`` or ``7m 8s``."""
+    m, s = divmod(round(seconds), 60)
+    h, m = divmod(m, 60)
+    d, h = divmod(h, 24)
+    return f"{d}d {h}h {m}m" if d else f"{h}h {m}m" if h else f"{m}m {s}s"
+
+
 def summary_writer_class():
     """torch's TensorBoard ``SummaryWriter``, or a clear error naming the package to install."""
     try:

@@ -24,15 +24,18 @@ class BatchNoise:
     """The random numbers of one training step, drawn for the whole global batch from a generator
     seeded by (seed, step), then sliced to this rank's samples.
 
-    So a run's noise does not depend on the number of processes, and resuming at step k draws
-    exactly what the uninterrupted run drew.
+    So a run's noise does not depend on the number of processes, nor on how a process splits its
+    share into passes (``part``: the rows ``[start, stop)`` of its share that one accumulation pass
+    trains on), and resuming at step k draws exactly what the uninterrupted run drew.
     """
 
-    def __init__(self, seed: int, step: int, global_batch: int, rank=0, world_size=1, device="cpu"):
+    def __init__(self, seed: int, step: int, global_batch: int, rank=0, world_size=1, device="cpu",
+                 part: tuple[int, int] | None = None):
         self.generator = torch.Generator().manual_seed(mix_seed(seed, step))
         self.global_batch = global_batch
         local = global_batch // world_size
-        self.rows = slice(rank * local, (rank + 1) * local)
+        start, stop = part or (0, local)
+        self.rows = slice(rank * local + start, rank * local + stop)
         self.device = torch.device(device)
 
     def _local(self, t: torch.Tensor) -> torch.Tensor:

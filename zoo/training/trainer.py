@@ -35,7 +35,7 @@ from zoo.training.checkpoint import (
 from zoo.training.config import TrainConfig, config_to_dict, same_setting, save_config
 from zoo.training.cost import add_cost, empty_cost
 from zoo.training.ema import EMA, ema_beta, initialisation_weight
-from zoo.training.monitor import METRICS_NAME, RunMonitor
+from zoo.training.monitor import METRICS_NAME, RunMonitor, duration_text
 from zoo.training.rundir import (
     LOG_NAME,
     RunLock,
@@ -284,6 +284,17 @@ class Trainer:
         self.save()  # step 0: the run is resumable (and its settings recorded) from the start
         return None
 
+    def _warn_warmup(self) -> None:
+        """Warn when the learning-rate warm-up is longer than the run (a short trial of a
+        preset made for a long run): its lr never reaches the peak."""
+        c = self.config
+        if self.rank == 0 and c.lr_warmup >= c.iterations:
+            self.echo(
+                f"warning: the {c.lr_warmup}-iteration learning-rate warm-up is longer than the "
+                f"{c.iterations} iterations this run trains: the lr ends at "
+                f"{self.lr_at(c.iterations - 1):.3g}, short of its peak {c.lr:g}. Set a shorter "
+                "--lr-warmup for a short run.")
+
     def _warn_ema(self) -> None:
         """Warn when the evaluation EMA after the last step still holds more than 1 % of the
         initial weights (Πβ over every update), whichever form its rate takes (rank 0 alone:
@@ -350,6 +361,7 @@ class Trainer:
             distributed.barrier()
             return {"step": self.step, "loss": None}
         self._warn_ema()
+        self._warn_warmup()
         with self._engine() as (net, autocast, threads, why):
             log = open(self.run_dir / LOG_NAME, "a") if self.rank == 0 else None
             self.monitor.open(self.step)
@@ -361,10 +373,12 @@ class Trainer:
                          "zoo_version": zoo.__version__}
                 log.write(json.dumps(start) + "\n")
                 log.flush()
+            # a bar on a terminal; elsewhere (a batch job's log) one plain line per log row
+            interactive = sys.stderr.isatty()
             bar = tqdm(
                 total=c.iterations,
                 initial=self.step,
-                disable=not self.progress,
+                disable=not self.progress or not interactive,
                 desc=f"train {c.method} on {c.dataset}",
                 dynamic_ncols=True,
             )
@@ -391,11 +405,17 @@ class Trainer:
                                 window_loss = window.item()
                             bar.set_postfix(loss=f"{window_loss / window_n:.4g}",
                                             samples_s=f"{rate:.0f}")
+                            eta = (c.iterations - self.step) * c.batch_size / rate
+                            if self.progress and not interactive:
+                                self.echo(f"{c.method} step {self.step}/{c.iterations} loss "
+                                          f"{window_loss / window_n:.4g} samples/s {rate:.0f} "
+                                          f"eta {duration_text(eta)}")
                             if log is not None:
                                 self.monitor.write_row(log, {
                                     "step": self.step,
                                     "loss": window_loss / window_n,
                                     "samples_per_s": rate,
+                                    "eta_s": eta,
                                     "lr": self.lr_at(self.step - 1),
                                     "grad_norm": norm.item(),
                                     **{f"train_{k}": v for k, v in (self.cost or {}).items()},
@@ -452,24 +472,30 @@ class Trainer:
         c, step = self.config, self.step
         if c.channels_last and x.ndim == 4:
             x = x.contiguous(memory_format=torch.channels_last)
-        noise = BatchNoise(c.seed, step, c.batch_size, self.rank, self.world_size, self.device)
         torch.manual_seed(mix_seed(c.seed, step, self.rank, 1))  # dropout and the like
         for group in self.optimizer.param_groups:
             group["lr"] = self.lr_at(step)
-        with autocast:
-            loss = self.task.loss(net, x, labels, noise).mean()
-        if not torch.isfinite(loss):
-            where = (
-                f"the last good checkpoint is kept at {self.checkpoint_path}"
-                if self.checkpoint_path.exists()
-                else "no checkpoint had been written yet"
-            )
-            raise NonFiniteLossError(
-                f"loss is {loss.item()} at iteration {step}: training stopped; {where}. "
-                "Lower --lr or set --grad-clip."
-            )
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        # the per-process batch in passes of batch_gpu samples (EDM's --batch-gpu): each pass
+        # draws its rows of the step's noise and adds its share of the mean's gradient; DDP
+        # reduces the gradients once, after the last pass
+        local = len(x)
+        size = min(c.batch_gpu or local, local)
+        loss = 0.0
+        for start in range(0, local, size):
+            rows = slice(start, start + size)
+            noise = BatchNoise(c.seed, step, c.batch_size, self.rank, self.world_size,
+                               self.device, part=(start, start + size))
+            last = start + size >= local
+            sync = contextlib.nullcontext() if last or self.world_size == 1 else net.no_sync()
+            with sync:
+                with autocast:
+                    part = self.task.loss(net, x[rows], None if labels is None else labels[rows],
+                                          noise).mean()
+                if not torch.isfinite(part):
+                    self._non_finite(part, step)
+                (part * (size / local) if size < local else part).backward()
+            loss = loss + part.detach() * (size / local)
         norm = None
         if c.grad_clip > 0:
             norm = nn.utils.clip_grad_norm_(self.net.parameters(), c.grad_clip)
@@ -484,3 +510,14 @@ class Trainer:
                                              **{k: c.batch_size * v for k, v in passes.items()}})
         self.step = step + 1
         return loss.item(), norm
+
+    def _non_finite(self, loss: torch.Tensor, step: int):
+        where = (
+            f"the last good checkpoint is kept at {self.checkpoint_path}"
+            if self.checkpoint_path.exists()
+            else "no checkpoint had been written yet"
+        )
+        raise NonFiniteLossError(
+            f"loss is {loss.item()} at iteration {step}: training stopped; {where}. "
+            "Lower --lr or set --grad-clip."
+        )
