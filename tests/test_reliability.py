@@ -693,3 +693,25 @@ def test_a_batch_jobs_log_gets_one_plain_line_per_log_row_with_an_eta(tmp_path, 
     assert all(" eta " in line for line in lines) and "\r" not in err
     rows = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()][1:]
     assert rows[-1]["eta_s"] == 0 and rows[0]["eta_s"] > 0
+
+
+def test_files_zoo_writes_take_the_users_umask_like_config_json(tmp_path):
+    """Checkpoints, grids, samples and exports are written through temporary files renamed into
+    place; they get the mode of any file the user writes (0666 less the umask), not 0600."""
+    from zoo.export import export_safetensors
+
+    old = os.umask(0o027)
+    try:
+        run = zoo.plugins.get("methods", "edm").train(
+            tiny_config(iterations=2, sample_every_kimg=0.064), tmp_path / "run", progress=False)
+        result = CliRunner().invoke(main, ["sample", "edm", "--run", str(run), "--n", "8",
+                                           "--steps", "2", "--out", str(tmp_path / "s.png")])
+        assert result.exit_code == 0, result.output
+        export_safetensors(run, tmp_path / "w.safetensors")
+        files = [run / "checkpoint.pt", run / "config.json", tmp_path / "s.png",
+                 tmp_path / "s.npz", tmp_path / "w.safetensors",
+                 *sorted((run / "samples").glob("*.png"))]
+        assert {f.name: oct(f.stat().st_mode & 0o777) for f in files} == {
+            f.name: oct(0o640) for f in files}
+    finally:
+        os.umask(old)

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
+
+from zoo.files import temporary_file, user_file_mode
 
 FORMAT = "zoo-safetensors"
 FORMAT_VERSION = "1"
@@ -60,10 +61,11 @@ def export_safetensors(run, out, *, weights: str = "ema") -> Path:
     }
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=out.name, suffix=".tmp")
+    fd, tmp = temporary_file(dir=out.parent, prefix=out.name, suffix=".tmp")
     os.close(fd)
     try:
-        save_file(tensors, tmp, metadata=metadata)
+        save_file(tensors, tmp, metadata=metadata)  # writes a new file of mode 0600
+        os.chmod(tmp, user_file_mode())
         os.replace(tmp, out)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -3,8 +3,10 @@ checkpoints, EDM pickles, openai state dicts), so none of them imports another f
 
 from __future__ import annotations
 
+import os
 import pickle
 import re
+import tempfile
 
 
 class UnsafePickleError(pickle.UnpicklingError):
@@ -52,3 +54,18 @@ def unreadable_file_message(path, exc: BaseException, expected: str, todo: str) 
         return (f"{path} was refused: it is not plain tensor data ({reason}); nothing in it was "
                 f"executed. Use a checkpoint from a trusted source: {todo}")
     return f"{path} is truncated or corrupt ({type(exc).__name__}), not {expected}: {todo}"
+
+
+def user_file_mode() -> int:
+    """The mode an ordinary new file of this user gets: 0666 less the umask."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+def temporary_file(**options) -> tuple[int, str]:
+    """``tempfile.mkstemp(**options)`` for a file that is then renamed into place, with the mode
+    of an ordinary file of this user (:func:`user_file_mode`), not mkstemp's 0600."""
+    fd, path = tempfile.mkstemp(**options)
+    os.fchmod(fd, user_file_mode())
+    return fd, path

@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 import zipfile
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from zoo.files import temporary_file
 
 #: ``--save-samples`` choices.
 FORMATS = ("none", "png", "npz", "both")
@@ -46,7 +47,7 @@ class NpzWriter:
         self.path, self.n, self.written, self.labels = Path(path), n, 0, []
         self.dtype, self.labels_name = np.dtype(dtype), labels_name
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, self.tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.stem}.",
+        fd, self.tmp = temporary_file(dir=self.path.parent, prefix=f".{self.path.stem}.",
                                         suffix=".npz")
         os.close(fd)
         self.zip = zipfile.ZipFile(self.tmp, "w", zipfile.ZIP_DEFLATED, allowZip64=True)

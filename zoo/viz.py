@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from zoo.files import temporary_file
 
 #: What a picture may be written as (``--out``).
 PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -48,7 +49,7 @@ def write_atomic(path, write) -> Path:
     the file is complete or absent."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
+    fd, tmp = temporary_file(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
     os.close(fd)
     try:
         write(tmp)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import math
 import os
-import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +22,7 @@ import numpy as np
 import torch
 
 from zoo.data.datasets import DataCacheError
+from zoo.files import temporary_file
 
 FORMAT_VERSION = 1
 BLOCK_ROWS = 4096  # images hashed (and copied) per block when a file is verified
@@ -53,7 +53,7 @@ def write_image_batches(path, batches: Iterable[tuple[np.ndarray, np.ndarray | N
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    fd, tmp = temporary_file(dir=path.parent, prefix=path.name, suffix=".tmp")
     os.close(fd)
     digest, labels = hashlib.sha256(), []
     try:

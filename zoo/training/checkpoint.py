@@ -12,14 +12,13 @@ from __future__ import annotations
 import errno
 import os
 import shutil
-import tempfile
 import warnings
 import zipfile
 from pathlib import Path
 
 import torch
 
-from zoo.files import file_kind, unreadable_file_message
+from zoo.files import file_kind, temporary_file, unreadable_file_message
 
 FORMAT = "zoo-checkpoint"
 FORMAT_VERSION = 1
@@ -76,7 +75,7 @@ def save_checkpoint(state: dict, path, *, previous=None) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {"format": FORMAT, "format_version": FORMAT_VERSION, **state}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    fd, tmp = temporary_file(dir=path.parent, prefix=path.name, suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
             try:
