@@ -391,12 +391,21 @@ def test_parallel_training_trains_every_run_as_it_would_alone(benched, tmp_path)
 
 
 def test_a_failed_parallel_run_is_an_error_naming_it(tmp_path, capfd):
-    settings = {"pd": {"teacher": str(tmp_path / "no-such-teacher")}}
+    # the student's network cannot take the teacher's weights: found when the run starts
+    settings = {"pd": {"network_kwargs": {"hidden": 7}}}
     with pytest.raises(BenchError, match=r"training pd run .*pd failed \(exit 1"):
         run_bench(["edm", "pd"], "toy", runs_root=tmp_path / "runs", train_missing=True, n=32,
                   batch_size=32, out=tmp_path / "out", progress=False, echo=lambda m: None,
                   jobs=2, settings=settings)
-    assert "no-such-teacher" in capfd.readouterr().err
+    assert "differs from the teacher's" in capfd.readouterr().err
+    # a teacher no run of the bench trains is missing before anything trains
+    settings = {"pd": {"teacher": str(tmp_path / "no-such-teacher")}}
+    with pytest.raises(BenchError, match=r"pd run .*pd: the teacher run .*no-such-teacher has no "
+                                         r"checkpoint"):
+        run_bench(["edm", "pd"], "toy", runs_root=tmp_path / "runs2", train_missing=True, n=32,
+                  batch_size=32, out=tmp_path / "out2", progress=False, echo=lambda m: None,
+                  jobs=2, settings=settings)
+    assert not (tmp_path / "runs2").exists()
 
 
 def test_staged_runs_count_every_stage_for_the_longest_first_order():

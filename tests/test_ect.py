@@ -214,7 +214,8 @@ def test_bad_settings_and_missing_teachers_are_refused(teacher, tmp_path):
                         load_dataset("toy"))
     result = CliRunner().invoke(main, ["train", "ect", "--dataset", "toy", "--teacher",
                                        str(tmp_path / "none"), "--no-progress"])
-    assert result.exit_code != 0 and "no teacher checkpoint" in result.output
+    assert result.exit_code != 0
+    assert "has no checkpoint: train it first (zoo train edm" in result.output
 
 
 class Stop(Exception):

@@ -188,7 +188,7 @@ def test_errors_name_what_is_wrong(tmp_path, teacher_run):
     with pytest.raises(ValueError, match="power of two"):
         pd.configure("toy", teacher_steps=12)
     config = pd.configure("toy", teacher=str(tmp_path / "none"), iterations=2)
-    with pytest.raises(CheckpointError, match="zoo train edm --dataset toy"):
+    with pytest.raises(FileNotFoundError, match="zoo train edm --dataset toy"):
         pd.train(config, tmp_path / "pd", progress=False)
     with pytest.raises(CheckpointError, match="no PD stage"):
         pd.load(tmp_path)

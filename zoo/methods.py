@@ -278,7 +278,9 @@ class Method(abc.ABC):
         teacher = self.teacher_run(config)
         if teacher is not None and not (Path(teacher) / "checkpoint.pt").exists() and not any(
                 Path(teacher).resolve() == Path(p).resolve() for p in planned):
+            trains = (self.requires or (self.name,))[0]  # a reflow's teacher is a 1-RF run
             missing.append(f"the teacher run {teacher} has no checkpoint: train it first (zoo "
+                           f"train {trains} --dataset {config.dataset} --run-dir {teacher}; zoo "
                            "bench --train-missing trains teachers first), or pass --teacher "
                            "RUN_DIR")
         if config.tensorboard:
