@@ -162,3 +162,57 @@ def test_presets_follow_openai_launch_script():
         net = build_network("adm", imagenet.shape, imagenet.num_classes,
                             **imagenet.network_kwargs)
     assert 290e6 < sum(p.numel() for p in net.parameters()) < 300e6
+
+
+def test_released_runs_bench_against_a_reference_batch_without_data_or_teacher(reference,
+                                                                               tmp_path,
+                                                                               monkeypatch):
+    """openai's CD and CT imagenet64 checkpoints (the fixture network, imported without the
+    data) bench against an openai-format reference batch on a machine without ImageNet-64 and
+    without an EDM run: sampling them needs no teacher, the --ref file no training set. A
+    reference batch of another resolution is refused, naming both."""
+    import numpy as np
+    from test_metrics import PixelExtractor
+
+    from zoo.bench import run_bench
+    from zoo.hookspecs import hookimpl
+    from zoo.metrics import FidelityMetric, register_feature_extractor
+
+    class Pixels:
+        @hookimpl
+        def register_metrics(self, register):
+            register_feature_extractor("test-pixels-adm", PixelExtractor)
+            register("fd-pixels-adm", FidelityMetric("fd-pixels-adm", "test-pixels-adm",
+                                                     suffix="-pixels", isc=False))
+
+    monkeypatch.setenv("ZOO_DATA_DIR", str(tmp_path / "no-data"))
+    ref = reference["openai"]
+    checkpoint = tmp_path / "tiny.pt"
+    torch.save(make_adm_fixture.fixture_parameters(ref["shapes"]), checkpoint)
+    root = tmp_path / "runs"
+    for run, preset in (("cm-cd-l2", "cd-imagenet64-l2"), ("cm-ct", "ct-imagenet64")):
+        shrunk = dataclasses.replace(OPENAI_PRESETS[preset], shape=(3, 8, 8),
+                                     network_kwargs=openai_adm_kwargs(ref["kwargs"]),
+                                     num_classes=ref["kwargs"]["num_classes"])
+        with pytest.warns(UserWarning, match="imagenet64's files are not here"):
+            import_openai_run(checkpoint, root / "imagenet64" / run, shrunk, method="cm")
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "VIRTUAL_tiny.npz",
+             arr_0=rng.integers(0, 256, (64, 8, 8, 3), dtype=np.uint8))
+    np.savez(tmp_path / "VIRTUAL_16.npz",
+             arr_0=rng.integers(0, 256, (64, 16, 16, 3), dtype=np.uint8))
+    zoo.plugins.register_plugin(Pixels(), "pixels-adm")
+    try:
+        report = run_bench(["cm"], "imagenet64", runs_root=root, n=32, batch_size=16,
+                           metrics=["fd-pixels-adm"], ref=tmp_path / "VIRTUAL_tiny.npz",
+                           out=tmp_path / "bench", progress=False, echo=lambda m: None)
+        assert [(r.row.label, r.row.nfe) for r in report.results] == [
+            ("CD (L2)", 1), ("CD (L2)", 2), ("CT (LPIPS)", 1), ("CT (LPIPS)", 2)]
+        assert all(np.isfinite(r.metrics["FD-pixels"]) for r in report.results)
+        assert not (root / "imagenet64" / "edm").exists()
+        with pytest.raises(ValueError, match=r"--ref .*VIRTUAL_16.npz holds 16×16 images, but "
+                                             r"the samples of dataset 'imagenet64' are 8×8"):
+            run_bench(["cm"], "imagenet64", runs_root=root, n=32, metrics=["fd-pixels-adm"],
+                      ref=tmp_path / "VIRTUAL_16.npz", out=tmp_path / "bench16", progress=False)
+    finally:
+        zoo.plugins.unregister_plugin("pixels-adm")

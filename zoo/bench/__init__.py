@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 from zoo import distributed
 from zoo.bench.plan import (
     ModelEntry,
+    bench_data,
     parse_models,
     parse_settings,
     prepare_runs,
@@ -68,7 +69,6 @@ from zoo.bench.sample import (
     row_failure,
 )
 from zoo.bench.score import previous_rows, rescore_bench, same_row
-from zoo.data import load_dataset
 
 __all__ = [
     "DEFAULT_N", "PICTURE_N", "PUBLISHED_N", "SAVE_SAMPLES", "BenchError", "BenchInterrupted",
@@ -96,7 +96,7 @@ def run_bench(models: list[str], dataset: str, *, runs_root="runs", train_missin
     report."""
     entries = parse_models(models, sampler_options)
     methods = resolve_methods([e.method for e in entries])
-    data = load_dataset(dataset)
+    data = bench_data(dataset, methods, Path(runs_root), ref)
     n = default_n(data) if n is None else n
     if n < 2:
         raise BenchError(f"--n must be >= 2, got {n}")

@@ -10,10 +10,12 @@ import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
+
 from zoo import plugins
 from zoo.bench.results import BenchError
 from zoo.bench.train import train_runs
-from zoo.data import Dataset
+from zoo.data import Dataset, DatasetNotFoundError, load_dataset
 from zoo.methods import BenchRow, Method
 from zoo.training import CheckpointError, load_checkpoint
 from zoo.training.checkpoint import CHECKPOINT_NAME
@@ -204,6 +206,40 @@ def apply_settings(name: str, config, settings: dict[str | None, dict]):
     return config
 
 
+def bench_data(dataset: str, methods: dict[str, Method], runs_root: Path, ref) -> Dataset:
+    """The dataset, loaded; where its files are absent and a ``ref`` file is given, a stand-in
+    built from the existing runs' records (name, shape, kind, checksum): released checkpoints are
+    evaluated against a reference batch without the training set. The runs must agree on their
+    data, and none can be trained from the stand-in."""
+    try:
+        return load_dataset(dataset)
+    except DatasetNotFoundError as exc:
+        if ref is None:
+            raise DatasetNotFoundError(f"{exc}. Runs that exist (e.g. imported released "
+                                       "checkpoints) are benched without it against a --ref "
+                                       "file") from None
+        reason = exc
+    records = []
+    for method in methods.values():
+        for run_name in method.bench_configs(dataset, runs_root):
+            path = Path(runs_root) / dataset / run_name / CHECKPOINT_NAME
+            if path.exists():
+                state = load_checkpoint(path.parent)
+                records.append((path.parent, state["dataset"], state["config"]))
+    if not records:
+        raise DatasetNotFoundError(f"{reason}; and no run of {', '.join(methods)} exists under "
+                                   f"{Path(runs_root) / dataset} to bench against --ref {ref}")
+    seen = {(r["checksum"], tuple(r["shape"]), r["kind"]) for _, r, _ in records}
+    if len(seen) > 1:
+        raise BenchError(f"the runs under {Path(runs_root) / dataset} record different data "
+                         f"({sorted(seen, key=str)}): without the dataset ({reason}) they "
+                         "cannot be compared")
+    _, record, config = records[0]
+    shape = tuple(record["shape"])
+    return Dataset(dataset, torch.empty(0, *shape), None, record["checksum"], record["kind"],
+                   num_classes=config.get("num_classes", 0), data_range=(-1.0, 1.0))
+
+
 def prepare_runs(methods: dict[str, Method], dataset: str, data: Dataset, runs_root: Path, *,
                  train_missing: bool, device: str, progress: bool, echo=print, settings=None,
                  entries: list[ModelEntry] | None = None, jobs: int = 1):
@@ -217,6 +253,15 @@ def prepare_runs(methods: dict[str, Method], dataset: str, data: Dataset, runs_r
     entries = entries or [ModelEntry(name) for name in methods]
     order = training_order(methods)
     resolved = {name: methods.get(name) or plugins.get("methods", name) for name in order}
+    # a requirement (a teacher) is needed only where a run that needs it is still to train:
+    # finished or imported CM runs sample without their EDM teacher
+    needed = set(methods)
+    for name in reversed(order):
+        if name in needed and any(
+                run_problem(resolved[name], Path(runs_root) / dataset / run_name)
+                for run_name in resolved[name].bench_configs(dataset, runs_root)):
+            needed.update(resolved[name].requires)
+    order = [name for name in order if name in needed]
     runs, missing = [], []
     for name in order:
         method = resolved[name]

@@ -17,11 +17,11 @@ from zoo.cli.common import (
 
 _CHECK_DATA = click.option(
     "--check-data/--no-check-data",
-    default=True,
-    show_default=True,
+    default=None,
     help="Load the registered dataset to check its shape and record its checksum (needed to "
-    "use the run as a distillation teacher or in the bench); --no-check-data records only its "
-    "name and shape (sampling and editing need no data).",
+    "use the run as a distillation teacher, or in a bench against the training set); "
+    "--no-check-data records only its name and shape (sampling, editing and zoo bench --ref "
+    "need no data) [default: check it where its files are there, else record the name].",
 )
 
 

@@ -132,7 +132,7 @@ def read_edm_pickle(path) -> EDMNetwork:
 
 
 def import_edm_run(pickle_path, run_dir, dataset: str = "cifar10", method: str = "edm",
-                   check_data: bool = True) -> Path:
+                   check_data: bool | None = None) -> Path:
     """Write an EDM pickle as a run of ``method`` (a diffusion denoiser with EDM's
     preconditioning, ``edm`` by default) on ``dataset``, usable as a teacher (``--teacher``).
 

@@ -122,7 +122,7 @@ def load_openai_state_dict(path) -> dict[str, torch.Tensor]:
 
 
 def import_openai_run(checkpoint, run_dir, preset: str | OpenAIPreset, method: str | None = None,
-                      dataset: str | None = None, check_data: bool = True) -> Path:
+                      dataset: str | None = None, check_data: bool | None = None) -> Path:
     """Write openai's released ``checkpoint`` as a ``cm`` or ``edm`` run (``preset``: a name of
     :data:`OPENAI_PRESETS` or a preset) on the preset's dataset (or ``dataset``).
 

@@ -4,6 +4,7 @@ holds, and strict loading that names every key that does not fit."""
 from __future__ import annotations
 
 import hashlib
+import warnings
 from pathlib import Path
 
 import torch
@@ -43,22 +44,29 @@ def sha256_file(path) -> str:
     return h.hexdigest()
 
 
-def dataset_record(name: str, shape, check_data: bool) -> dict:
+def dataset_record(name: str, shape, check_data: bool | None = None) -> dict:
     """The run's record of its data. With ``check_data`` and ``name`` registered, the dataset is
     loaded, its shape checked and its checksum kept (distillation and the bench compare it);
-    otherwise only the name, shape and kind are kept (checksum ``None``): sampling and editing
-    do not need the data."""
+    otherwise only the name, shape and kind are kept (checksum ``None``): sampling, editing and
+    a bench against a ``--ref`` file do not need the data. ``None``: check it where its files
+    are there, else keep the name (with a warning)."""
     from zoo import plugins
     from zoo.data import DatasetNotFoundError, load_dataset
 
     shape = [int(n) for n in shape]
-    if not check_data or name not in plugins.registry("datasets"):
+    if check_data is False or name not in plugins.registry("datasets"):
         return {"name": name, "checksum": None, "shape": shape, "kind": "image"}
     try:
         data = load_dataset(name)
     except DatasetNotFoundError as exc:
-        raise DatasetNotFoundError(f"{exc}; or import with --no-check-data (sampling and "
-                                   "editing need no data)") from None
+        if check_data is None:
+            warnings.warn(f"{name}'s files are not here ({exc}): the run records the dataset's "
+                          "name without its checksum. Sampling, editing and zoo bench --ref need "
+                          "no more; to use it as a distillation teacher, import it again where "
+                          "the data is", stacklevel=2)
+            return {"name": name, "checksum": None, "shape": shape, "kind": "image"}
+        raise DatasetNotFoundError(f"{exc}; or import without --check-data (sampling, editing "
+                                   "and zoo bench --ref need no data)") from None
     if list(data.shape) != shape:
         raise ValueError(f"the network is for images {tuple(shape)}, but dataset {name} holds "
                          f"{tuple(data.shape)}")

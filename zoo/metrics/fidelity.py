@@ -242,6 +242,11 @@ class FeatureStream:
                         f"made with that extractor (e.g. Inception's 2048-d pool features for "
                         f"fid)")
                 return found
+            size, wanted = tuple(found["images"].shape[1:3]), tuple(dataset.shape[-2:])
+            if size != wanted:
+                raise ValueError(f"--ref {ref} holds {size[0]}×{size[1]} images, but the samples "
+                                 f"of dataset {dataset.name!r} are {wanted[0]}×{wanted[1]}: give "
+                                 "the reference batch of this resolution")
             images = NHWCImages(found["images"], self.metric.channels)
             name = f"ref-{file_fingerprint(ref)}-{fingerprint}"
         features = extract_featuresdict_from_input_id_cached(
