@@ -106,9 +106,19 @@ def test_cifar10_offline_error_says_what_to_put_where(tmp_path):
     with pytest.raises(DatasetNotFoundError) as err:
         load_dataset("cifar10", root=str(root))
     message = str(err.value)
-    for part in ("cifar-10-python.tar.gz", "cifar-10-batches-py", str(root), "--download"):
+    for part in ("not found in", "cifar-10-python.tar.gz", "cifar-10-batches-py", str(root),
+                 "--dataset-options '{\"download\": true}'"):
         assert part in message
+    assert "--download " not in message  # no such flag
     assert isinstance(err.value, FileNotFoundError)
+    # an archive that fails torchvision's md5 check is damaged, not missing
+    from test_cifar10_smoke import write_cifar10_archive
+
+    write_cifar10_archive(root / "cifar-10-python.tar.gz")
+    with pytest.raises(DatasetNotFoundError) as err:
+        load_dataset("cifar10", root=str(root))
+    assert str(err.value).startswith(f"CIFAR-10 in {root} is damaged or incomplete")
+    assert "md5" in str(err.value)
 
 
 def test_checkerboard_and_gmm():

@@ -337,3 +337,24 @@ def test_load_checkpoint_does_not_pass_on_torchs_weights_only_advice(tmp_path):
         assert "weights_only" not in message and "safe_globals" not in message
         assert len(message.splitlines()) == 1 and str(files[name]) in message
     assert not (tmp_path / "flag").exists()
+
+
+def test_import_edm_on_a_state_dict_says_which_importer_or_file_it_needs(tmp_path):
+    """A bare EDM state dict cannot be rebuilt (its pickle records the constructor arguments):
+    import-edm says so, instead of sending the user to import-openai, which would fail too; an
+    openai state dict is sent to import-openai."""
+    from click.testing import CliRunner
+
+    from zoo.cli import main
+
+    net = SongUNet(**MODEL_KWARGS)
+    torch.save({f"model.{k}": v for k, v in net.state_dict().items()}, tmp_path / "edm.pt")
+    torch.save({"input_blocks.0.0.weight": torch.zeros(2, 3, 3, 3)}, tmp_path / "openai.pt")
+    result = CliRunner().invoke(main, ["import-edm", str(tmp_path / "edm.pt"), "--out",
+                                       str(tmp_path / "run")])
+    assert result.exit_code == 1 and "a bare state dict of an EDM network" in result.output
+    assert "network-snapshot-*.pkl" in result.output and "import-openai" not in result.output
+    result = CliRunner().invoke(main, ["import-edm", str(tmp_path / "openai.pt"), "--out",
+                                       str(tmp_path / "run")])
+    assert result.exit_code == 1 and "an openai state dict" in result.output
+    assert "zoo import-openai --preset" in result.output

@@ -715,3 +715,11 @@ def test_files_zoo_writes_take_the_users_umask_like_config_json(tmp_path):
             f.name: oct(0o640) for f in files}
     finally:
         os.umask(old)
+
+
+def test_runs_of_two_image_folders_default_to_two_directories(tmp_path):
+    edm = zoo.plugins.get("methods", "edm")
+    dirs = {edm.default_run_dir(edm.configure("folder", dataset_options={"path": str(p)}))
+            for p in (tmp_path / "flowers", tmp_path / "faces")}
+    assert dirs == {Path("runs/folder-flowers/edm"), Path("runs/folder-faces/edm")}
+    assert edm.default_run_dir(edm.configure("toy")) == Path("runs/toy/edm")

@@ -197,7 +197,13 @@ class Method(abc.ABC):
         return self.name
 
     def default_run_dir(self, config: TrainConfig, root=DEFAULT_RUNS_ROOT) -> Path:
-        return Path(root) / config.dataset / self.run_name(config)
+        """``ROOT/DATASET/RUN_NAME``; a dataset read from a folder (``dataset_options`` path) is
+        named after the folder too (``runs/folder-flowers/edm``), so two folders' runs do not
+        claim one directory."""
+        path = config.dataset_options.get("path")
+        data = f"{config.dataset}-{Path(path).name}" if isinstance(path, str) and path else \
+            config.dataset
+        return Path(root) / data / self.run_name(config)
 
     def bench_configs(self, dataset: str, runs_root=DEFAULT_RUNS_ROOT) -> dict[str, TrainConfig]:
         """The runs ``zoo bench`` needs, by run name (its folder under ``runs_root/dataset``);

@@ -92,11 +92,17 @@ def digits(split: str = "train") -> Dataset:
 
 
 def _cifar10_missing(root: Path, reason: Exception) -> str:
-    return (
-        f"CIFAR-10 not found in {root} ({type(reason).__name__}: {reason}). Put "
-        f"{CIFAR10_ARCHIVE} (from {CIFAR10_URL}) into {root}, or its extracted folder as "
-        f"{root / CIFAR10_FOLDER}; or let zoo download it: download=True (CLI: --download)."
-    )
+    """What is wrong with CIFAR-10 in ``root``: absent, or present but damaged (torchvision's md5
+    check of the extracted batches, or an archive that does not extract), and what to do."""
+    get = (f"Put {CIFAR10_ARCHIVE} (from {CIFAR10_URL}) into {root}, or its extracted folder as "
+           f"{root / CIFAR10_FOLDER}; or let zoo download it: dataset option download=True (CLI: "
+           "--dataset-options '{\"download\": true}').")
+    found = [p for p in (root / CIFAR10_FOLDER, root / CIFAR10_ARCHIVE) if p.exists()]
+    if found:
+        return (f"CIFAR-10 in {root} is damaged or incomplete: {', '.join(map(str, found))} "
+                f"failed to extract or torchvision's md5 check ({type(reason).__name__}: "
+                f"{reason}). Delete it and get it again: {get}")
+    return f"CIFAR-10 not found in {root} ({type(reason).__name__}: {reason}). {get}"
 
 
 def cifar10(root: str | None = None, download: bool = False) -> Dataset:

@@ -27,14 +27,34 @@ from zoo.nets.songunet import SongUNet
 EDM_DOWNLOADS = "https://nvlabs-fi-cdn.nvidia.com/edm/pretrained/"
 
 
+def zip_checkpoint_advice(path) -> str:
+    """What to do with a torch.save checkpoint given to the EDM importer: openai's state dicts
+    (``input_blocks.*``) import with ``zoo import-openai``; a bare state dict of EDM's networks
+    (``model.enc.*``, ``model.dec.*``) lacks the constructor arguments its pickle records."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001 - unreadable: the generic advice
+        state = None
+    keys = list(state) if isinstance(state, dict) else []
+    if any(k.startswith(("input_blocks.", "module.input_blocks.")) for k in keys):
+        return "it is an openai state dict: import it with `zoo import-openai --preset ...`"
+    if any(k.startswith(("model.enc.", "model.dec.", "enc.", "dec.")) for k in keys):
+        return ("it is a bare state dict of an EDM network, without the constructor arguments "
+                "(channels, resolutions, ...) that EDM's pickles record and zoo needs to rebuild "
+                "the network; import the network-snapshot-*.pkl that EDM's training wrote beside "
+                f"it, or a released pickle from {EDM_DOWNLOADS}")
+    return ("openai's .pt checkpoints import with `zoo import-openai`; EDM's networks are "
+            f"pickles (network-snapshot-*.pkl, {EDM_DOWNLOADS})")
+
+
 def restricted_load(path) -> object:
     """Unpickle ``path`` with :class:`RestrictedUnpickler`; a file that is not a complete
     pickle raises :class:`ImportFileError`, a refused one :class:`UnsafePickleError`."""
     expected = "an EDM network pickle"
     todo = f"download it again from {EDM_DOWNLOADS}"
     if file_kind(path) == "zip":
-        raise ImportFileError(f"{path} is a torch.save zip checkpoint, not {expected}: openai's "
-                              ".pt checkpoints import with `zoo import-openai`")
+        raise ImportFileError(f"{path} is a torch.save zip checkpoint, not {expected}: "
+                              + zip_checkpoint_advice(path))
     try:
         with open(path, "rb") as f:
             return RestrictedUnpickler(f).load()
