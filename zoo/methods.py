@@ -268,6 +268,15 @@ class Method(abc.ABC):
 
         return Trainer(task, config, dataset, run_dir, progress=progress, sample_fn=sample_fn)
 
+    def search_space(self, config) -> dict:
+        """The settings ``zoo tune`` searches around ``config`` (the preset with the study's fixed
+        settings, e.g. a mode), as name -> a range of :mod:`zoo.search_space`: by default the
+        learning rate and the EMA (:func:`~zoo.search_space.learning_and_averaging`); a method
+        adds the knobs its paper calls important."""
+        from zoo.search_space import learning_and_averaging
+
+        return learning_and_averaging(config)
+
     def teacher_run(self, config: TrainConfig) -> Path | None:
         """The run a run of ``config`` trains from (a distillation teacher, the weights it
         starts from); None when it needs none."""

@@ -13,6 +13,7 @@ from zoo.diffusion.samplers import parse_sigmas
 from zoo.families import ConsistencyStudent, nfe_option
 from zoo.importers.openai import ADM_IMAGENET64, two_step_sigmas
 from zoo.methods import DEFAULT_RUNS_ROOT, ModalMethod, preset_scale
+from zoo.search_space import Choice, Float, Int
 from zoo.training.config import TrainConfig, setting
 from zoo.training.cost import BUDGETS, budget_iterations
 from zoo_cm.loss import (
@@ -244,6 +245,22 @@ class ConsistencyModels(ConsistencyStudent, ModalMethod):
                            "from https://download.pytorch.org/models/); copy the file there (or "
                            "set TORCH_HOME), or choose --distance l2")
         return missing
+
+    def search_space(self, config) -> dict:
+        """lr and EMA, and what Song et al. 2023 (Section 6, Fig. 3) vary: CD's grid size N
+        (their sweep 9–81; CIFAR-10 18) and distance (LPIPS where its weights are here); CT's
+        N schedule s0, s1 and target EMA μ0 (Table 3: 2, 150, 0.9)."""
+        space = super().search_space(config)
+        if config.mode.startswith("cd"):
+            distances = ("l2", "l1") + (("lpips",) if vgg16_weights_file().exists() and
+                                         preset_scale(config.dataset) != "toy" else ())
+            space.update(num_scales=Int(min(9, config.num_scales), max(81, config.num_scales),
+                                        log=True), distance=Choice(distances))
+        else:  # ranges around the preset's (the digits CT preset's s1 is 30)
+            space.update(s0=Int(2, max(10, 2 * config.s0)),
+                         s1=Int(max(10, config.s1 // 3), 3 * config.s1, log=True),
+                         mu0=Float(min(0.8, config.mu0), max(0.99, config.mu0)))
+        return space
 
     def make_task(self, config: CMConfig, dataset):
         distance = make_distance(config.distance, dataset.kind)

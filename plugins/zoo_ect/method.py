@@ -12,6 +12,7 @@ from zoo.diffusion import SIGMA_DATA, Denoiser
 from zoo.diffusion.samplers import parse_sigmas
 from zoo.families import ConsistencyStudent, nfe_option
 from zoo.methods import DEFAULT_RUNS_ROOT, preset_scale
+from zoo.search_space import Float
 from zoo.training.config import TrainConfig, setting
 from zoo.training.cost import BUDGETS, budget_iterations
 from zoo_ect.loss import EasyConsistencyTuning
@@ -133,6 +134,14 @@ class ECT(ConsistencyStudent):
     def bench_configs(self, dataset: str, runs_root=DEFAULT_RUNS_ROOT) -> dict[str, ECTConfig]:
         """The ``ect`` run, tuned from the ``edm`` run under ``runs_root``."""
         return {self.name: self.configure(dataset, teacher=str(Path(runs_root) / dataset / "edm"))}
+
+    def search_space(self, config) -> dict:
+        """lr and EMA, and ECT's (Geng et al. 2024, Section 3 and the ablations of its
+        Appendix): the stage ratio q, the mapping n(t) = 1 + k·sigmoid(−b·t) and the
+        training-time distribution ln t ~ N(P_mean, P_std²) (CIFAR-10: 2, 8, 1, −1.1, 2.0)."""
+        return {**super().search_space(config), "q": Float(1.5, 4.0),
+                "mapping_k": Float(2.0, 16.0, log=True), "mapping_b": Float(0.5, 2.0, log=True),
+                "p_mean": Float(-1.5, -0.7), "p_std": Float(1.4, 2.6)}
 
     def build_denoiser(self, config: ECTConfig, data_shape) -> Denoiser:
         return Denoiser(self.build_net(config, data_shape), "consistency",

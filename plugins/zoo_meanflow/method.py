@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from zoo.augment import AUGMENT_DIM, ORIENTATION_FREE_LABELS
 from zoo.families import FlowSampling, nfe_option
 from zoo.methods import preset_scale
+from zoo.search_space import Float
 from zoo.training.config import TrainConfig, setting
 from zoo.training.cost import BUDGETS, budget_iterations
 from zoo_meanflow.loss import MeanFlowLoss
@@ -96,6 +97,14 @@ class MeanFlow(FlowSampling):
     def preset(self, dataset: str) -> MeanFlowConfig:
         return MeanFlowConfig(method=self.name, dataset=dataset,
                               **PRESETS[preset_scale(dataset, PRESETS)])
+
+    def search_space(self, config) -> dict:
+        """lr and EMA, and MeanFlow's ablations (Geng et al. 2025, Table 1): the share of
+        r ≠ t (1a: 0–100 %, best 25 %), the logit-normal time sampler (1d: best (−0.4, 1.0))
+        and the adaptive weight's power p (1e: 0–1.5, best 1.0)."""
+        return {**super().search_space(config), "ratio": Float(0.0, 0.75),
+                "p_mean": Float(-0.8, 0.0), "p_std": Float(0.6, 1.4),
+                "norm_p": Float(0.0, 1.5)}
 
     def build_denoiser(self, config: MeanFlowConfig, data_shape) -> MeanFlowNet:
         return MeanFlowNet(self.build_net(config, data_shape), config.time_scale)

@@ -136,6 +136,10 @@ class RectifiedFlow(FlowSampling):
         reflow.teacher = str(Path(runs_root) / dataset / self.run_name(flow))
         return {self.run_name(flow): flow, self.run_name(reflow): reflow}
 
+    def tune_row(self, rows):
+        """1-RF is scored at its most Euler steps (the reflow round, a separate run, at one)."""
+        return max(rows, key=lambda r: r.nfe)
+
     def build_denoiser(self, config: RFConfig, data_shape) -> VelocityField:
         return VelocityField(self.build_net(config, data_shape), config.time_scale)
 

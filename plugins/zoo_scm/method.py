@@ -11,6 +11,7 @@ import click
 from zoo.diffusion import SIGMA_DATA, SIGMA_MAX, SIGMA_MIN
 from zoo.families import ConsistencyStudent, nfe_option
 from zoo.methods import DEFAULT_RUNS_ROOT, ModalMethod
+from zoo.search_space import Float, Int
 from zoo.training import TrainConfig, setting
 from zoo.training.cost import BUDGETS, budget_iterations
 from zoo_scm.loss import SCMLoss
@@ -160,6 +161,13 @@ class SCM(ConsistencyStudent, ModalMethod):
         click.Option(["--times"], default=None,
                      help="Explicit TrigFlow times after t_max, e.g. 1.1 (overrides --nfe)."),
     )
+
+    def search_space(self, config) -> dict:
+        """lr and EMA, and what Lu & Song 2024 name (Section 4, Appendix G): the proposal
+        ln(σ_d·tan t) ~ N(P_mean, P_std²) (CIFAR-10 −1.0, 1.4) and the tangent warm-up H."""
+        return {**super().search_space(config), "p_mean": Float(-1.4, -0.6),
+                "p_std": Float(1.0, 2.0),
+                "tangent_warmup": Int(0, max(1, 2 * config.tangent_warmup))}
 
     def run_name(self, config: SCMConfig) -> str:
         return f"scm-{config.mode}"

@@ -3,7 +3,15 @@
 ``import-safetensors``); what they share is in :mod:`zoo.cli.common`. Importing the package
 registers every command on :func:`main`."""
 
-from zoo.cli import bench, edit, import_export, plugins, sample, train  # noqa: F401 - registers
+from zoo.cli import (  # noqa: F401 - registers the commands
+    bench,
+    edit,
+    import_export,
+    plugins,
+    sample,
+    train,
+    tune,
+)
 from zoo.cli.bench import training_jobs
 from zoo.cli.common import main
 

@@ -24,8 +24,9 @@ import torch
 from zoo.data.datasets import Dataset, DatasetNotFoundError, DatasetOptionError, data_dir
 from zoo.data.hdf5 import StreamedImages, read_images, write_image_batches
 
-DIGITS_SPLITS = ("train", "test", "all")
+DIGITS_SPLITS = ("train", "test", "all", "fit", "val")
 DIGITS_TRAIN = 1500  # of 1797; the other 297 are "test"
+DIGITS_VAL = 297  # the last of the training split: "val", what tuning scores on; the rest "fit"
 DIGITS_SPLIT_SEED = 0
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 CIFAR10_ARCHIVE = "cifar-10-python.tar.gz"
@@ -72,6 +73,8 @@ def digits(split: str = "train") -> Dataset:
 
     ``split``: ``"train"`` (default; 1500 images), ``"test"`` (the other 297) or ``"all"``
     (1797). The split is the first 1500 / last 297 of ``torch.randperm(1797)`` seeded with 0.
+    Tuning divides the training split: ``"fit"`` (its first 1203) trains the trials, ``"val"``
+    (its last 297) scores them; the test split is never seen while tuning.
     """
     if split not in DIGITS_SPLITS:
         raise DatasetOptionError(f"digits: split must be one of {DIGITS_SPLITS}, got {split!r}")
@@ -83,7 +86,9 @@ def digits(split: str = "train") -> Dataset:
         images = bunch.images.astype(np.uint8)[:, None]
         generator = torch.Generator().manual_seed(DIGITS_SPLIT_SEED)
         order = torch.randperm(len(images), generator=generator).numpy()
-        parts = {"train": order[:DIGITS_TRAIN], "test": order[DIGITS_TRAIN:]}
+        parts = {"train": order[:DIGITS_TRAIN], "test": order[DIGITS_TRAIN:],
+                 "fit": order[:DIGITS_TRAIN - DIGITS_VAL],
+                 "val": order[DIGITS_TRAIN - DIGITS_VAL:DIGITS_TRAIN]}
         keep = parts.get(split, np.arange(len(images)))
         return len(keep), [(images[keep], bunch.target.astype(np.int64)[keep])]
 

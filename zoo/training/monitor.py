@@ -14,6 +14,7 @@ from PIL import Image
 
 from zoo.metrics import default_metrics, evaluate, min_samples
 from zoo.training.config import TrainConfig
+from zoo.training.ema import initialisation_weight
 from zoo.viz import save_samples_picture
 
 METRICS_NAME = "metrics.jsonl"
@@ -27,6 +28,27 @@ def duration_text(seconds: float) -> str:
     h, m = divmod(m, 60)
     d, h = divmod(h, 24)
     return f"{d}d {h}h {m}m" if d else f"{h}h {m}m" if h else f"{m}m {s}s"
+
+
+def short_run_warnings(config: TrainConfig, lr_at, ema_beta_at) -> list[str]:
+    """What a run's settings hide (a preset made for a long run, tried short): an evaluation EMA
+    that after the last step still holds more than 1 % of the initial weights (Πβ over every
+    update, whichever form its rate takes), and a learning-rate warm-up longer than the run."""
+    warnings = []
+    left = initialisation_weight([ema_beta_at(step) for step in range(config.iterations)])
+    if left > 0.01:
+        warnings.append(
+            f"after the {config.iterations} iterations this run trains, {left:.0%} of its "
+            "evaluation EMA will still be the initial weights. Sample with --weights raw, or "
+            "set --ema-num-updates, --ema-rampup or a shorter --ema-halflife-kimg / lower "
+            "--ema-rate.")
+    if config.lr_warmup >= config.iterations:
+        warnings.append(
+            f"the {config.lr_warmup}-iteration learning-rate warm-up is longer than the "
+            f"{config.iterations} iterations this run trains: the lr ends at "
+            f"{lr_at(config.iterations - 1):.3g}, short of its peak {config.lr:g}. Set a "
+            "shorter --lr-warmup for a short run.")
+    return warnings
 
 
 def summary_writer_class():

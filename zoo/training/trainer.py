@@ -34,8 +34,8 @@ from zoo.training.checkpoint import (
 )
 from zoo.training.config import TrainConfig, config_to_dict, same_setting, save_config
 from zoo.training.cost import add_cost, empty_cost
-from zoo.training.ema import EMA, ema_beta, initialisation_weight
-from zoo.training.monitor import METRICS_NAME, RunMonitor, duration_text
+from zoo.training.ema import EMA, ema_beta
+from zoo.training.monitor import METRICS_NAME, RunMonitor, duration_text, short_run_warnings
 from zoo.training.rundir import (
     LOG_NAME,
     RunLock,
@@ -284,34 +284,6 @@ class Trainer:
         self.save()  # step 0: the run is resumable (and its settings recorded) from the start
         return None
 
-    def _warn_warmup(self) -> None:
-        """Warn when the learning-rate warm-up is longer than the run (a short trial of a
-        preset made for a long run): its lr never reaches the peak."""
-        c = self.config
-        if self.rank == 0 and c.lr_warmup >= c.iterations:
-            self.echo(
-                f"warning: the {c.lr_warmup}-iteration learning-rate warm-up is longer than the "
-                f"{c.iterations} iterations this run trains: the lr ends at "
-                f"{self.lr_at(c.iterations - 1):.3g}, short of its peak {c.lr:g}. Set a shorter "
-                "--lr-warmup for a short run.")
-
-    def _warn_ema(self) -> None:
-        """Warn when the evaluation EMA after the last step still holds more than 1 % of the
-        initial weights (Πβ over every update), whichever form its rate takes (rank 0 alone:
-        the others would print nothing)."""
-        if self.rank != 0:
-            return
-        c = self.config
-        betas = [self.ema_beta_at(step) for step in range(c.iterations)]
-        left = initialisation_weight(betas)
-        if left > 0.01:
-            self.echo(
-                f"warning: after the {c.iterations} iterations this run trains, {left:.0%} of its "
-                "evaluation EMA will still be the initial weights. Sample with --weights raw, or "
-                "set --ema-num-updates, --ema-rampup or a shorter --ema-halflife-kimg / lower "
-                "--ema-rate."
-            )
-
     @contextlib.contextmanager
     def _engine(self):
         """The network as it trains (DDP, torch.compile, train mode), the autocast context, the
@@ -360,8 +332,9 @@ class Trainer:
             )
             distributed.barrier()
             return {"step": self.step, "loss": None}
-        self._warn_ema()
-        self._warn_warmup()
+        if self.rank == 0:  # the others would print the same
+            for warning in short_run_warnings(self.config, self.lr_at, self.ema_beta_at):
+                self.echo(f"warning: {warning}")
         with self._engine() as (net, autocast, threads, why):
             log = open(self.run_dir / LOG_NAME, "a") if self.rank == 0 else None
             self.monitor.open(self.step)

@@ -1,0 +1,121 @@
+"""``zoo tune``: the validation split the table never reports, a study that prunes, continues
+where it stopped and stops at its budget, and every first-party method's search space."""
+
+import json
+from pathlib import Path
+
+import optuna
+import pytest
+import torch
+from click.testing import CliRunner
+from zoo_edm.method import EDM
+
+import zoo.plugins
+from zoo.cli import main
+from zoo.data import load_dataset
+from zoo.hookspecs import hookimpl
+from zoo.search_space import Choice, Float, Int
+from zoo.training import load_checkpoint
+from zoo.tuning import VALIDATION_SEED, tune, validation_score
+
+TINY = {"network_kwargs": {"hidden": 16, "num_layers": 1}, "batch_size": 64,
+        "dataset_options": {"n": 500}}
+
+
+class StillEDM(EDM):
+    """EDM whose only searched setting is the learning rate: 1e-3 learns, 1e-9 does not."""
+
+    name = "still-edm"
+
+    def search_space(self, config):
+        return {"lr": Choice((1e-3, 1e-9))}
+
+
+class Plugin:
+    @hookimpl
+    def register_methods(self, register):
+        register("still-edm", StillEDM())
+
+
+@pytest.fixture
+def still():
+    zoo.plugins.register_plugin(Plugin(), "still-edm")
+    yield zoo.plugins.get("methods", "still-edm")
+    zoo.plugins.unregister_plugin("still-edm")
+
+
+def test_the_digits_validation_split_is_inside_training_and_apart_from_test():
+    fit, val, train, test = (load_dataset("digits", split=s) for s in ("fit", "val", "train",
+                                                                       "test"))
+    assert (len(fit), len(val), len(train), len(test)) == (1203, 297, 1500, 297)
+    torch.testing.assert_close(torch.cat([fit.x, val.x]), train.x)  # train = fit + val
+    assert len({fit.checksum, val.checksum, train.checksum, test.checksum}) == 4
+
+
+def test_a_study_prunes_a_weak_trial_continues_and_keeps_its_best(still, tmp_path):
+    """Two trials, the second (lr 1e-9: it learns nothing) pruned at its first report by a
+    median pruner; continued to three trials, the study trains only the new one; best.json
+    names the winner with its validation score, which a new scoring reproduces."""
+    out = tmp_path / "study"
+    pruner = optuna.pruners.MedianPruner(n_startup_trials=1, n_warmup_steps=0)
+    out.mkdir()
+    study = optuna.create_study(study_name="still-edm-toy", direction="minimize",
+                                storage=f"sqlite:///{out / 'study.db'}")
+    study.enqueue_trial({"lr": 1e-3})
+    study.enqueue_trial({"lr": 1e-9})
+    record = tune(still, "toy", trials=2, out=out, fixed=TINY, fraction=0.5, n=400,
+                  progress=False, pruner=pruner, echo=lambda m: None)
+    assert (record["trials"], record["pruned"], record["trial"]) == (2, 1, 0)
+    assert record["params"] == {"lr": 1e-3} and record["settings"]["lr"] == 1e-3
+    trials = optuna.load_study(study_name="still-edm-toy", storage=f"sqlite:///{out / 'study.db'}"
+                               ).trials
+    assert trials[1].state == optuna.trial.TrialState.PRUNED
+    pruned_run = trials[1].user_attrs["run_dir"]
+    assert load_checkpoint(pruned_run)["step"] < record["settings"]["iterations"]  # stopped
+    best_run = Path(trials[0].user_attrs["run_dir"])
+    score = validation_score(still, best_run, "toy", n=400)
+    assert record["validation"]["W2"] == pytest.approx(score, rel=1e-9)
+    stamp = (best_run / "checkpoint.pt").stat().st_mtime_ns
+    again = tune(still, "toy", trials=3, out=out, fixed=TINY, fraction=0.5, n=400,
+                 progress=False, pruner=pruner, echo=lambda m: None)
+    assert again["trials"] == 3
+    assert (best_run / "checkpoint.pt").stat().st_mtime_ns == stamp  # not trained again
+    assert (out / "history.png").stat().st_size > 0
+    assert json.loads((out / "best.json").read_text())["trials"] == 3
+
+
+def test_the_budget_stops_a_study_and_validation_draws_other_seeds(still, tmp_path):
+    record = tune(still, "toy", trials=10, out=tmp_path / "s", fixed=TINY, fraction=0.5, n=400,
+                  budget_fwd=1.0, progress=False, echo=lambda m: None)
+    assert record["trials"] == 1 and record["tuning_cost_fwd"] > 1.0  # one trial spent it
+    assert VALIDATION_SEED >= 100_000  # far from the seeds a bench draws
+
+
+@pytest.mark.parametrize("name,mode", [("edm", None), ("cm", "cd"), ("cm", "ct"), ("ect", None),
+                                       ("scm", "sct"), ("meanflow", None), ("rf", None),
+                                       ("pd", None)])
+def test_every_first_party_method_declares_a_search_space_of_its_settings(name, mode):
+    method = zoo.plugins.get("methods", name)
+    config = method.configure("digits", **({"mode": mode} if mode else {}))
+    space = method.search_space(config)
+    fields = {f for f in config.__dataclass_fields__}
+    assert "lr" in space and set(space) <= fields, set(space) - fields
+    for setting, param in space.items():
+        value = getattr(config, setting)
+        if isinstance(param, (Float, Int)):
+            assert param.low <= value <= param.high, (setting, value, param)  # preset inside
+        else:
+            assert value in param.values, (setting, value)
+
+
+def test_zoo_tune_command_runs_and_refuses_a_dataset_without_validation(still, tmp_path):
+    result = CliRunner().invoke(main, ["tune", "still-edm", "--dataset", "gmm", "--trials", "1",
+                                       "--out", str(tmp_path / "x")])
+    assert result.exit_code == 1 and "no validation split for dataset 'gmm'" in result.output
+    args = ["tune", "still-edm", "--dataset", "toy", "--trials", "1", "--trial-fraction", "0.5",
+            "--n", "300", "--out", str(tmp_path / "s"), "--no-progress",
+            "--set", 'network_kwargs={"hidden": 16, "num_layers": 1}', "--set", "batch_size=64",
+            "--set", 'dataset_options={"n": 500}']
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert "best of 1 trials (0 pruned)" in result.output

@@ -1,0 +1,284 @@
+"""``zoo tune``: every method's settings searched with the same budget on data the table never
+reports, so a table compares methods rather than the effort spent on their presets.
+
+A study (Optuna: TPE sampler, Hyperband pruner, SQLite storage, so a stopped study continues
+where it was) draws the settings of a method's :meth:`~zoo.methods.Method.search_space` over its
+preset, trains each trial on the tuning split at a fraction of the preset's iterations, and
+scores it on the validation data: digits trials train on ``split="fit"`` and are scored by FD
+against ``split="val"`` (both inside the training split; the test split stays unseen); toy trials
+are scored by W2 against true sets of their own seeds and from samples of other seeds than a
+bench draws. A trial reports its score at a third and two thirds of its iterations, and the
+pruner stops weak trials there. Trials stop when their training cost (forward-equivalent passes,
+:mod:`zoo.training.cost`) reaches the study's budget, so every method gets the same.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+from pathlib import Path
+
+from zoo.methods import BenchRow, Method
+from zoo.training import config_to_dict
+from zoo.training.config import merge_overrides
+from zoo.training.cost import forward_equivalents, run_cost
+
+#: First seed of a trial's validation samples: far from the seeds a bench draws ([0, n)).
+VALIDATION_SEED = 500_000
+#: Validation data and metric by dataset: the trials' training data options, the data they are
+#: scored against, the metric and the result it minimises.
+VALIDATION = {
+    "digits": {"train": {"split": "fit"}, "score": {"split": "val"}, "metric": "fd-digits",
+               "result": "FD-digits", "n": 297},
+    "toy": {"train": {}, "score": {}, "metric": "w2", "result": "W2", "n": 2000},
+}
+#: Reports per trial (at 1/3, 2/3 and all of its iterations): the pruner's rungs.
+REPORTS = 3
+
+
+class TrialPruned(Exception):
+    """The pruner stopped a trial at one of its reports."""
+
+
+class _Pause(Exception):
+    def __init__(self, step: int):
+        self.step = step
+
+
+def validation(dataset: str) -> dict:
+    """The validation protocol of ``dataset`` (:data:`VALIDATION`)."""
+    if dataset not in VALIDATION:
+        raise ValueError(f"zoo tune: no validation split for dataset {dataset!r}; tuning is "
+                         f"defined on {', '.join(VALIDATION)}")
+    return VALIDATION[dataset]
+
+
+def trial_config(method: Method, dataset: str, fixed: dict, params: dict, fraction: float):
+    """The config a trial trains: the preset with the study's ``fixed`` settings and the trial's
+    ``params``, on the tuning data, for ``fraction`` of the preset's iterations (checkpointed at
+    each report)."""
+    protocol = validation(dataset)
+    overrides = merge_overrides({}, {**fixed, **params})
+    preset = method.configure(dataset, **{k: v for k, v in overrides.items() if k == "mode"})
+    iterations = max(REPORTS, round(preset.iterations * fraction) // REPORTS * REPORTS)
+    options = {**preset.dataset_options, **protocol["train"]}
+    config = method.configure(dataset, **{**overrides, "iterations": iterations,
+                                          "dataset_options": options,
+                                          "checkpoint_every": iterations // REPORTS})
+    return config
+
+
+def tune_row(method: Method, rows: list[BenchRow]) -> BenchRow:
+    """The row a trial is scored on: the method's ``tune_row`` if it has one, else its fewest
+    steps (the few-step frontier's headline)."""
+    if hasattr(method, "tune_row"):
+        return method.tune_row(rows)
+    return min(rows, key=lambda r: r.nfe)
+
+
+def validation_score(method: Method, run_dir: Path, dataset: str, *, n: int | None = None,
+                     device: str = "cpu") -> float:
+    """The validation metric of the run's scored row (:func:`tune_row`) on ``n`` samples of
+    seeds from :data:`VALIDATION_SEED`; a non-finite sample scores ``inf``."""
+    import torch
+
+    from zoo.data import load_dataset
+    from zoo.metrics import evaluate
+
+    protocol = validation(dataset)
+    row = tune_row(method, method.bench_rows(run_dir))
+    run = method.load(row.run_dir, device=device)
+    n = n or protocol["n"]
+    x = method.sample(run, n, seed=VALIDATION_SEED, device=device, **row.options).x
+    if not bool(torch.isfinite(x).all()):
+        return math.inf
+    data = load_dataset(dataset, **protocol["score"])
+    result = evaluate(x.float().cpu(), data, metrics=[protocol["metric"]], seed=VALIDATION_SEED,
+                      finite=False)
+    return float(result[protocol["result"]])
+
+
+def own_cost(config, run_dir: Path) -> float:
+    """Forward-equivalent passes of the run itself (its teacher's are not the study's)."""
+    total = run_cost(run_dir)
+    if total is None:
+        return 0.0
+    teacher = getattr(config, "teacher", "")
+    inherited = run_cost(teacher) if teacher and Path(teacher).exists() else None
+    return float(forward_equivalents(total) - (forward_equivalents(inherited) if inherited else 0))
+
+
+def params_key(params: dict) -> str:
+    """A trial's folder name: its settings' hash, so a trial interrupted with its study is
+    continued, not trained again, when the study resumes."""
+    text = json.dumps(params, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def run_trial(method: Method, trial, dataset: str, fixed: dict, fraction: float, out: Path, *,
+              n: int | None = None, device: str = "cpu") -> float:
+    """Train and score one trial, reporting at every rung and stopping when the pruner says
+    so (:class:`TrialPruned`); its cost (forward-equivalent passes) and run folder are kept in
+    the trial's attributes."""
+    space = method.search_space(method.configure(dataset, **fixed))
+    params = {name: param.suggest(trial, name) for name, param in space.items()}
+    config = trial_config(method, dataset, fixed, params, fraction)
+    config.device = device
+    run_dir = out / "trials" / params_key({**fixed, **params, "iterations": config.iterations})
+    trial.set_user_attr("run_dir", str(run_dir))
+    every = config.checkpoint_every
+    staged = method.total_iterations(config) != config.iterations  # PD: scored at the end only
+
+    def pause(step, loss):
+        if not staged and step % every == 0 and step < config.iterations:
+            raise _Pause(step)
+
+    resume = (run_dir / "checkpoint.pt").exists() or (run_dir / "config.json").exists()
+    while True:
+        try:
+            if resume:
+                method.resume(run_dir, {"device": device}, progress=False, on_step=pause,
+                              echo=lambda message: None)
+            else:
+                method.train(dataclasses.replace(config), run_dir, progress=False,
+                             on_step=pause)
+            step = config.iterations
+        except _Pause as paused:
+            step = paused.step
+        resume = True
+        score = validation_score(method, run_dir, dataset, n=n, device=device)
+        trial.set_user_attr("cost_fwd", own_cost(config, run_dir))
+        trial.report(score, step // every)
+        if step >= config.iterations:
+            trial.set_user_attr("settings", json.loads(json.dumps(config_to_dict(
+                load_saved_config(method, run_dir)))))
+            return score
+        if trial.should_prune():
+            raise TrialPruned(f"trial {trial.number} pruned at step {step}: {score:.4g}")
+
+
+def load_saved_config(method: Method, run_dir: Path):
+    from zoo.training import config_from_dict
+
+    saved = json.loads((run_dir / "config.json").read_text())
+    return config_from_dict(method.config_class, saved)
+
+
+def study_cost(study) -> float:
+    """Forward-equivalent passes of every trial of ``study`` so far."""
+    return sum(t.user_attrs.get("cost_fwd", 0.0) for t in study.trials)
+
+
+def open_study(method: Method, dataset: str, out: Path, *, seed: int = 0, pruner=None):
+    """The study in ``out/study.db`` (created, or continued where it stopped: a trial that was
+    running when it stopped is tried again with its settings, its run continued)."""
+    import optuna
+    from optuna.trial import TrialState
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    out.mkdir(parents=True, exist_ok=True)
+    study = optuna.create_study(
+        study_name=f"{method.name}-{dataset}", storage=f"sqlite:///{out / 'study.db'}",
+        load_if_exists=True, direction="minimize",
+        sampler=optuna.samplers.TPESampler(seed=seed),
+        pruner=pruner or optuna.pruners.HyperbandPruner(min_resource=1, max_resource=REPORTS,
+                                                        reduction_factor=3))
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        study.tell(trial.number, state=TrialState.FAIL)
+        study.enqueue_trial(trial.params, skip_if_exists=False)
+    return study
+
+
+def tune(method: Method, dataset: str, *, trials: int, out: Path, fixed: dict | None = None,
+         fraction: float = 0.25, budget_fwd: float | None = None, n: int | None = None,
+         seed: int = 0, device: str = "cpu", progress: bool = True, echo=print,
+         pruner=None) -> dict:
+    """Run (or continue) the study of ``method`` on ``dataset`` until it holds ``trials``
+    finished or pruned trials or its trials' cost reaches ``budget_fwd`` forward-equivalent
+    passes; write ``best.json`` (the study, trial, validation score, settings and the study's
+    cost) and the history and parameter-importance plots; return the best record. ``pruner``:
+    another Optuna pruner than Hyperband over the :data:`REPORTS` rungs."""
+    import optuna
+    from optuna.trial import TrialState
+    from tqdm.auto import tqdm
+
+    fixed = dict(fixed or {})
+    space = method.search_space(method.configure(dataset, **fixed))
+    if not space:
+        raise ValueError(f"method {method.name!r} declares no search space (Method.search_space)")
+    validation(dataset)
+    out = Path(out)
+    study = open_study(method, dataset, out, seed=seed, pruner=pruner)
+    done = lambda: [t for t in study.trials if t.state in (TrialState.COMPLETE,  # noqa: E731
+                                                            TrialState.PRUNED)]
+    bar = tqdm(total=trials, initial=len(done()), desc=f"tune {method.name} on {dataset}",
+               disable=not progress, dynamic_ncols=True)
+    try:
+        while len(done()) < trials and (budget_fwd is None or study_cost(study) < budget_fwd):
+            trial = study.ask()
+            try:
+                value = run_trial(method, trial, dataset, fixed, fraction, out, n=n,
+                                  device=device)
+            except TrialPruned as pruned:
+                study.tell(trial, state=TrialState.PRUNED)
+                echo(str(pruned))
+            except BaseException:
+                study.tell(trial, state=TrialState.FAIL)
+                raise
+            else:
+                study.tell(trial, value)
+            bar.update(1)
+            best = _best(study)
+            bar.set_postfix(best=f"{best.value:.4g}" if best else "-",
+                            cost=f"{study_cost(study) / 1e9:.3g}G")
+    finally:
+        bar.close()
+    best = _best(study)
+    if best is None:
+        raise RuntimeError(f"the study in {out} has no finished trial")
+    record = {"study": study.study_name, "storage": str(out / "study.db"), "trial": best.number,
+              "validation": {validation(dataset)["result"]: best.value},
+              "params": best.params, "settings": best.user_attrs.get("settings"),
+              "fixed": fixed, "trials": len(done()),
+              "pruned": sum(t.state == TrialState.PRUNED for t in study.trials),
+              "tuning_cost_fwd": study_cost(study), "trial_fraction": fraction}
+    (out / "best.json").write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+    write_plots(study, out, optuna)
+    return record
+
+
+def _best(study):
+    from optuna.trial import TrialState
+
+    complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    return min(complete, key=lambda t: t.value) if complete else None
+
+
+def write_plots(study, out: Path, optuna) -> list[Path]:
+    """The optimisation history and, with two finished trials or more, the parameters'
+    importances (fANOVA), as PNGs."""
+    import warnings
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    plots = [("history.png", optuna.visualization.matplotlib.plot_optimization_history)]
+    if sum(t.value is not None for t in study.trials) >= 2:
+        plots.append(("importance.png", optuna.visualization.matplotlib.plot_param_importances))
+    for name, plot in plots:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # optuna marks its matplotlib plots experimental
+            try:
+                axes = plot(study)
+            except (ValueError, RuntimeError):  # e.g. importances of a single-valued space
+                continue
+        axes.figure.tight_layout()
+        axes.figure.savefig(out / name, dpi=120)
+        plt.close(axes.figure)
+        written.append(out / name)
+    return written
