@@ -162,11 +162,24 @@ def _print_timing(plan: dict, report: dict, steps: int) -> None:
 
 
 def _make_train_command(name, method):
-    def callback(dataset, run_dir, runs_root, resume, progress, dry_run, time_steps, **params):
+    def callback(dataset, run_dir, runs_root, resume, progress, dry_run, time_steps, config_file,
+                 write_config, **params):
         from zoo import distributed
+        from zoo.settings_file import read_settings, write_settings
         from zoo.training import TrainingInterrupted
 
         overrides = _overrides(method.config_class, params)
+        if config_file:  # the file's settings, then the flags given over them
+            try:
+                from_file = read_settings(config_file, method.config_class)
+            except ValueError as exc:
+                raise user_error(exc) from None
+            in_file = from_file.pop("dataset", None)
+            dataset = dataset or in_file
+            from_file.pop("method", None)
+            overrides = {**from_file, **overrides}
+        if write_config and not dry_run:
+            raise UserError("--write-config writes a --dry-run's settings; pass --dry-run too")
         echo = lambda msg: click.echo(msg, err=True) if distributed.is_main() else None
         try:
             if run_dir is None:
@@ -180,6 +193,12 @@ def _make_train_command(name, method):
                 plan = method.dry_run(config, run_dir)
                 if distributed.is_main():
                     _print_plan(plan)
+                    if write_config:
+                        settings = {k: v for k, v in plan["config"].items()
+                                    if k not in ("method", "device")}  # the machine's choice
+                        written = write_settings(settings, write_config)
+                        click.echo(f"settings written to {written} (zoo train {name} --config "
+                                   f"{written})")
                 if time_steps and not plan["missing"]:
                     echo(f"timing {time_steps} training steps (the data and teacher are loaded "
                          "as training would)...")
@@ -245,6 +264,19 @@ def _make_train_command(name, method):
             help="With --dry-run: also build the run as training would (data, teacher, network) "
             "and time this many training steps on random data: parameters, samples/s and the "
             "projected wall time.",
+        ),
+        click.Option(
+            ["--config", "config_file"],
+            type=click.Path(dir_okay=False, exists=True),
+            default=None,
+            help="A TOML file of settings (as --dry-run --write-config writes them); the options "
+            "given on the command line override it.",
+        ),
+        click.Option(
+            ["--write-config"],
+            type=click.Path(dir_okay=False),
+            default=None,
+            help="With --dry-run: write the settings to this TOML file, for --config.",
         ),
         *config_options(method.config_class, _presets(method)),
     ]
