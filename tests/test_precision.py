@@ -1,5 +1,5 @@
-"""Speed settings of the trainer (bf16 autocast, channels-last, torch.compile, TF32): each one
-changes a training step's loss and the weights only within a tolerance."""
+"""Speed settings of the trainer (bf16 and fp16 autocast, channels-last, torch.compile, TF32):
+each one changes a training step's loss and the weights only within a tolerance."""
 
 import pytest
 import torch
@@ -39,6 +39,21 @@ def test_bf16_autocast_stays_within_tolerance(tmp_path):
     assert not torch.equal(fp32[0], bf16[0])  # bf16 did run
     assert_close_runs(fp32, bf16, loss_rtol=3e-2, weight_atol=1e-4)
     assert all(p.dtype == torch.float32 for p in bf16[2].net.parameters())  # fp32 master weights
+
+
+def test_fp16_with_loss_scaling_stays_within_tolerance_and_keeps_its_scale(tmp_path):
+    """fp16 autocast with dynamic loss scaling (openai's checkpoints were trained in fp16): the
+    run matches fp32 within fp16's tolerance, keeps fp32 master weights, and checkpoints the
+    loss scale, which a resumed run takes up."""
+    from zoo.training import load_checkpoint
+
+    fp32, fp16 = run(tmp_path), run(tmp_path, precision="fp16")
+    assert not torch.equal(fp32[0], fp16[0])  # fp16 did run
+    assert_close_runs(fp32, fp16, loss_rtol=3e-2, weight_atol=1e-3)
+    assert all(p.dtype == torch.float32 for p in fp16[2].net.parameters())
+    scaler = load_checkpoint(fp16[2].run_dir)["scaler"]
+    assert scaler["scale"] == fp16[2].scaler.get_scale() > 1
+    assert load_checkpoint(fp32[2].run_dir)["scaler"] == {}  # fp32: no scaler
 
 
 def test_channels_last_stays_within_tolerance(tmp_path):
@@ -89,8 +104,8 @@ def test_tf32_changes_results_only_within_tolerance_on_cuda(tmp_path):
 
 
 def test_unknown_precision_is_refused():
-    with pytest.raises(ValueError, match="precision='fp16' is not one of fp32, bf16"):
-        zoo.plugins.get("methods", "edm").configure("toy", precision="fp16")
+    with pytest.raises(ValueError, match="precision='fp8' is not one of fp32, bf16, fp16"):
+        zoo.plugins.get("methods", "edm").configure("toy", precision="fp8")
 
 
 @pytest.mark.slow

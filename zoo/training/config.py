@@ -88,8 +88,10 @@ class TrainConfig:
         "torch intra-op CPU threads; 0 = automatic (1 for networks under 5M parameters, which "
         "collapse under CPU contention with more; else torch's default). ZOO_THREADS overrides 0.",
     )
-    precision: str = setting("fp32", "fp32, or bf16 (autocast of the loss's forward passes).",
-                             choices=("fp32", "bf16"))
+    precision: str = setting(
+        "fp32", "fp32; bf16 (autocast of the loss's forward passes); or fp16 (autocast with "
+        "dynamic loss scaling, how openai's released checkpoints were trained).",
+        choices=("fp32", "bf16", "fp16"))
     channels_last: bool = setting(False, "Channels-last memory format for 4D weights and inputs.")
     compile: bool = setting(False, "torch.compile the trained network (its online passes).")
     tf32: bool = setting(False, "Allow TF32 matmuls and convolutions on CUDA during training.")

@@ -108,6 +108,7 @@ class Trainer:
             weight_decay=config.weight_decay,
         )
         self.ema = EMA(self.net)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=config.precision == "fp16")
         self.step = 0
         #: training images and network passes so far (:mod:`zoo.training.cost`); None for a
         #: run resumed from a checkpoint that has no such record
@@ -156,6 +157,7 @@ class Trainer:
             "net": self.net.state_dict(),
             "ema": self.ema.state_dict(),
             "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
             "loader": self.loader.state_dict(),
             "task": self.task.state_dict(),
             "log_window": dict(self.log_window),
@@ -224,6 +226,8 @@ class Trainer:
         self.net.load_state_dict(state["net"])
         self.ema.load_state_dict(state["ema"])
         self.optimizer.load_state_dict(state["optimizer"])
+        if state.get("scaler"):  # fp16 runs: the loss scale reached
+            self.scaler.load_state_dict(state["scaler"])
         self.loader.load_state_dict(state["loader"])
         self.task.load_state_dict(state["task"])
         self.step = state["step"]
@@ -307,8 +311,9 @@ class Trainer:
             if c.compile:
                 net = torch.compile(net)
             net.train()
-            autocast = torch.autocast(self.device.type, torch.bfloat16,
-                                      enabled=c.precision == "bf16")
+            dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(c.precision)
+            autocast = torch.autocast(self.device.type, dtype or torch.bfloat16,
+                                      enabled=dtype is not None)
             if c.tf32:
                 torch.backends.cuda.matmul.fp32_precision = "tf32"
                 torch.backends.cudnn.conv.fp32_precision = "tf32"
@@ -467,14 +472,17 @@ class Trainer:
                                           noise).mean()
                 if not torch.isfinite(part):
                     self._non_finite(part, step)
-                (part * (size / local) if size < local else part).backward()
+                # fp16: the loss scaled so its gradients do not underflow (GradScaler)
+                self.scaler.scale(part * (size / local) if size < local else part).backward()
             loss = loss + part.detach() * (size / local)
         norm = None
+        self.scaler.unscale_(self.optimizer)  # the true gradients for clipping and the norm
         if c.grad_clip > 0:
             norm = nn.utils.clip_grad_norm_(self.net.parameters(), c.grad_clip)
         elif measure_grad:
             norm = grad_norm(self.net.parameters())
-        self.optimizer.step()
+        self.scaler.step(self.optimizer)  # skipped (and the scale lowered) on inf/NaN gradients
+        self.scaler.update()
         self.ema.update(self.net, self.ema_beta_at(step))
         self.task.after_step(step)
         if self.cost is not None:
