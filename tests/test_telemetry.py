@@ -5,6 +5,7 @@ import json
 import math
 import sys
 import time
+import types
 
 import numpy as np
 import pytest
@@ -289,3 +290,51 @@ def test_zoo_train_refuses_a_missing_asset_before_its_first_step(tmp_path, monke
                                        str(tmp_path / "edm"), "--run-dir", str(run)])
     assert result.exit_code == 1 and f"teacher run {tmp_path / 'edm'} has no" in result.output
     assert not run.exists()
+
+
+class FakeWandb:
+    """The part of the wandb package zoo uses, recording what it is given."""
+
+    runs: list = []
+
+    class Image:
+        def __init__(self, path):
+            self.path = path
+
+    @classmethod
+    def init(cls, **options):
+        run = types.SimpleNamespace(options=options, logged=[], finished=False)
+        run.log = lambda data, step: run.logged.append((step, data))
+        run.finish = lambda: setattr(run, "finished", True)
+        cls.runs.append(run)
+        return run
+
+
+def test_weights_and_biases_gets_the_log_rows_grids_and_continues_on_resume(tmp_path,
+                                                                           monkeypatch):
+    FakeWandb.runs = []
+    monkeypatch.setitem(sys.modules, "wandb", FakeWandb)
+    monkeypatch.setattr("importlib.util.find_spec", lambda name, *a: object())
+    edm = method("edm")
+    config = edm.configure("toy", iterations=4, log_every=2, checkpoint_every=2,
+                           sample_every_kimg=0.256, wandb_project="zoo-test",
+                           network_kwargs={"hidden": 16, "num_layers": 1}, batch_size=128,
+                           dataset_options={"n": 500})
+    run_dir = edm.train(config, tmp_path / "run", progress=False)
+    (first,) = FakeWandb.runs
+    assert first.finished and first.options["project"] == "zoo-test"
+    assert first.options["config"]["lr"] == config.lr and first.options["resume"] == "allow"
+    logged = {step: data for step, data in first.logged if "train/loss" in data}
+    for row in rows(run_dir / "log.jsonl")[1:]:
+        assert logged[row["step"]]["train/loss"] == row["loss"]
+    grids = [data["samples"].path for _, data in first.logged if "samples" in data]
+    assert grids == [str(run_dir / "samples" / "grid-step0000002.png"),
+                     str(run_dir / "samples" / "grid-step0000004.png")]
+    edm.resume(run_dir, {"iterations": 6}, progress=False, echo=lambda m: None)
+    assert FakeWandb.runs[1].options["id"] == first.options["id"]  # the same W&B run goes on
+    monkeypatch.undo()  # now as if wandb were not installed
+    monkeypatch.setattr("importlib.util.find_spec",
+                        lambda name, *a: None if name == "wandb" else object())
+    with pytest.raises(FileNotFoundError, match="pip install wandb"):
+        edm.train(edm.configure("toy", wandb_project="x"), tmp_path / "no", progress=False)
+    assert not (tmp_path / "no").exists()

@@ -304,6 +304,12 @@ class Method(abc.ABC):
             if importlib.util.find_spec("tensorboard") is None:
                 missing.append("--tensorboard needs the tensorboard package: pip install "
                                "tensorboard (or 'fewstep-zoo[tensorboard]'), or drop --tensorboard")
+        if config.wandb_project:
+            import importlib.util
+
+            if importlib.util.find_spec("wandb") is None:
+                missing.append("--wandb-project needs the wandb package: pip install wandb, or "
+                               "drop --wandb-project")
         if dataset is not None and config.eval_every_kimg:
             from zoo.metrics import default_metrics
 

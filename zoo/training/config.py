@@ -99,6 +99,10 @@ class TrainConfig:
         False, "Also write the log's scalars, sample grids and metrics to RUN_DIR/tensorboard "
         "(needs the tensorboard package: pip install tensorboard)."
     )
+    wandb_project: str = setting(
+        "", "Also log the log's scalars, sample grids and metrics to this Weights & Biases "
+        "project (needs the wandb package: pip install wandb); a resumed run continues its W&B "
+        "run. Empty: off.")
     sample_every_kimg: float = setting(
         0.0, "Write a grid of samples from fixed seeds with the EMA weights to "
         "RUN_DIR/samples/ every this many thousand samples; 0 = off."

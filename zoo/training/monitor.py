@@ -1,9 +1,10 @@
 """What a run shows while it trains, beside its checkpoints: the log rows and their TensorBoard
-scalars, sample grids (``samples/``) and periodic measurements of the dataset's metrics
-(``metrics.jsonl``), all from the evaluation EMA, all written by rank 0."""
+and Weights & Biases scalars, sample grids (``samples/``) and periodic measurements of the
+dataset's metrics (``metrics.jsonl``), all from the evaluation EMA, all written by rank 0."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from pathlib import Path
@@ -13,7 +14,7 @@ import torch
 from PIL import Image
 
 from zoo.metrics import default_metrics, evaluate, min_samples
-from zoo.training.config import TrainConfig
+from zoo.training.config import TrainConfig, config_to_dict
 from zoo.training.ema import initialisation_weight
 from zoo.viz import save_samples_picture
 
@@ -91,6 +92,15 @@ class RunMonitor:
                                  "default)")
         self.writer_class = summary_writer_class() if config.tensorboard else None
         self.writer = None
+        self.wandb = self.wandb_run = None
+        if config.wandb_project:
+            try:
+                import wandb
+            except ImportError:
+                raise RuntimeError("--wandb-project needs the wandb package, which is not "
+                                   "installed: pip install wandb, or drop --wandb-project"
+                                   ) from None
+            self.wandb = wandb
         self.config, self.dataset, self.run_dir = config, dataset, Path(run_dir)
         self.sample_fn, self.rank, self.echo = sample_fn, rank, echo
 
@@ -99,11 +109,21 @@ class RunMonitor:
         checkpoint is dropped (``purge_step``)."""
         if self.writer_class is not None and self.rank == 0:
             self.writer = self.writer_class(str(self.run_dir / TENSORBOARD_DIR), purge_step=step)
+        if self.wandb is not None and self.rank == 0:
+            # one W&B run per run directory: a resumed run continues it
+            run_id = hashlib.sha256(str(self.run_dir.resolve()).encode()).hexdigest()[:16]
+            self.wandb_run = self.wandb.init(
+                project=self.config.wandb_project, id=run_id, resume="allow",
+                name=self.run_dir.name, dir=str(self.run_dir),
+                config=json.loads(json.dumps(config_to_dict(self.config))))
 
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
             self.writer = None
+        if self.wandb_run is not None:
+            self.wandb_run.finish()
+            self.wandb_run = None
 
     def write_row(self, file, row: dict, group: str, extra: dict | None = None) -> None:
         """``row`` (with a method's ``extra`` scalars) as one JSON line of ``file`` and, with
@@ -114,10 +134,13 @@ class RunMonitor:
         row = {**row, **(extra or {})}
         file.write(json.dumps(row) + "\n")
         file.flush()
+        scalars = {f"{group}/{name}": value for name, value in row.items()
+                   if name != "step" and isinstance(value, (int, float))}
         if self.writer is not None:
-            for name, value in row.items():
-                if name != "step" and isinstance(value, (int, float)):
-                    self.writer.add_scalar(f"{group}/{name}", value, row["step"])
+            for name, value in scalars.items():
+                self.writer.add_scalar(name, value, row["step"])
+        if self.wandb_run is not None:
+            self.wandb_run.log(scalars, step=row["step"])
 
     def write_grid(self, module, step: int, device) -> Path | None:
         """``samples/grid-stepNNNNNNN.png``: ``sample_n`` samples of fixed seeds from
@@ -133,6 +156,8 @@ class RunMonitor:
         if self.writer is not None:
             picture = np.asarray(Image.open(path).convert("RGB"))
             self.writer.add_image("samples", picture, step, dataformats="HWC")
+        if self.wandb_run is not None:
+            self.wandb_run.log({"samples": self.wandb.Image(str(path))}, step=step)
         return path
 
     def measure(self, module, step: int, device) -> dict | None:
