@@ -19,7 +19,6 @@ from zoo.cli.common import (
     shared_option,
     user_error,
 )
-from zoo.training.monitor import duration_text
 
 
 def _click_type(annotation: str):
@@ -149,6 +148,8 @@ def _print_plan(report: dict) -> None:
 
 def _print_timing(plan: dict, report: dict, steps: int) -> None:
     """What building the run resolved, and the timed steps' rate and projection."""
+    from zoo.training.monitor import duration_text
+
     changed = {k: v for k, v in report["config"].items() if plan["config"].get(k) != v}
     if changed:
         click.echo("resolved when the run was built (from the teacher and the data):")

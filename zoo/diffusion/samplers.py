@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from zoo import plugins
 from zoo.diffusion.precond import SIGMA_MIN, expand_sigma, ode_derivative
-from zoo.diffusion.random import StackedGenerator
+from zoo.diffusion.random import STREAMS, StackedGenerator
 from zoo.distributed import all_max, gather_samples, shard
 from zoo.hookspecs import hookimpl
 
@@ -432,9 +432,12 @@ def generate(
     device="cpu",
     progress: bool = False,
     distributed: bool = True,
+    stream: str = "torch",
     **opts,
 ):
     """Draw one sample per seed: x_T = σ_0·z with z from the sample's own seed, then the sampler.
+    ``stream`` (:data:`~zoo.diffusion.random.STREAMS`): ``torch``, EDM's per-sample
+    ``torch.Generator``, or ``philox``, the same per-sample property computed vectorised.
 
     ``labels`` (int64, one per seed; :func:`zoo.methods.draw_labels`) condition a
     class-conditional model: the sampler gets them as ``class_labels``. Returns ``(x0, nfe)``,
@@ -442,6 +445,8 @@ def generate(
     ``distributed=True``; every rank must then call it) each rank samples its contiguous share
     of the seeds and all get every sample, in seed order: the same samples as one process.
     """
+    if stream not in STREAMS:
+        raise ValueError(f"stream {stream!r}; accepted: {', '.join(STREAMS)}")
     seeds = list(seeds)
     total = len(seeds)
     if labels is not None and len(labels) != total:
@@ -452,7 +457,7 @@ def generate(
     sigma_0 = float(sigmas[0])
     outs, nfe = [torch.empty(0, *shape)], 0
     for start in tqdm(range(0, len(seeds), batch_size), disable=not progress, desc="sampling"):
-        gen = StackedGenerator(seeds[start : start + batch_size], device)
+        gen = STREAMS[stream](seeds[start : start + batch_size], device)
         x = gen.randn(shape).to(device) * sigma_0
         if labels is not None:
             opts["class_labels"] = labels[start : start + batch_size].to(device)

@@ -1,0 +1,89 @@
+"""The per-sample noise streams: Philox4x32-10 computed across the batch with tensor operations
+(against Random123's known answers and a scalar reference), a sample the same alone and in any
+batch, normals that pass a distribution test, and the torch stream kept for EDM's samplers."""
+
+import numpy as np
+import pytest
+import scipy.stats
+import torch
+
+from zoo.diffusion.random import PhiloxGenerator, StackedGenerator, philox4x32
+from zoo.diffusion.samplers import generate, sample_euler
+
+M0, M1, W0, W1, MASK = 0xD2511F53, 0xCD9E8D57, 0x9E3779B9, 0xBB67AE85, 0xFFFFFFFF
+
+
+def philox_reference(counter, key):
+    """Philox4x32-10 on Python integers, word by word (Salmon et al. 2011)."""
+    c, k = list(counter), list(key)
+    for r in range(10):
+        if r:
+            k = [(k[0] + W0) & MASK, (k[1] + W1) & MASK]
+        p0, p1 = M0 * c[0], M1 * c[2]
+        c = [((p1 >> 32) ^ c[1] ^ k[0]) & MASK, p1 & MASK, ((p0 >> 32) ^ c[3] ^ k[1]) & MASK,
+             p0 & MASK]
+    return c
+
+
+#: Random123's known-answer vectors for philox4x32_10 (its kat_vectors file).
+KNOWN_ANSWERS = [
+    ((0, 0, 0, 0), (0, 0), (0x6627E8D5, 0xE169C58D, 0xBC57AC4C, 0x9B00DBD8)),
+    ((MASK,) * 4, (MASK,) * 2, (0x408F276D, 0x41C83B0E, 0xA20BC7C6, 0x6D5451FD)),
+    ((0x243F6A88, 0x85A308D3, 0x13198A2E, 0x03707344), (0xA4093822, 0x299F31D0),
+     (0xD16CFE09, 0x94FDCCEB, 0x5001E420, 0x24126EA1)),
+]
+
+
+def test_philox_gives_random123s_known_answers_and_the_scalar_reference():
+    counters = torch.tensor([c for c, _, _ in KNOWN_ANSWERS])
+    keys = torch.tensor([k for _, k, _ in KNOWN_ANSWERS])
+    assert philox4x32(counters, keys).tolist() == [list(a) for _, _, a in KNOWN_ANSWERS]
+    rng = np.random.default_rng(0)
+    counters = rng.integers(0, 2**32, (500, 4))
+    keys = rng.integers(0, 2**32, (500, 2))
+    got = philox4x32(torch.from_numpy(counters), torch.from_numpy(keys)).tolist()
+    assert got == [philox_reference(c.tolist(), k.tolist()) for c, k in zip(counters, keys)]
+
+
+@pytest.mark.parametrize("stream", [PhiloxGenerator, StackedGenerator])
+def test_a_sample_is_the_same_alone_and_in_any_batch(stream):
+    seeds = [3, 17, 2**40 + 5, 99]
+    together = stream(seeds)
+    draws = [together.randn([3, 5]), together.randn([7])]
+    for i, seed in enumerate(seeds):
+        alone = stream([seed])
+        torch.testing.assert_close(alone.randn([3, 5])[0], draws[0][i], rtol=0, atol=0)
+        torch.testing.assert_close(alone.randn([7])[0], draws[1][i], rtol=0, atol=0)
+    assert not torch.equal(draws[0][0], draws[0][1])  # other seeds, other numbers
+
+
+def test_philox_normals_pass_a_distribution_test_and_draws_are_independent():
+    gen = PhiloxGenerator(range(200))
+    first, second = gen.randn([1000]), gen.randn([1000])
+    values = first.flatten().double().numpy()
+    assert scipy.stats.kstest(values, "norm").pvalue > 1e-3
+    assert abs(values.mean()) < 0.01 and abs(values.std() - 1) < 0.01
+    # neither successive draws nor neighbouring seeds are correlated
+    for a, b in ((first, second), (first[:-1], first[1:])):
+        r = np.corrcoef(a.flatten().numpy(), b.flatten().numpy())[0, 1]
+        assert abs(r) < 0.01
+    # a sample's elements are not correlated with their neighbours either (Box–Muller pairs)
+    pairs = first.reshape(200, -1, 2).double().numpy()
+    assert abs(np.corrcoef(pairs[..., 0].ravel(), pairs[..., 1].ravel())[0, 1]) < 0.02
+
+
+def test_generate_takes_either_stream_and_refuses_another():
+    """With D(x, σ) = x the ODE stands still: the sample is its initial noise z·σ_0, z the
+    stream's."""
+    denoiser = lambda x, sigma, *args, **kwargs: x  # noqa: E731
+    sigmas = torch.tensor([2.0, 1.0, 0.0])
+    a, _ = generate(denoiser, sample_euler, sigmas, (2,), range(6), batch_size=4,
+                    stream="philox")
+    b, _ = generate(denoiser, sample_euler, sigmas, (2,), range(6), batch_size=6,
+                    stream="philox")
+    torch.testing.assert_close(a, b, rtol=0, atol=0)  # batch size does not matter
+    torch.testing.assert_close(a, PhiloxGenerator(range(6)).randn([2]) * 2.0)
+    c, _ = generate(denoiser, sample_euler, sigmas, (2,), range(6))
+    torch.testing.assert_close(c, StackedGenerator(range(6)).randn([2]) * 2.0)  # EDM's stream
+    with pytest.raises(ValueError, match="stream 'numpy'; accepted: torch, philox"):
+        generate(denoiser, sample_euler, sigmas, (2,), range(2), stream="numpy")
