@@ -450,7 +450,13 @@ class Trainer:
         c, step = self.config, self.step
         if c.channels_last and x.ndim == 4:
             x = x.contiguous(memory_format=torch.channels_last)
-        torch.manual_seed(mix_seed(c.seed, step, self.rank, 1))  # dropout and the like
+        # dropout and the like: this process's generators only (torch.manual_seed also seeds
+        # every accelerator backend, queueing their lazy seeding with a stack trace each step)
+        seed = mix_seed(c.seed, step, self.rank, 1)
+        torch.default_generator.manual_seed(seed)
+        if self.device.type == "cuda":
+            index = torch.cuda.current_device() if self.device.index is None else self.device.index
+            torch.cuda.default_generators[index].manual_seed(seed)
         for group in self.optimizer.param_groups:
             group["lr"] = self.lr_at(step)
         self.optimizer.zero_grad(set_to_none=True)
