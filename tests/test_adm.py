@@ -216,3 +216,37 @@ def test_released_runs_bench_against_a_reference_batch_without_data_or_teacher(r
                       ref=tmp_path / "VIRTUAL_16.npz", out=tmp_path / "bench16", progress=False)
     finally:
         zoo.plugins.unregister_plugin("pixels-adm")
+
+
+def test_a_preset_file_describes_another_openai_checkpoint(reference, tmp_path):
+    """``--preset FILE.toml``: the fixture network described in a file imports the same run as
+    the built-in preset shrunk to it; a file missing what a preset needs is refused naming it."""
+    from click.testing import CliRunner
+
+    from zoo.cli import main
+    from zoo.settings_file import write_settings
+
+    ref = reference["openai"]
+    checkpoint = tmp_path / "tiny.pt"
+    torch.save(make_adm_fixture.fixture_parameters(ref["shapes"]), checkpoint)
+    built_in = dataclasses.replace(OPENAI_PRESETS["cd-imagenet64-l2"], shape=(3, 8, 8),
+                                   network_kwargs=openai_adm_kwargs(ref["kwargs"]),
+                                   num_classes=ref["kwargs"]["num_classes"])
+    expected = import_openai_run(checkpoint, tmp_path / "built-in", built_in, check_data=False)
+    write_settings({k: v for k, v in dataclasses.asdict(built_in).items() if k != "file"},
+                   tmp_path / "mine.toml")
+    result = CliRunner().invoke(main, ["import-openai", str(checkpoint), "--preset",
+                                       str(tmp_path / "mine.toml"), "--out",
+                                       str(tmp_path / "mine"), "--no-check-data"])
+    assert result.exit_code == 0, result.output
+    a, b = (torch.load(p / "checkpoint.pt", weights_only=True) for p in (expected,
+                                                                          tmp_path / "mine"))
+    import json
+
+    same = lambda c: json.loads(json.dumps(c))  # noqa: E731 - tuples and lists alike
+    assert same(a["config"]) == same(b["config"]) and a["ema"].keys() == b["ema"].keys()
+    assert all(torch.equal(a["ema"][k], b["ema"][k]) for k in a["ema"])
+    (tmp_path / "bad.toml").write_text('method = "cm"\nshape = [3, 8, 8]\n')
+    result = CliRunner().invoke(main, ["import-openai", str(checkpoint), "--preset",
+                                       str(tmp_path / "bad.toml"), "--out", str(tmp_path / "x")])
+    assert result.exit_code == 1 and "missing dataset, network_kwargs" in result.output

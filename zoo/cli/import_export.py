@@ -71,7 +71,9 @@ def import_edm_command(pickle_file, out, dataset, check_data):
 @click.argument("checkpoint", type=click.Path(dir_okay=False, exists=True))
 @click.option("--preset", required=True,
               help="The released file's settings, e.g. cd-imagenet64-lpips, ct-lsun-bedroom256 "
-              "(see docs/reproduce.md; an unknown name lists them).")
+              "(see docs/reproduce.md; an unknown name lists them), or a .toml file describing "
+              "another openai-format checkpoint (method, dataset, shape, network_kwargs, "
+              "method_fields, num_classes).")
 @click.option("--method", type=click.Choice(["cm", "edm"]), default=None,
               help="cm (CD/CT) or edm (the teachers); must match the preset [default: the "
               "preset's].")

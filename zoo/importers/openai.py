@@ -4,6 +4,7 @@ state dicts read with ``torch.load(weights_only=True)``."""
 
 from __future__ import annotations
 
+import dataclasses
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
@@ -121,6 +122,35 @@ def load_openai_state_dict(path) -> dict[str, torch.Tensor]:
     return state
 
 
+def read_preset(name: str) -> OpenAIPreset:
+    """A preset by name (:data:`OPENAI_PRESETS`), or from a TOML file describing another
+    openai-format checkpoint: ``method``, ``dataset``, ``shape``, ``network_kwargs`` (the ``adm``
+    network's), ``method_fields`` (e.g. ``mode``, ``distance``, ``sample_sigmas`` of a CM),
+    ``num_classes``; ``file`` names the source (default: the TOML file's stem)."""
+    if name in OPENAI_PRESETS:
+        return OPENAI_PRESETS[name]
+    path = Path(name)
+    if path.suffix != ".toml" or not path.is_file():
+        raise ValueError(f"unknown preset {name!r}; valid: {', '.join(OPENAI_PRESETS)}, or a "
+                         "preset file (.toml) describing another checkpoint (docs/reproduce.md)")
+    from zoo.settings_file import tomllib
+
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise ValueError(f"preset file {path} is not valid TOML: {exc}") from None
+    fields = {f.name for f in dataclasses.fields(OpenAIPreset)}
+    unknown, missing = sorted(set(data) - fields), sorted(
+        {"method", "dataset", "shape", "network_kwargs"} - set(data))
+    if unknown or missing:
+        raise ValueError(f"preset file {path}: " + "; ".join(
+            ([f"unknown keys {', '.join(unknown)}"] if unknown else []) +
+            ([f"missing {', '.join(missing)}"] if missing else [])) +
+            f" (keys: {', '.join(sorted(fields))})")
+    return OpenAIPreset(**{"file": path.stem, "method_fields": {}, **data,
+                           "shape": tuple(data["shape"])})
+
+
 def import_openai_run(checkpoint, run_dir, preset: str | OpenAIPreset, method: str | None = None,
                       dataset: str | None = None, check_data: bool | None = None) -> Path:
     """Write openai's released ``checkpoint`` as a ``cm`` or ``edm`` run (``preset``: a name of
@@ -133,9 +163,7 @@ def import_openai_run(checkpoint, run_dir, preset: str | OpenAIPreset, method: s
     (``noise_label_scale``), as ``KarrasDenoiser.denoise`` does.
     """
     if isinstance(preset, str):
-        if preset not in OPENAI_PRESETS:
-            raise ValueError(f"unknown preset {preset!r}; valid: {', '.join(OPENAI_PRESETS)}")
-        preset = OPENAI_PRESETS[preset]
+        preset = read_preset(preset)
     if method and method != preset.method:
         raise ValueError(f"{preset.file} is a {preset.method!r} checkpoint, not {method!r}: "
                          f"use --method {preset.method} or another --preset")
