@@ -650,3 +650,16 @@ def test_the_printed_train_command_makes_the_runs_config(name, tmp_path, monkeyp
         end = next(i for i, line in enumerate(lines) if line.startswith("run directory:"))
         settings = json.loads("\n".join(lines[1:end]))
         assert settings == json.loads(json.dumps(zoo.training.config_to_dict(config))), command
+
+
+def test_set_scopes_every_run_a_method_or_one_run():
+    from zoo.bench.plan import apply_settings, parse_settings
+
+    settings = parse_settings(["iterations=7", "cm.lr=0.001", "cm/cm-ct.lr=0.002",
+                               "cm/cm-ct.mu0=0.95"])
+    cm = zoo.plugins.get("methods", "cm")
+    configs = cm.bench_configs("toy")
+    cd = apply_settings("cm", configs["cm-cd"], settings, "cm-cd")
+    ct = apply_settings("cm", configs["cm-ct"], settings, "cm-ct")
+    assert (cd.iterations, cd.lr, cd.mu0) == (7, 0.001, configs["cm-cd"].mu0)
+    assert (ct.iterations, ct.lr, ct.mu0) == (7, 0.002, 0.95)

@@ -173,8 +173,9 @@ def resume_command(name: str, run_dir: Path, overrides: dict) -> str:
 
 
 def parse_settings(items) -> dict[str | None, dict]:
-    """``--set`` items ``[METHOD.]KEY=VALUE`` by method (``None``: every method). VALUE is read
-    as JSON when it parses (``4``, ``0.5``, ``true``, ``{"model_channels": 16}``), else as text."""
+    """``--set`` items ``[SCOPE.]KEY=VALUE`` by scope: none (every run), ``METHOD`` (its runs) or
+    ``METHOD/RUN`` (one run, e.g. ``cm/cm-ct``). VALUE is read as JSON when it parses (``4``,
+    ``0.5``, ``true``, ``{"model_channels": 16}``), else as text."""
     settings: dict[str | None, dict] = {}
     for item in items:
         key, sep, text = item.partition("=")
@@ -190,10 +191,18 @@ def parse_settings(items) -> dict[str | None, dict]:
     return settings
 
 
-def apply_settings(name: str, config, settings: dict[str | None, dict]):
-    """``config`` with the ``--set`` settings for every method, then those for method ``name``;
-    a dict value (e.g. ``network_kwargs``) is merged into the preset's dict."""
-    wanted = {**settings.get(None, {}), **settings.get(name, {})}
+def scoped(settings: dict[str | None, dict], name: str, run: str | None = None) -> dict:
+    """The ``--set`` settings of run ``run`` of method ``name``: those for every run, then the
+    method's, then the run's (``METHOD/RUN``)."""
+    return {**settings.get(None, {}), **settings.get(name, {}),
+            **(settings.get(f"{name}/{run}", {}) if run else {})}
+
+
+def apply_settings(name: str, config, settings: dict[str | None, dict], run: str | None = None):
+    """``config`` with the ``--set`` settings for every method, then those for method ``name``,
+    then those for its run ``run``; a dict value (e.g. ``network_kwargs``) is merged into the
+    preset's dict."""
+    wanted = scoped(settings, name, run)
     fields = {f.name for f in dataclasses.fields(config)}
     unknown = sorted(set(wanted) - fields)
     if unknown:
@@ -274,8 +283,8 @@ def prepare_runs(methods: dict[str, Method], dataset: str, data: Dataset, runs_r
                                  f"{name} training preset: import a released checkpoint there "
                                  "(zoo import-openai or zoo import-edm, docs/reproduce.md)")
             if problem:
-                config = apply_settings(name, config, settings or {})
-                overrides = resume_overrides(method, run_dir, name, settings or {})
+                config = apply_settings(name, config, settings or {}, run_name)
+                overrides = resume_overrides(method, run_dir, name, settings or {}, run_name)
                 if overrides is None:
                     command, doing = train_command(name, method, config, dataset, run_dir), \
                         "training it"
@@ -312,7 +321,8 @@ def prepare_runs(methods: dict[str, Method], dataset: str, data: Dataset, runs_r
     return rows, records
 
 
-def resume_overrides(method: Method, run_dir: Path, name: str, settings: dict) -> dict | None:
+def resume_overrides(method: Method, run_dir: Path, name: str, settings: dict,
+                     run: str | None = None) -> dict | None:
     """For an unfinished run, the ``--set`` settings that differ from its own (applied as
     resume overrides, warned about, and refused if they would change what defines the run);
     None for a run to train from nothing."""
@@ -320,8 +330,7 @@ def resume_overrides(method: Method, run_dir: Path, name: str, settings: dict) -
         saved = method.saved_config(run_dir)
     except CheckpointError:
         return None
-    wanted = merge_overrides({k: saved.get(k) for k in saved},
-                             {**settings.get(None, {}), **settings.get(name, {})})
+    wanted = merge_overrides({k: saved.get(k) for k in saved}, scoped(settings, name, run))
     overrides = {k: v for k, v in wanted.items() if saved.get(k) != v}
     config_class = method.config_class
     fixed = sorted(k for k in overrides if k in config_class.RESUME_FIXED)

@@ -93,9 +93,10 @@ def training_jobs(jobs: str, device: str) -> int:
     "--set",
     "settings",
     multiple=True,
-    metavar="[METHOD.]KEY=VALUE",
+    metavar="[METHOD[/RUN].]KEY=VALUE",
     help="Override a preset setting of every run --train-missing trains (METHOD.KEY: only that "
-    "method's); VALUE is JSON or text, dicts merge into the preset's. Repeatable. E.g. a CPU "
+    "method's runs; METHOD/RUN.KEY: one run, e.g. cm/cm-ct.lr=2e-4); VALUE is JSON or "
+    "text, dicts merge into the preset's. Repeatable. E.g. a CPU "
     "smoke run of the CIFAR-10 path: --set iterations=4 --set batch_size=8 --set "
     "'network_kwargs={\"model_channels\": 16}' --set cm.distance=l2 --set pd.teacher_steps=4.",
 )
