@@ -1,0 +1,67 @@
+"""The table with every family at its tuned settings: reads tune/DATASET/FAMILY/best.json (written
+by `zoo tune`, benchmarks/tune_study.sh), trains each run at the preset's full iterations with the
+winning settings (`zoo bench --set METHOD/RUN.KEY=VALUE`) and prints the table with the tuning
+cost beside the training cost.
+
+    python benchmarks/tuned_table.py --dataset toy [--tune tune] [--runs-root runs-tuned]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from zoo.bench import run_bench
+from zoo.bench.report import cost_cells
+
+#: A study's folder -> the method and run of the table it tunes.
+FAMILIES = {"edm": ("edm", "edm"), "cm-cd": ("cm", "cm-cd"), "cm-ct": ("cm", "cm-ct"),
+            "pd": ("pd", "pd"), "rf": ("rf", "rf"), "meanflow": ("meanflow", "meanflow"),
+            "ect": ("ect", "ect"), "scm-sct": ("scm", "scm-sct"), "scm-scd": ("scm", "scm-scd")}
+
+
+def tuned_settings(tune_root: Path) -> tuple[dict, dict]:
+    """``({scope: {setting: value}}, {run: tuning cost})`` of the studies found."""
+    settings, costs = {}, {}
+    for family, (method, run) in FAMILIES.items():
+        best = tune_root / family / "best.json"
+        if best.exists():
+            record = json.loads(best.read_text())
+            settings[f"{method}/{run}"] = record["params"]
+            costs[run] = record["tuning_cost_fwd"]
+    return settings, costs
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset", default="toy")
+    parser.add_argument("--tune", default="tune", help="The studies' root (tune/DATASET/...).")
+    parser.add_argument("--runs-root", default="runs-tuned")
+    parser.add_argument("--out", default=None)
+    parser.add_argument("--jobs", type=int, default=1)
+    args = parser.parse_args()
+    settings, costs = tuned_settings(Path(args.tune) / args.dataset)
+    if not settings:
+        raise SystemExit(f"no best.json under {Path(args.tune) / args.dataset}: run the studies")
+    methods = list(dict.fromkeys(scope.split("/")[0] for scope in settings))
+    report = run_bench(methods, args.dataset, runs_root=args.runs_root, train_missing=True,
+                       out=args.out or f"bench/{args.dataset}-tuned", settings=settings,
+                       jobs=args.jobs, progress=False)
+    metric = report.metric_names[0]
+    key = next(k for k in report.result_names if not k.endswith((" ±", " floor")))
+    print(f"| METHOD | NFE | {key} | train Mimg | train passes (G fwd-eq) | tuning passes "
+          f"(G fwd-eq) |\n| --- | ---: | ---: | ---: | ---: | ---: |")
+    for r in report.results:
+        run = Path(r.row.run_dir)
+        run = run.parent.name if run.name.startswith("stage-") else run.name
+        tuning = f"{costs[run] / 1e9:.4g}" if run in costs else "untuned"
+        stderr = r.metrics.get(f"{key} ±")
+        value = f"{r.metrics[key]:.4g}" + (f" ± {stderr:.2g}" if stderr else "")
+        print(f"| {r.row.label} | {r.row.nfe} | {value} | {' | '.join(cost_cells(r.cost))} | "
+              f"{tuning} |")
+    print(f"\n({metric} on {report.n} samples per row; tuning on the validation split)")
+
+
+if __name__ == "__main__":
+    main()
