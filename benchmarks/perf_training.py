@@ -8,7 +8,9 @@ Per method, the passes of one step on the same batch (B samples of 8×8 digits, 
   PD (Salimans & Ho 2022):         online fwd+bwd, 2 teacher forwards (no grad)
 "Alone" is the bare network F(x, c_noise) with random inputs; the step is the interval between
 the trainer's ``on_step`` calls (loader, noise, preconditioning, loss, Adam, EMA, target update
-included), median over the measured steps. Everything in one run; the machine may be shared.
+included). The passes are timed inside each ``on_step`` call, right after the step they pair
+with, so load changes shift both; the answer is the median of the per-step ratios with its
+interquartile range.
 
     OMP_NUM_THREADS=1 python benchmarks/perf_training.py [--batch 64] [--steps 8]
 """
@@ -30,43 +32,44 @@ from zoo.training import Trainer
 PASSES = {"edm": 0, "cd": 3, "ct": 1, "pd": 2}  # forwards without grad besides the online pass
 
 
-def step_time(method_name, config, data, run_dir, steps, warmup=2) -> float:
+def paired_ratios(method_name, config, data, run_dir, steps, net, extra_forwards,
+                  warmup=2) -> list[tuple[float, float]]:
+    """``(step seconds, passes seconds)`` per step: at each of the trainer's ``on_step`` calls
+    the bare passes of one step (forward + backward, ``extra_forwards`` forwards without grad)
+    run and are timed, so both see the same load; a trainer step is the time between two calls
+    less the passes timed inside."""
     method = zoo.plugins.get("methods", method_name)
     config.method = method.name
     config.iterations = warmup + steps + 1  # the last step writes a checkpoint: not timed
-    stamps = []
-    trainer = Trainer(method.make_task(config, data), config, data, run_dir, progress=False)
-    trainer.fit(on_step=lambda step, loss: stamps.append(time.perf_counter()))
-    return statistics.median(b - a for a, b in zip(stamps[warmup:-2], stamps[warmup + 1:-1],
-                                                   strict=True))
+    x, noise = torch.randn(config.batch_size, *data.shape), torch.rand(config.batch_size)
 
-
-def pass_times(net, batch, shape, reps) -> tuple[float, float]:
-    """Median (forward + backward, forward without grad) of the bare network."""
-    x, noise = torch.randn(batch, *shape), torch.rand(batch)
-
-    def fwd_bwd():
+    def passes():
         net.zero_grad(set_to_none=True)
         net(x, noise).square().mean().backward()
+        with torch.no_grad():
+            for _ in range(extra_forwards):
+                net(x, noise)
 
-    def timed(fn):
-        start = time.perf_counter()
-        fn()
-        return time.perf_counter() - start
+    marks = []
 
-    with torch.no_grad():
-        nograd = [timed(lambda: net(x, noise)) for _ in range(reps + 1)][1:]
-    train = [timed(fwd_bwd) for _ in range(reps + 1)][1:]
-    return statistics.median(train), statistics.median(nograd)
+    def on_step(step, loss):
+        entered = time.perf_counter()
+        passes()
+        marks.append((entered, time.perf_counter()))
+
+    trainer = Trainer(method.make_task(config, data), config, data, run_dir, progress=False)
+    trainer.fit(on_step=on_step)
+    return [(marks[i][0] - marks[i - 1][1], marks[i][1] - marks[i][0])
+            for i in range(warmup + 1, len(marks) - 1)]
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=20)
     args = parser.parse_args()
     common = dict(network="ddpmpp-small", batch_size=args.batch, checkpoint_every=10_000,
-                  log_every=10_000, lr=1e-4)
+                  log_every=10_000, lr=1e-4, lr_warmup=0)
     data = load_dataset("digits")
     root = Path(tempfile.mkdtemp(prefix="zoo-perf-training-"))
     teacher = root / "edm-teacher"
@@ -82,15 +85,18 @@ def main():
     }
     net = edm.build_net(configs["edm"][1], data.shape).train()
     print(f"digits 8×8, ddpmpp-small, batch {args.batch}, {torch.get_num_threads()} thread(s), "
-          f"medians of {args.steps} steps")
-    print(f"{'method':22s} {'step ms':>8s} {'passes ms':>9s} {'ratio':>6s}")
+          f"{args.steps} steps, each paired with its passes timed alone right after it")
+    print(f"{'method':22s} {'step ms':>8s} {'passes ms':>9s} {'ratio':>6s} {'IQR':>13s}")
     for name, (method_name, config) in configs.items():
-        step = step_time(method_name, config, data, root / name, args.steps)
-        train, nograd = pass_times(net, args.batch, data.shape, args.steps)
-        passes = train + PASSES[name] * nograd
+        pairs = paired_ratios(method_name, config, data, root / name, args.steps, net,
+                              PASSES[name])
+        ratios = [step / bare for step, bare in pairs]
+        q1, median, q3 = statistics.quantiles(ratios, n=4)
+        step = statistics.median(p[0] for p in pairs)
+        bare = statistics.median(p[1] for p in pairs)
         label = {"edm": "EDM", "cd": "CD (Heun teacher)", "ct": "CT", "pd": "PD"}[name]
-        print(f"{label:22s} {1e3 * step:8.1f} {1e3 * passes:9.1f} {step / passes:6.3f}")
-
+        print(f"{label:22s} {1e3 * step:8.1f} {1e3 * bare:9.1f} {median:6.3f} "
+              f"{q1:6.3f}–{q3:.3f}")
 
 if __name__ == "__main__":
     main()
