@@ -7,19 +7,20 @@ is the raw network F(c_in·x, c_noise) alone, without preconditioning or solver.
 
 Side by side, a reference: EDM's deterministic sampler written out here from Algorithm 1 of
 the EDM paper (x_{i+1} = x_i + (t_{i+1} − t_i)·½(d_i + d'_i), the last step Euler), on the same
-denoiser and the same x_T; the ratio is our ``sample_heun`` time ÷ the reference's. All numbers
-come from one run, the timings interleaved; on a shared machine read them as ±few %.
+denoiser and the same x_T; the ratio is our ``sample_heun`` time ÷ the reference's. Every ratio
+pairs its two sides round by round (benchmarks/paired.py): the median of the per-round ratios
+with its interquartile range, flagged where the halves of the rounds disagree.
 
-    OMP_NUM_THREADS=1 python benchmarks/perf_sampling.py [--batch 64] [--reps 5]
+    OMP_NUM_THREADS=1 python benchmarks/perf_sampling.py [--batch 64] [--rounds 21]
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
 import time
 
 import torch
+from paired import paired_ratio
 
 from zoo.diffusion import Denoiser, append_zero, karras_sigmas
 from zoo.diffusion.samplers import generate, sample_consistency, sample_heun
@@ -63,39 +64,42 @@ def measure(case, name, shape, args):
         "ours: sample_heun": (35, lambda: sample_heun(edm, x * 80, heun)),
         "ref: EDM Algorithm 1": (35, lambda: reference_heun(edm, x * 80, heun.tolist())),
     }
-    times = {row: [] for row in rows} | {"fwd": []}
     with torch.no_grad():
-        for _ in range(args.reps + 1):  # the first round warms up
-            times["fwd"].append(statistics.median(timed(lambda: net(x, noise))
-                                                  for _ in range(5)))
-            for row, (_, fn) in rows.items():
-                times[row].append(timed(fn))
-    med = {row: statistics.median(ts[1:]) for row, ts in times.items()}
-    for row, (nfe, _) in rows.items():
-        if row.startswith(("ours", "ref")):
-            continue
-        ratio = med[row] / (nfe * med["fwd"])
-        print(f"{case:20s} {row:22s} {nfe:4d} {1e3 * med[row]:9.2f} "
-              f"{1e3 * nfe * med['fwd']:9.2f} {ratio:6.3f}")
-    ours, ref = med["ours: sample_heun"], med["ref: EDM Algorithm 1"]
+        for row, (nfe, fn) in rows.items():
+            if row.startswith(("ours", "ref")):
+                continue
+
+            def forwards(nfe=nfe):
+                for _ in range(nfe):
+                    net(x, noise)
+
+            result = paired_ratio(forwards, fn, rounds=args.rounds)
+            print(f"{case:20s} {row:22s} {nfe:4d} {1e3 * result['b_s']:9.2f} "
+                  f"{1e3 * result['a_s']:9.2f} {result['ratio']:6.3f} "
+                  f"{result['q1']:6.3f}–{result['q3']:.3f}"
+                  + ("" if result["stable"] else "  unstable: more --rounds"))
+        ours, ref = rows["ours: sample_heun"][1], rows["ref: EDM Algorithm 1"][1]
+        result = paired_ratio(ref, ours, rounds=args.rounds)
     same = torch.allclose(sample_heun(edm, x * 80, heun),
                           reference_heun(edm, x * 80, heun.tolist()), atol=1e-4)
-    print(f"{case:20s} {'ours ÷ EDM Alg. 1 ref':22s} {35:4d} {1e3 * ours:9.2f} "
-          f"{1e3 * ref:9.2f} {ours / ref:6.3f}  (same samples: {same})")
-
+    print(f"{case:20s} {'ours ÷ EDM Alg. 1 ref':22s} {35:4d} {1e3 * result['b_s']:9.2f} "
+          f"{1e3 * result['a_s']:9.2f} {result['ratio']:6.3f}  (same samples: {same})")
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=21,
+                        help="Paired rounds per ratio (benchmarks/paired.py).")
     args = parser.parse_args()
     torch.manual_seed(0)
     cases = {  # name: (network, data shape)
         "digits ddpmpp-small": ("ddpmpp-small", (1, 8, 8)),
         "toy mlp": ("mlp", (2,)),
     }
-    print(f"batch {args.batch}, {torch.get_num_threads()} thread(s), medians of {args.reps}")
-    print(f"{'network':20s} {'sampler':22s} {'NFE':>4s} {'ms':>9s} {'k×fwd ms':>9s} {'ratio':>6s}")
+    print(f"batch {args.batch}, {torch.get_num_threads()} thread(s), medians of {args.rounds} "
+          "paired, interleaved rounds")
+    print(f"{'network':20s} {'sampler':22s} {'NFE':>4s} {'ms':>9s} {'k×fwd ms':>9s} {'ratio':>6s} "
+          f"{'IQR':>13s}")
     for case, (name, shape) in cases.items():
         measure(case, name, shape, args)
 
