@@ -135,10 +135,14 @@ class AttentionBlock(nn.Module):
         b, c, height, width = x.shape
         qkv = self.qkv(self.norm(x)).reshape(b, 3, self.num_heads, c // self.num_heads, -1)
         q, k, v = qkv.unbind(1)  # [B, heads, d, HW]
-        h = F.scaled_dot_product_attention(q.transpose(-1, -2), k.transpose(-1, -2),
-                                           v.transpose(-1, -2))  # [B, heads, HW, d]
-        h = h.transpose(-1, -2).reshape(b, c, height, width)
-        return x + self.proj_out(h)
+        if x.is_cuda:  # fused kernels (flash / memory-efficient attention)
+            h = F.scaled_dot_product_attention(q.transpose(-1, -2), k.transpose(-1, -2),
+                                               v.transpose(-1, -2)).transpose(-1, -2)
+        else:  # two einsums in the channel-first layout, as EDM's DhariwalUNet: no transposed
+            # copies, about half the time of the CPU's scaled_dot_product_attention here
+            w = torch.einsum("bhcq,bhck->bhqk", q, k * q.shape[2] ** -0.5).softmax(dim=-1)
+            h = torch.einsum("bhqk,bhck->bhcq", w, v)
+        return x + self.proj_out(h.reshape(b, c, height, width))
 
 
 class TimestepSequential(nn.Sequential):
