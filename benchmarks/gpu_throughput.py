@@ -7,6 +7,8 @@ FLOPs are counted, not assumed: ``torch.utils.flop_counter`` on one 32×32 forwa
 for DDPM++); a training step costs ≈3× the forward (forward + backward). Peaks are the dense
 spec-sheet numbers of the detected GPU (H100 SXM/PCIe/NVL, H200), or ``--peak-tflops``.
 Training data are random images of CIFAR-10's shape (no download on the GPU machine).
+Then the per-sample noise streams' overhead on one-step sampling (paired.py): the torch stream
+(a generator per sample) and the vectorised Philox stream against one torch.randn for the batch.
 Meant to finish in < 5 minutes on an H100 (compile ~1-2 min of it; ``--no-compile`` skips it):
 
     python benchmarks/gpu_throughput.py                       # on the GPU machine
@@ -101,7 +103,7 @@ def training_rate(network, shape, batch, device, precision, tf32, compiled, step
                    "random", "image")
     config = edm.configure("cifar10", network=network, batch_size=batch, device=device,
                            iterations=steps + 4, checkpoint_every=10**9, log_every=10**9,
-                           precision=precision, tf32=tf32, compile=compiled)
+                           precision=precision, tf32=tf32, compile=compiled, lr_warmup=0)
     config.method = "edm"
     stamps = []
     trainer = Trainer(edm.make_task(config, data), config, data,
@@ -146,6 +148,30 @@ def main():
         pct = [f"{100 * rate * 2 * macs * passes / peak:6.1f}%" if peak else "      -"
                for rate, passes in ((sample, 1), (train, 3))]
         print(f"{mode:14s} {sample:13.0f} {pct[0]} {train:12.0f} {pct[1]}", flush=True)
+    noise_overhead(denoiser, shape, args.batch, args.device, args.steps)
+
+
+def noise_overhead(denoiser, shape, batch, device, rounds) -> None:
+    """One-step sampling through ``generate`` with each per-sample noise stream ÷ the same call
+    on noise from one ``torch.randn`` for the batch (paired, interleaved: paired.py)."""
+    from paired import describe, paired_ratio
+
+    from zoo.diffusion.samplers import generate, sample_consistency
+
+    @torch.no_grad()
+    def bare():
+        z = torch.randn(batch, *shape, device=device) * 80.0
+        denoiser(z, torch.full((batch,), 80.0, device=device))
+        sync(device)
+
+    for stream in ("torch", "philox"):
+        def sampled(stream=stream):
+            generate(denoiser, sample_consistency, [80.0], shape, range(batch), batch_size=batch,
+                     device=device, stream=stream, sigma_min=0.002)
+            sync(device)
+
+        print(describe(f"one-step sampling, {stream} noise stream / one torch.randn",
+                       paired_ratio(bare, sampled, rounds=max(5, rounds))), flush=True)
 
 
 if __name__ == "__main__":
