@@ -3,8 +3,9 @@
 A method hands the trainer a :class:`TrainingTask` (the module to optimise and its loss); the
 trainer owns everything else: the one data loader, optimiser and learning-rate schedule, the
 evaluation EMA, gradient clipping, progress, atomic checkpoints, resume, DDP (started by
-:func:`zoo.distributed.init_distributed`), bf16 autocast, channels-last, torch.compile and TF32,
-and the telemetry: ``log.jsonl`` (and TensorBoard) scalars, sample grids and periodic metrics.
+:func:`zoo.distributed.init_distributed`), bf16 or fp16 autocast (:mod:`.engine`), channels-last,
+torch.compile and TF32, and the telemetry (:mod:`.monitor`): ``log.jsonl`` scalars, sample grids
+and periodic metrics.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from zoo.training.checkpoint import (
 from zoo.training.config import TrainConfig, config_to_dict, same_setting, save_config
 from zoo.training.cost import add_cost, empty_cost
 from zoo.training.ema import EMA, ema_beta
+from zoo.training.engine import training_engine
 from zoo.training.monitor import METRICS_NAME, RunMonitor, duration_text, short_run_warnings
 from zoo.training.rundir import (
     LOG_NAME,
@@ -45,7 +47,6 @@ from zoo.training.rundir import (
 )
 from zoo.training.signals import StopSignals, TrainingInterrupted
 from zoo.training.task import BatchNoise, TrainingTask, mix_seed
-from zoo.training.threads import choose_threads
 
 
 def grad_norm(parameters) -> torch.Tensor:
@@ -288,41 +289,6 @@ class Trainer:
         self.save()  # step 0: the run is resumable (and its settings recorded) from the start
         return None
 
-    @contextlib.contextmanager
-    def _engine(self):
-        """The network as it trains (DDP, torch.compile, train mode), the autocast context, the
-        thread policy and TF32, all undone on exit; yields ``(net, autocast, threads, reason)``."""
-        c = self.config
-        threads_before = torch.get_num_threads()
-        threads, why = choose_threads(c.threads, sum(p.numel() for p in self.net.parameters()),
-                                      self.device)
-        fp32_precision = (
-            torch.backends.cuda.matmul.fp32_precision,
-            torch.backends.cudnn.conv.fp32_precision,
-        )
-        torch.set_num_threads(threads)
-        try:
-            net = self.net
-            if self.world_size > 1:
-                net = nn.parallel.DistributedDataParallel(
-                    self.net,
-                    device_ids=[self.device.index] if self.device.type == "cuda" else None,
-                )
-            if c.compile:
-                net = torch.compile(net)
-            net.train()
-            dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(c.precision)
-            autocast = torch.autocast(self.device.type, dtype or torch.bfloat16,
-                                      enabled=dtype is not None)
-            if c.tf32:
-                torch.backends.cuda.matmul.fp32_precision = "tf32"
-                torch.backends.cudnn.conv.fp32_precision = "tf32"
-            yield net, autocast, threads, why
-        finally:
-            torch.backends.cuda.matmul.fp32_precision = fp32_precision[0]
-            torch.backends.cudnn.conv.fp32_precision = fp32_precision[1]
-            torch.set_num_threads(threads_before)
-
     def _log_step(self, step: int) -> bool:
         """Whether the log gets a row after ``step`` steps."""
         return step % self.config.log_every == 0 or step == self.config.iterations
@@ -340,7 +306,8 @@ class Trainer:
         if self.rank == 0:  # the others would print the same
             for warning in short_run_warnings(self.config, self.lr_at, self.ema_beta_at):
                 self.echo(f"warning: {warning}")
-        with self._engine() as (net, autocast, threads, why):
+        engine = training_engine(self.net, self.config, self.device, self.world_size)
+        with engine as (net, autocast, threads, why):
             log = open(self.run_dir / LOG_NAME, "a") if self.rank == 0 else None
             self.monitor.open(self.step)
             if log is not None:
@@ -436,7 +403,8 @@ class Trainer:
         labels = self.dataset.labels
         if labels is not None:
             labels = labels[torch.randint(len(labels), (local,), generator=gen)].to(self.device)
-        with self._engine() as (net, autocast, _, _):
+        engine = training_engine(self.net, self.config, self.device, self.world_size)
+        with engine as (net, autocast, _, _):
             for i in range(warmup + steps):
                 if i == warmup:
                     start = time.perf_counter()
