@@ -20,7 +20,7 @@ import click
 
 from zoo import plugins
 from zoo.diffusion.samplers import generate
-from zoo.methods import BenchRow, Method, Samples, draw_labels
+from zoo.methods import BenchRow, Method, Samples, check_teacher_data, draw_labels
 from zoo.training import TrainConfig, config_from_dict
 
 
@@ -94,11 +94,7 @@ class ConsistencyStudent(Method):
                 "run)")
         teacher = plugins.get("methods", "edm").load(path, device=config.device,
                                                      ema=config.teacher_weights == "ema")
-        if teacher.dataset["checksum"] != dataset.checksum:
-            raise ValueError(
-                f"teacher {path} was trained on other data ({teacher.dataset['name']}, checksum "
-                f"{teacher.dataset['checksum'][:12]}) than {dataset.name} (checksum "
-                f"{dataset.checksum[:12]})")
+        check_teacher_data(teacher, dataset)
         if self.same_sigma_data and teacher.config.sigma_data != config.sigma_data:
             raise ValueError(f"sigma_data={config.sigma_data} differs from the teacher's "
                              f"{teacher.config.sigma_data}: {self.same_sigma_data}")

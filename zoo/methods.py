@@ -55,6 +55,15 @@ def preset_scale(dataset: str, presets: dict | None = None) -> str:
     return scale
 
 
+def check_teacher_data(teacher: Run, dataset: Dataset) -> None:
+    """Refuse a teacher run trained on other data than ``dataset`` (its checksum)."""
+    if teacher.dataset["checksum"] != dataset.checksum:
+        raise ValueError(
+            f"teacher {teacher.path} was trained on other data ({teacher.dataset['name']}, "
+            f"checksum {str(teacher.dataset['checksum'])[:12]}) than {dataset.name} (checksum "
+            f"{dataset.checksum[:12]})")
+
+
 def check_num_classes(config: TrainConfig, dataset: Dataset) -> None:
     """Refuse a class-conditional ``config`` whose ``num_classes`` is not ``dataset``'s."""
     if config.num_classes and config.num_classes != dataset.num_classes:

@@ -30,7 +30,15 @@ from zoo.data import dataset_sigma_data, load_dataset
 from zoo.diffusion import SIGMA_DATA, SIGMA_MAX, SIGMA_MIN, Denoiser, karras_sigmas
 from zoo.diffusion.precond import expand_sigma
 from zoo.diffusion.samplers import euler_step, generate
-from zoo.methods import DEFAULT_RUNS_ROOT, BenchRow, Method, Samples, draw_labels, preset_scale
+from zoo.methods import (
+    DEFAULT_RUNS_ROOT,
+    BenchRow,
+    Method,
+    Samples,
+    check_teacher_data,
+    draw_labels,
+    preset_scale,
+)
 from zoo.plugins import get
 from zoo.training import CheckpointError, TrainingTask, load_checkpoint
 from zoo.training.checkpoint import CHECKPOINT_NAME
@@ -228,11 +236,7 @@ class ProgressiveDistillation(Method):
         """One stage: distil ``config.teacher`` sampling ``teacher_steps`` into half as many."""
         teacher = load_teacher(self.teacher_dir(config), device=config.device,
                                ema=config.teacher_weights == "ema")
-        if teacher.dataset["checksum"] != dataset.checksum:
-            raise ValueError(
-                f"teacher {teacher.path} was trained on other data ({teacher.dataset['name']}, "
-                f"checksum {teacher.dataset['checksum'][:12]}) than {dataset.name} "
-                f"(checksum {dataset.checksum[:12]})")
+        check_teacher_data(teacher, dataset)
         for name in TEACHER_FIELDS:
             if getattr(config, name) != getattr(teacher.config, name):
                 raise ValueError(f"{name}={getattr(config, name)!r} differs from the teacher's "

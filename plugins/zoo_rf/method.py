@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from zoo.families import FlowSampling, nfe_option
-from zoo.methods import DEFAULT_RUNS_ROOT, preset_scale
+from zoo.methods import DEFAULT_RUNS_ROOT, check_teacher_data, preset_scale
 from zoo.training import TrainConfig, setting
 from zoo.training.cost import BUDGETS, budget_iterations
 from zoo_rf.flow import RectifiedFlowLoss, ReflowPairs, VelocityField, euler_grid
@@ -149,9 +149,7 @@ class RectifiedFlow(FlowSampling):
             return RectifiedFlowLoss(velocity.to(config.device), config.t_eps)
         config.teacher = str(self.teacher_dir(config))  # the run records its teacher
         teacher = self.load(config.teacher, device=config.device)
-        if teacher.dataset["checksum"] != dataset.checksum:
-            raise ValueError(f"teacher {teacher.path} was trained on other data "
-                             f"({teacher.dataset['name']}) than {dataset.name}")
+        check_teacher_data(teacher, dataset)
         for name in TEACHER_FIELDS:
             if getattr(config, name) != getattr(teacher.config, name):
                 raise ValueError(f"{name}={getattr(config, name)!r} differs from the teacher's "
