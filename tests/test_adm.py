@@ -210,6 +210,12 @@ def test_released_runs_bench_against_a_reference_batch_without_data_or_teacher(r
             ("CD (L2)", 1), ("CD (L2)", 2), ("CT (LPIPS)", 1), ("CT (LPIPS)", 2)]
         assert all(np.isfinite(r.metrics["FD-pixels"]) for r in report.results)
         assert not (root / "imagenet64" / "edm").exists()
+        import hashlib
+        import json
+
+        table = json.loads((tmp_path / "bench" / "table.json").read_text())
+        assert table["reference_sha256"] == hashlib.sha256(
+            (tmp_path / "VIRTUAL_tiny.npz").read_bytes()).hexdigest()  # the file measured against
         with pytest.raises(ValueError, match=r"--ref .*VIRTUAL_16.npz holds 16×16 images, but "
                                              r"the samples of dataset 'imagenet64' are 8×8"):
             run_bench(["cm"], "imagenet64", runs_root=root, n=32, metrics=["fd-pixels-adm"],

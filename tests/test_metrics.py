@@ -286,6 +286,18 @@ def test_missing_inception_weights_say_which_file_goes_where(tmp_path, monkeypat
         evaluate(cifar_like.x, cifar_like, metrics=["fid"])
 
 
+def test_a_damaged_inception_weights_file_is_refused_by_its_sha256(tmp_path, monkeypatch):
+    """torch hub names the file after its sha256's first digits (6726825d): a partial download or
+    another network under that name is refused before any FID is computed from it."""
+    fake = tmp_path / fidelity.INCEPTION_FILE
+    torch.save({"w": torch.zeros(3)}, fake)
+    monkeypatch.setenv(fidelity.INCEPTION_ENV, str(fake))
+    cifar_like = images("cifar10", shape=(3, 32, 32))
+    with pytest.raises(InceptionWeightsError, match=r"sha256 [0-9a-f]{64} does not begin with "
+                                                    r"6726825d"):
+        evaluate(cifar_like.x, cifar_like, metrics=["fid"])
+
+
 def inception_available() -> bool:
     try:
         return fidelity.inception_weights().is_file()

@@ -3,6 +3,7 @@ checkpoints, EDM pickles, openai state dicts), so none of them imports another f
 
 from __future__ import annotations
 
+import hashlib
 import os
 import pickle
 import re
@@ -69,3 +70,12 @@ def temporary_file(**options) -> tuple[int, str]:
     fd, path = tempfile.mkstemp(**options)
     os.fchmod(fd, user_file_mode())
     return fd, path
+
+
+def sha256_file(path) -> str:
+    """The sha256 of a file, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -13,6 +13,7 @@ from pathlib import Path
 import zoo
 from zoo import metrics as zoo_metrics
 from zoo.bench.results import BenchError, BenchReport
+from zoo.files import sha256_file
 from zoo.training.cost import forward_equivalents
 from zoo.viz import write_atomic
 
@@ -258,6 +259,8 @@ def write_outputs(report: BenchReport, out: Path, *, complete: bool = True) -> d
         "seeds": [report.seed, report.seed + report.n - 1], "batch_size": report.batch_size,
         "device": report.device, "zoo_version": zoo.__version__, "git_commit": git_commit(),
         "note": report.note, "reference": report.ref or "dataset", "complete": complete,
+        # which reference file the numbers were measured against, byte for byte
+        "reference_sha256": sha256_file(report.ref) if report.ref else None,
         "metric_names": report.metric_names,
         "metrics": {k: {"lower_is_better": zoo_metrics.lower_is_better(k)} for k in names},
         "rows": [{"method": r.method, "entry": r.entry or r.method, "label": r.row.label,

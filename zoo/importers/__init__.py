@@ -2,7 +2,7 @@
 restricted unpickler of :mod:`.unpickle`: nothing in a file is executed) and openai's
 consistency-model checkpoints (:mod:`.openai`); :mod:`.runs` writes what both import."""
 
-from zoo.files import UnsafePickleError
+from zoo.files import UnsafePickleError, sha256_file
 from zoo.importers.edm import (
     EDM_DOWNLOADS,
     EDMNetwork,
@@ -25,7 +25,6 @@ from zoo.importers.runs import (
     dataset_record,
     load_strict,
     save_weights_run,
-    sha256_file,
     write_imported_run,
 )
 from zoo.importers.unpickle import RestrictedUnpickler

@@ -12,12 +12,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from zoo.files import UnsafePickleError, file_kind, unreadable_file_message
+from zoo.files import UnsafePickleError, file_kind, sha256_file, unreadable_file_message
 from zoo.importers.runs import (
     ImportFileError,
     dataset_record,
     load_strict,
-    sha256_file,
     write_imported_run,
 )
 from zoo.importers.unpickle import PickledObject, RestrictedUnpickler

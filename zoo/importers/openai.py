@@ -12,8 +12,8 @@ from pathlib import Path
 import torch
 
 from zoo.data.images import IMAGENET64_CLASSES
-from zoo.files import file_kind, unreadable_file_message
-from zoo.importers.runs import ImportFileError, dataset_record, sha256_file, write_imported_run
+from zoo.files import file_kind, sha256_file, unreadable_file_message
+from zoo.importers.runs import ImportFileError, dataset_record, write_imported_run
 
 OPENAI_DOWNLOADS = "https://openaipublic.blob.core.windows.net/consistency/"
 

@@ -3,7 +3,6 @@ holds, and strict loading that names every key that does not fit."""
 
 from __future__ import annotations
 
-import hashlib
 import warnings
 from pathlib import Path
 
@@ -34,14 +33,6 @@ def load_strict(net: torch.nn.Module, state_dict: dict, source: str) -> None:
                  if keys]
         raise ValueError(f"{source} does not fit the network: " + "; ".join(parts))
     net.load_state_dict(state_dict, strict=True)
-
-
-def sha256_file(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def dataset_record(name: str, shape, check_data: bool | None = None) -> dict:

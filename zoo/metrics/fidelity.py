@@ -375,6 +375,25 @@ class FidelityMetric:
         return stream.result(seed)
 
 
+#: The leading hex digits of the Inception weights' sha256, in their file name as torch hub names
+#: the files it checks (``torch.hub.download_url_to_file(hash_prefix=...)``).
+INCEPTION_SHA256_PREFIX = INCEPTION_FILE.rsplit("-", 1)[1].split(".")[0]
+
+
+def check_inception_file(path: Path) -> None:
+    """Refuse an Inception weights file whose sha256 does not begin with
+    :data:`INCEPTION_SHA256_PREFIX` (a partial download, another network): FID from it would not
+    be comparable to anyone's."""
+    from zoo.files import sha256_file
+
+    digest = sha256_file(path)
+    if not digest.startswith(INCEPTION_SHA256_PREFIX):
+        raise InceptionWeightsError(
+            f"{path} is not torch-fidelity's {INCEPTION_FILE}: its sha256 {digest} "
+            f"does not begin with {INCEPTION_SHA256_PREFIX} (a partial or other download); get "
+            f"it again from {INCEPTION_URL}")
+
+
 def use_inception_weights(path: str | os.PathLike) -> None:
     """Make ``path`` (checked, :func:`inception_weights`) the Inception weights of every later
     feature extractor in this process and its children (``$ZOO_INCEPTION_WEIGHTS``)."""
@@ -421,7 +440,9 @@ class InceptionMetric(FidelityMetric):
         self.weights = weights
 
     def extractor_options(self) -> dict:
-        state = torch.load(inception_weights(self.weights), map_location="cpu", weights_only=True)
+        path = inception_weights(self.weights)
+        check_inception_file(path)
+        state = torch.load(path, map_location="cpu", weights_only=True)
         buffer = io.BytesIO()
         torch.save(state, buffer)
         buffer.seek(0)
