@@ -119,3 +119,23 @@ def test_zoo_tune_command_runs_and_refuses_a_dataset_without_validation(still, t
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     assert "best of 1 trials (0 pruned)" in result.output
+
+
+def test_a_staged_runs_tuning_cost_holds_every_stage_not_its_teacher(tmp_path):
+    """PD trains its stages one after another, each from the last: a trial's cost is the whole
+    chain of its stages less the EDM teacher's training (the same for every trial)."""
+    from zoo.training.cost import forward_equivalents, run_cost
+    from zoo.tuning import own_cost
+
+    edm, pd = (zoo.plugins.get("methods", n) for n in ("edm", "pd"))
+    teacher = edm.train(edm.configure("toy", iterations=2, **TINY), tmp_path / "edm",
+                        progress=False)
+    config = pd.configure("toy", teacher=str(teacher), teacher_steps=4, iterations=2, **TINY)
+    root = pd.train(config, tmp_path / "pd", progress=False)
+    stages = sorted(root.glob("stage-*"))
+    assert len(stages) == 2
+    cost = own_cost(pd, config, root)
+    per_stage = [forward_equivalents(load_checkpoint(s)["cost"]) for s in stages]
+    assert cost == pytest.approx(sum(per_stage)) and cost > 0
+    assert cost == forward_equivalents(run_cost(stages[-1])) - forward_equivalents(
+        run_cost(teacher))

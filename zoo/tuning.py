@@ -100,14 +100,19 @@ def validation_score(method: Method, run_dir: Path, dataset: str, *, n: int | No
     return float(result[protocol["result"]])
 
 
-def own_cost(config, run_dir: Path) -> float:
-    """Forward-equivalent passes of the run itself (its teacher's are not the study's)."""
-    total = run_cost(run_dir)
-    if total is None:
+def own_cost(method: Method, config, run_dir: Path) -> float:
+    """Forward-equivalent passes of the run itself (its teacher's are not the study's): the
+    costliest chain among the run's row runs (a staged run's last stage, whose chain holds every
+    stage) less its teacher's."""
+    run_dir = Path(run_dir)
+    dirs = {run_dir, *(Path(r.run_dir) for r in method.bench_rows(run_dir))}
+    totals = [forward_equivalents(cost) for d in dirs if (d / "checkpoint.pt").exists()
+              and (cost := run_cost(d)) is not None]
+    if not totals:
         return 0.0
     teacher = getattr(config, "teacher", "")
     inherited = run_cost(teacher) if teacher and Path(teacher).exists() else None
-    return float(forward_equivalents(total) - (forward_equivalents(inherited) if inherited else 0))
+    return float(max(totals) - (forward_equivalents(inherited) if inherited else 0))
 
 
 def params_key(params: dict) -> str:
@@ -149,7 +154,7 @@ def run_trial(method: Method, trial, dataset: str, fixed: dict, fraction: float,
             step = paused.step
         resume = True
         score = validation_score(method, run_dir, dataset, n=n, device=device)
-        trial.set_user_attr("cost_fwd", own_cost(config, run_dir))
+        trial.set_user_attr("cost_fwd", own_cost(method, config, run_dir))
         trial.report(score, step // every)
         if step >= config.iterations:
             trial.set_user_attr("settings", json.loads(json.dumps(config_to_dict(
