@@ -286,6 +286,11 @@ class Method(abc.ABC):
 
         return learning_and_averaging(config)
 
+    def tune_row(self, rows: list[BenchRow]) -> BenchRow:
+        """The row ``zoo tune`` scores a trial on: by default the fewest steps (the few-step
+        frontier's headline); a teacher overrides it with the row it is used at."""
+        return min(rows, key=lambda r: r.nfe)
+
     def teacher_run(self, config: TrainConfig) -> Path | None:
         """The run a run of ``config`` trains from (a distillation teacher, the weights it
         starts from); None when it needs none."""

@@ -20,7 +20,7 @@ import json
 import math
 from pathlib import Path
 
-from zoo.methods import BenchRow, Method
+from zoo.methods import Method
 from zoo.training import config_to_dict
 from zoo.training.config import merge_overrides
 from zoo.training.cost import forward_equivalents, run_cost
@@ -70,17 +70,9 @@ def trial_config(method: Method, dataset: str, fixed: dict, params: dict, fracti
     return config
 
 
-def tune_row(method: Method, rows: list[BenchRow]) -> BenchRow:
-    """The row a trial is scored on: the method's ``tune_row`` if it has one, else its fewest
-    steps (the few-step frontier's headline)."""
-    if hasattr(method, "tune_row"):
-        return method.tune_row(rows)
-    return min(rows, key=lambda r: r.nfe)
-
-
 def validation_score(method: Method, run_dir: Path, dataset: str, *, n: int | None = None,
                      device: str = "cpu") -> float:
-    """The validation metric of the run's scored row (:func:`tune_row`) on ``n`` samples of
+    """The validation metric of the run's scored row (``Method.tune_row``) on ``n`` samples of
     seeds from :data:`VALIDATION_SEED`; a non-finite sample scores ``inf``."""
     import torch
 
@@ -88,7 +80,7 @@ def validation_score(method: Method, run_dir: Path, dataset: str, *, n: int | No
     from zoo.metrics import evaluate
 
     protocol = validation(dataset)
-    row = tune_row(method, method.bench_rows(run_dir))
+    row = method.tune_row(method.bench_rows(run_dir))
     run = method.load(row.run_dir, device=device)
     n = n or protocol["n"]
     x = method.sample(run, n, seed=VALIDATION_SEED, device=device, **row.options).x
