@@ -21,10 +21,13 @@ FAMILIES = {"edm": ("edm", "edm"), "cm-cd": ("cm", "cm-cd"), "cm-ct": ("cm", "cm
             "ect": ("ect", "ect"), "scm-sct": ("scm", "scm-sct"), "scm-scd": ("scm", "scm-scd")}
 
 
-def tuned_settings(tune_root: Path) -> tuple[dict, dict]:
-    """``({scope: {setting: value}}, {run: tuning cost})`` of the studies found."""
+def tuned_settings(tune_root: Path, families=None) -> tuple[dict, dict]:
+    """``({scope: {setting: value}}, {run: tuning cost})`` of the studies found (of
+    ``families`` only, when given)."""
     settings, costs = {}, {}
     for family, (method, run) in FAMILIES.items():
+        if families and family not in families:
+            continue
         best = tune_root / family / "best.json"
         if best.exists():
             record = json.loads(best.read_text())
@@ -40,8 +43,11 @@ def main() -> None:
     parser.add_argument("--runs-root", default="runs-tuned")
     parser.add_argument("--out", default=None)
     parser.add_argument("--jobs", type=int, default=1)
+    parser.add_argument("--families", default=None,
+                        help=f"Comma-separated studies to table [default: all of {list(FAMILIES)}]")
     args = parser.parse_args()
-    settings, costs = tuned_settings(Path(args.tune) / args.dataset)
+    families = args.families.split(",") if args.families else None
+    settings, costs = tuned_settings(Path(args.tune) / args.dataset, families)
     if not settings:
         raise SystemExit(f"no best.json under {Path(args.tune) / args.dataset}: run the studies")
     methods = list(dict.fromkeys(scope.split("/")[0] for scope in settings))
