@@ -13,6 +13,7 @@ through any registered sampler of its kind and its bench rows.
 
 from __future__ import annotations
 
+import abc
 import json
 from pathlib import Path
 
@@ -49,21 +50,21 @@ class ConsistencyStudent(Method):
     #: the NFE of the bench rows (those the run's default schedule has steps for)
     bench_nfe = (1, 2)
 
+    @abc.abstractmethod
     def schedule(self, config: TrainConfig) -> list[float]:
         """The run's default sampling σ, one per step (the first NFE are sampled)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def parse_schedule(self, text: str, config: TrainConfig, name: str) -> list[float]:
         """The σ of an explicit schedule ``text`` (option ``name``), checked."""
-        raise NotImplementedError
 
     def schedule_info(self, config: TrainConfig, sigmas: list[float]) -> dict:
         """How the samples' record names the schedule."""
         return {"sigmas": sigmas}
 
+    @abc.abstractmethod
     def bench_label(self, config: TrainConfig) -> str:
         """The label of the run's bench rows."""
-        raise NotImplementedError
 
     def sampler_sigma_min(self, config: TrainConfig) -> float:
         """ε of the re-noising √(σ² − ε²) between steps: the run's ``sigma_min``."""
@@ -166,16 +167,17 @@ class FlowSampling(Method):
     #: NFE of the bench rows
     bench_nfe: tuple[int, ...] = (1, 2)
 
+    @abc.abstractmethod
     def time_grid(self, steps: int) -> list[float]:
         """The grid of ``steps`` steps the sampler walks, from 1 down to 0."""
-        raise NotImplementedError
 
     def default_nfe(self, config: TrainConfig) -> int:
         """The steps of ``zoo sample`` without ``--nfe``."""
         return 1
 
+    @abc.abstractmethod
     def bench_label(self, config: TrainConfig) -> str:
-        raise NotImplementedError
+        """The label of the run's bench rows."""
 
     def bench_steps(self, config: TrainConfig) -> tuple[int, ...]:
         return self.bench_nfe
