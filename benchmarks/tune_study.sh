@@ -5,7 +5,8 @@
 # billion forward-equivalent passes or TRIALS trials, in tune/DATASET/FAMILY/. Distilled families
 # and those starting from a teacher's weights use TEACHER_RUN, an edm run on the trials' data
 # (toy: the bench's runs/toy/edm; digits: an edm run on split "fit", docs/tuning.md). Stopped at
-# any point, the same command continues every study where it was.
+# any point, the same command continues every study where it was. Each study retrains its best
+# $CONFIRM (default 2) trials at full length and names the best of those.
 set -euo pipefail
 dataset=${1:?dataset}; budget=${2:?budget in G forward-equivalent passes}; trials=${3:?trials}
 teacher=${4:-runs/$dataset/edm}
@@ -13,7 +14,7 @@ zoo=${ZOO:-zoo}
 study() {  # FAMILY METHOD [--set ...]
   local family=$1 method=$2; shift 2
   $zoo tune "$method" --dataset "$dataset" --trials "$trials" --budget-gfwd "$budget" \
-    --out "tune/$dataset/$family" --no-progress "$@"
+    --confirm "${CONFIRM:-2}" --out "tune/$dataset/$family" --no-progress "$@"
 }
 study edm edm
 study cm-cd cm --set mode=cd --set "teacher=$teacher"

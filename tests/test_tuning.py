@@ -139,3 +139,19 @@ def test_a_staged_runs_tuning_cost_holds_every_stage_not_its_teacher(tmp_path):
     assert cost == pytest.approx(sum(per_stage)) and cost > 0
     assert cost == forward_equivalents(run_cost(stages[-1])) - forward_equivalents(
         run_cost(teacher))
+
+
+def test_the_best_trials_are_confirmed_at_full_length(still, tmp_path):
+    """--confirm 1: the best trial retrained at the preset's full length names the winner, its
+    full-length validation score and settings are recorded and its cost joins the study's."""
+    fixed = {**TINY, "iterations": 60}
+    record = tune(still, "toy", trials=2, out=tmp_path / "s", fixed=fixed, fraction=0.5, n=300,
+                  progress=False, echo=lambda m: None, confirm=1)
+    (confirmed,) = record["confirmed"]
+    assert confirmed["settings"]["iterations"] == 60  # full length, the trials' 30 doubled
+    assert record["settings"]["iterations"] == 60 and record["trial"] == confirmed["trial"]
+    assert record["validation"]["W2"] == confirmed["validation"] != confirmed["short"]
+    short_cost = sum(t.user_attrs["cost_fwd"] for t in optuna.load_study(
+        study_name="still-edm-toy", storage=f"sqlite:///{tmp_path / 's' / 'study.db'}").trials)
+    assert record["tuning_cost_fwd"] == pytest.approx(short_cost + confirmed["cost_fwd"])
+    assert confirmed["cost_fwd"] > 0

@@ -57,16 +57,17 @@ def validation(dataset: str) -> dict:
 
 def trial_config(method: Method, dataset: str, fixed: dict, params: dict, fraction: float):
     """The config a trial trains: the preset with the study's ``fixed`` settings and the trial's
-    ``params``, on the tuning data, for ``fraction`` of the preset's iterations (checkpointed at
-    each report)."""
+    ``params``, on the tuning data, for ``fraction`` of the iterations of the preset with the
+    fixed settings (checkpointed at each report)."""
     protocol = validation(dataset)
     overrides = merge_overrides({}, {**fixed, **params})
-    preset = method.configure(dataset, **{k: v for k, v in overrides.items() if k == "mode"})
-    iterations = max(REPORTS, round(preset.iterations * fraction) // REPORTS * REPORTS)
+    preset = method.configure(dataset, **fixed)  # the full length: the preset's, or fixed
+    iterations = preset.iterations if fraction >= 1 else max(
+        REPORTS, round(preset.iterations * fraction) // REPORTS * REPORTS)
     options = {**preset.dataset_options, **protocol["train"]}
     config = method.configure(dataset, **{**overrides, "iterations": iterations,
                                           "dataset_options": options,
-                                          "checkpoint_every": iterations // REPORTS})
+                                          "checkpoint_every": max(1, iterations // REPORTS)})
     return config
 
 
@@ -191,12 +192,14 @@ def open_study(method: Method, dataset: str, out: Path, *, seed: int = 0, pruner
 def tune(method: Method, dataset: str, *, trials: int, out: Path, fixed: dict | None = None,
          fraction: float = 0.25, budget_fwd: float | None = None, n: int | None = None,
          seed: int = 0, device: str = "cpu", progress: bool = True, echo=print,
-         pruner=None) -> dict:
+         pruner=None, confirm: int = 0) -> dict:
     """Run (or continue) the study of ``method`` on ``dataset`` until it holds ``trials``
     finished or pruned trials or its trials' cost reaches ``budget_fwd`` forward-equivalent
     passes; write ``best.json`` (the study, trial, validation score, settings and the study's
     cost) and the history and parameter-importance plots; return the best record. ``pruner``:
-    another Optuna pruner than Hyperband over the :data:`REPORTS` rungs."""
+    another Optuna pruner than Hyperband over the :data:`REPORTS` rungs. ``confirm`` > 0
+    retrains the best ``confirm`` trials at the preset's full length and names the best of those
+    (a score at a fraction of the run is a low-fidelity estimate); their cost joins the study's."""
     import optuna
     from optuna.trial import TrialState
     from tqdm.auto import tqdm
@@ -235,15 +238,51 @@ def tune(method: Method, dataset: str, *, trials: int, out: Path, fixed: dict | 
     best = _best(study)
     if best is None:
         raise RuntimeError(f"the study in {out} has no finished trial")
+    value, settings, cost, confirmed = best.value, best.user_attrs.get("settings"), 0.0, []
+    if confirm:
+        confirmed = confirm_at_full_length(method, dataset, study, fixed, out, confirm, n=n,
+                                           device=device)
+        winner = min(confirmed, key=lambda c: c["validation"])
+        best = study.trials[winner["trial"]]
+        value, settings = winner["validation"], winner["settings"]
+        cost = sum(c["cost_fwd"] for c in confirmed)
     record = {"study": study.study_name, "storage": str(out / "study.db"), "trial": best.number,
-              "validation": {validation(dataset)["result"]: best.value},
-              "params": best.params, "settings": best.user_attrs.get("settings"),
+              "validation": {validation(dataset)["result"]: value},
+              "params": best.params, "settings": settings, "confirmed": confirmed,
               "fixed": fixed, "trials": len(done()),
               "pruned": sum(t.state == TrialState.PRUNED for t in study.trials),
-              "tuning_cost_fwd": study_cost(study), "trial_fraction": fraction}
+              "tuning_cost_fwd": study_cost(study) + cost, "trial_fraction": fraction}
     (out / "best.json").write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
     write_plots(study, out, optuna)
     return record
+
+
+def confirm_at_full_length(method: Method, dataset: str, study, fixed: dict, out: Path,
+                           top: int, *, n: int | None = None, device: str = "cpu") -> list[dict]:
+    """The ``top`` best finished trials retrained at the preset's full length (in
+    ``out/confirm/``, continued if a stop interrupted them) and scored again: ``[{trial, short
+    score, validation, settings, cost_fwd}]``."""
+    from optuna.trial import TrialState
+
+    finished = sorted((t for t in study.trials if t.state == TrialState.COMPLETE),
+                      key=lambda t: t.value)[:top]
+    confirmed = []
+    for trial in finished:
+        config = trial_config(method, dataset, fixed, trial.params, 1.0)
+        config.device = device
+        run_dir = out / "confirm" / params_key({**fixed, **trial.params,
+                                                "iterations": config.iterations})
+        if (run_dir / "checkpoint.pt").exists() or (run_dir / "config.json").exists():
+            method.resume(run_dir, {"device": device}, progress=False, echo=lambda m: None)
+        else:
+            method.train(dataclasses.replace(config), run_dir, progress=False)
+        confirmed.append({
+            "trial": trial.number, "short": trial.value,
+            "validation": validation_score(method, run_dir, dataset, n=n, device=device),
+            "settings": json.loads(json.dumps(config_to_dict(load_saved_config(method,
+                                                                               run_dir)))),
+            "cost_fwd": own_cost(method, config, run_dir)})
+    return confirmed
 
 
 def _best(study):

@@ -31,11 +31,14 @@ from zoo.cli.common import USER_ERRORS, UserError, main, registered_method, user
 @click.option("--out", type=click.Path(file_okay=False), default=None,
               help="The study's folder: study.db (resumable), trials/, best.json, history.png, "
               "importance.png [default: tune/DATASET/METHOD].")
+@click.option("--confirm", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Retrain the best K trials at the preset's full length and name the best of "
+              "those (a score at a fraction of the run can mislead); their cost is counted.")
 @click.option("--seed", type=int, default=0, show_default=True, help="The TPE sampler's seed.")
 @with_option("device")
 @with_option("progress")
 def tune_command(method_name, dataset, trials, trial_fraction, budget_gfwd, settings, n, out,
-                 seed, device, progress):
+                 confirm, seed, device, progress):
     """Search a method's settings (its search space: docs/tuning.md) with Optuna's TPE and a
     Hyperband pruner on the validation split; stopped at any point, the same command continues
     the study."""
@@ -51,7 +54,7 @@ def tune_command(method_name, dataset, trials, trial_fraction, budget_gfwd, sett
         record = tune(method, dataset, trials=trials, out=out, fixed=fixed.get(None, {}),
                       fraction=trial_fraction,
                       budget_fwd=budget_gfwd * 1e9 if budget_gfwd else None, n=n, seed=seed,
-                      device=device, progress=progress,
+                      device=device, progress=progress, confirm=confirm,
                       echo=lambda message: click.echo(message, err=True))
     except ImportError as exc:
         raise UserError(f"zoo tune needs Optuna: pip install 'fewstep-zoo[tune]' ({exc})"
