@@ -99,18 +99,27 @@ def test_class_labels_change_the_output_and_indices_equal_one_hot(reference):
         net(x, noise, torch.tensor([[1, 2, 3]]))
 
 
+def fixture_checkpoint(ref: dict, path: Path) -> Path:
+    """The fixture's openai network saved like a released file (a state dict)."""
+    torch.save(make_adm_fixture.fixture_parameters(ref["shapes"]), path)
+    return path
+
+
+def shrunk_preset(ref: dict, name: str):
+    """The released file's preset ``name`` shrunk to the fixture's architecture (8×8 images)."""
+    return dataclasses.replace(OPENAI_PRESETS[name], shape=(3, 8, 8),
+                               network_kwargs=openai_adm_kwargs(ref["kwargs"]),
+                               num_classes=ref["kwargs"]["num_classes"])
+
+
 @pytest.fixture
 def imported_cd_run(reference, tmp_path):
     """The fixture's openai network saved like a released file (a state dict) and imported with
     the cd-imagenet64-l2 preset, shrunk to the fixture's architecture."""
     ref = reference["openai"]
-    checkpoint = tmp_path / "cd_tiny.pt"
-    torch.save(make_adm_fixture.fixture_parameters(ref["shapes"]), checkpoint)
-    preset = dataclasses.replace(OPENAI_PRESETS["cd-imagenet64-l2"], shape=(3, 8, 8),
-                                 network_kwargs=openai_adm_kwargs(ref["kwargs"]),
-                                 num_classes=ref["kwargs"]["num_classes"])
-    run = import_openai_run(checkpoint, tmp_path / "run", preset, method="cm",
-                            check_data=False)
+    checkpoint = fixture_checkpoint(ref, tmp_path / "cd_tiny.pt")
+    run = import_openai_run(checkpoint, tmp_path / "run", shrunk_preset(ref, "cd-imagenet64-l2"),
+                            method="cm", check_data=False)
     return zoo.plugins.get("methods", "cm").load(run)
 
 
@@ -187,13 +196,10 @@ def test_released_runs_bench_against_a_reference_batch_without_data_or_teacher(r
 
     monkeypatch.setenv("ZOO_DATA_DIR", str(tmp_path / "no-data"))
     ref = reference["openai"]
-    checkpoint = tmp_path / "tiny.pt"
-    torch.save(make_adm_fixture.fixture_parameters(ref["shapes"]), checkpoint)
+    checkpoint = fixture_checkpoint(ref, tmp_path / "tiny.pt")
     root = tmp_path / "runs"
     for run, preset in (("cm-cd-l2", "cd-imagenet64-l2"), ("cm-ct", "ct-imagenet64")):
-        shrunk = dataclasses.replace(OPENAI_PRESETS[preset], shape=(3, 8, 8),
-                                     network_kwargs=openai_adm_kwargs(ref["kwargs"]),
-                                     num_classes=ref["kwargs"]["num_classes"])
+        shrunk = shrunk_preset(ref, preset)
         with pytest.warns(UserWarning, match="imagenet64's files are not here"):
             import_openai_run(checkpoint, root / "imagenet64" / run, shrunk, method="cm")
     rng = np.random.default_rng(0)
@@ -233,11 +239,8 @@ def test_a_preset_file_describes_another_openai_checkpoint(reference, tmp_path):
     from zoo.settings_file import write_settings
 
     ref = reference["openai"]
-    checkpoint = tmp_path / "tiny.pt"
-    torch.save(make_adm_fixture.fixture_parameters(ref["shapes"]), checkpoint)
-    built_in = dataclasses.replace(OPENAI_PRESETS["cd-imagenet64-l2"], shape=(3, 8, 8),
-                                   network_kwargs=openai_adm_kwargs(ref["kwargs"]),
-                                   num_classes=ref["kwargs"]["num_classes"])
+    checkpoint = fixture_checkpoint(ref, tmp_path / "tiny.pt")
+    built_in = shrunk_preset(ref, "cd-imagenet64-l2")
     expected = import_openai_run(checkpoint, tmp_path / "built-in", built_in, check_data=False)
     write_settings({k: v for k, v in dataclasses.asdict(built_in).items() if k != "file"},
                    tmp_path / "mine.toml")
