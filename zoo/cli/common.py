@@ -144,6 +144,19 @@ SHARED_OPTIONS = {
 }
 
 
+def json_object(flag: str, value: str) -> dict:
+    """The JSON object given to ``flag``; anything else is a :class:`UserError` naming it."""
+    import json
+
+    try:
+        parsed = json.loads(value)
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{flag} must be JSON: {exc}") from None
+    if not isinstance(parsed, dict):
+        raise UserError(f"{flag} must be a JSON object, got {value!r}")
+    return parsed
+
+
 def shared_option(name: str, **changes) -> click.Option:
     """The shared option ``name`` (:data:`SHARED_OPTIONS`) with ``changes`` to its settings."""
     decls, settings = SHARED_OPTIONS[name]

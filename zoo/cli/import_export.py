@@ -1,5 +1,5 @@
-"""Weights in and out: ``zoo import-edm``, ``zoo import-openai`` (released checkpoints),
-``zoo export`` and ``zoo import-safetensors``."""
+"""Weights in and out: ``zoo import-edm``, ``zoo import-openai``, ``zoo import-openai-jax``
+(released checkpoints), ``zoo export`` and ``zoo import-safetensors``."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import click
 from zoo.cli.common import (
     USER_ERRORS,
     UserError,
+    json_object,
     main,
     user_error,
     with_option,
@@ -91,6 +92,39 @@ def import_openai_command(checkpoint, preset, method, out, dataset, check_data):
     run_dir = _import(lambda: import_openai_run(checkpoint, out, preset, method=method,
                                                 dataset=dataset, check_data=check_data))
     click.echo(f"imported {checkpoint} -> {run_dir / 'checkpoint.pt'}")
+
+
+@main.command("import-openai-jax")
+@click.argument("checkpoint", type=click.Path(dir_okay=False, exists=True))
+@click.option("--preset", required=True,
+              help="The released file's settings: edm-cifar10, cd-l1, cd-l2, cd-lpips, "
+              "ct-lpips, cd-cont-l2, cd-cont-l2-stopgrad, cd-cont-lpips-stopgrad, ct-cont-l2, "
+              "ct-cont-lpips (docs/reproduce.md lists the files).")
+@click.option("--out", required=True, type=click.Path(file_okay=False),
+              help="Run directory to create, e.g. runs/cifar10/cm-cd-lpips-jax.")
+@click.option("--weights", type=click.Choice(["ema", "online"]), default="ema",
+              show_default=True,
+              help="The checkpoint's params_ema (what the paper sampled and evaluated) or its "
+              "params.")
+@click.option("--dataset", default="cifar10", show_default=True,
+              help="The data the network was trained on.")
+@click.option("--network-kwargs", default=None, metavar="JSON",
+              help="Settings of another NCSN++ written by the same code, e.g. "
+              '\'{"model_channels": 64, "channel_mult": [1, 2], "img_resolution": 16}\' '
+              "[default: the released files' network].")
+@_CHECK_DATA
+def import_openai_jax_command(checkpoint, preset, out, weights, dataset, network_kwargs,
+                              check_data):
+    """Import a Flax checkpoint released by openai/consistency_models_cifar10 (edm_cifar10_ema,
+    cd-lpips/checkpoints/checkpoint_80, ...) as an `edm` or `cm` run of the ncsnpp network,
+    read without JAX (msgpack; nothing in the file is executed)."""
+    from zoo.importers import import_jax_run
+
+    kwargs = json_object("--network-kwargs", network_kwargs) if network_kwargs else None
+    run_dir = _import(lambda: import_jax_run(checkpoint, out, preset, weights=weights,
+                                             dataset=dataset, check_data=check_data,
+                                             network_kwargs=kwargs))
+    click.echo(f"imported the {weights} weights of {checkpoint} -> {run_dir / 'checkpoint.pt'}")
 
 
 @main.command("export")

@@ -15,6 +15,7 @@ from zoo.cli.common import (
     USER_ERRORS,
     MethodGroup,
     UserError,
+    json_object,
     main,
     shared_option,
     user_error,
@@ -120,12 +121,7 @@ def _overrides(config_class, params: dict) -> dict:
         if value is None or f.name in ("method", "dataset"):
             continue
         if _click_type(f.type if isinstance(f.type, str) else f.type.__name__) == "json":
-            try:
-                value = json.loads(value)
-            except json.JSONDecodeError as exc:
-                raise UserError(f"--{f.name.replace('_', '-')} must be JSON: {exc}") from None
-            if not isinstance(value, dict):
-                raise UserError(f"--{f.name.replace('_', '-')} must be a JSON object")
+            value = json_object(f"--{f.name.replace('_', '-')}", value)
         out[f.name] = value
     return out
 
