@@ -154,13 +154,15 @@ def test_the_command_line_imports_torch_only_for_a_command_that_needs_it():
 
 
 def test_train_help_shows_each_modes_own_preset_values_and_the_real_defaults():
-    """CT's cifar10 learning rate and μ form are CT's, not CD's; settings no preset changes show
-    their own default (``--device auto``, not this machine's resolution of it)."""
+    """CT∞'s cifar10 learning rate and CT's μ form are their own, not CD's; settings no preset
+    changes show their own default (``--device auto``, not this machine's resolution of it)."""
     cm = get("methods", "cm")
     text = " ".join(cli("train", "cm", "--help").output.split())
     ct, cd = cm.configure("cifar10", mode="ct"), cm.configure("cifar10", mode="cd")
-    assert ct.lr != cd.lr and ct.ct_mu_form != cd.ct_mu_form
-    assert f"cifar10 cd {cd.lr:g} / ct {ct.lr:g}" in text
+    cd_cont, ct_cont = (cm.configure("cifar10", mode=m) for m in ("cd-cont", "ct-cont"))
+    assert ct_cont.lr != cd_cont.lr and ct.ct_mu_form != cd.ct_mu_form
+    assert (f"cifar10 cd {cd.lr:g} / ct {ct.lr:g} / cd-cont {cd_cont.lr:g} / "
+            f"ct-cont {ct_cont.lr:g}") in text
     assert f"cd {cd.ct_mu_form} / ct {ct.ct_mu_form}" in text
     assert "or cuda:N. [default: auto]" in text and "cifar10 cpu" not in text
     assert "Adam β1. [default: 0.9]" in text

@@ -59,7 +59,7 @@ def presets():
         "EDM VP": (edm.configure("cifar10", network="ddpmpp"), {**own_edm, "network": "ddpmpp"}),
         "PD": (pd.configure("cifar10"), zoo_pd.method.PRESETS["cifar10"]),
     }
-    for label, mode in (("CD", "cd"), ("CT", "ct"), ("CD∞ and CT∞", "cd-cont")):
+    for label, mode in (("CD", "cd"), ("CT", "ct"), ("CD∞", "cd-cont"), ("CT∞", "ct-cont")):
         out[label] = (cm.configure("cifar10", mode=mode),
                       {**cm_presets["common"], **cm_presets[mode]})
     rf, meanflow, ect, scm = (get("methods", m) for m in ("rf", "meanflow", "ect", "scm"))
@@ -102,11 +102,14 @@ def test_every_cifar10_preset_matches_the_reproduction_tables():
                 assert name in listed, (section, name)
 
 
-def test_ct_cont_preset_is_cd_cont_but_for_the_tangent():
+def test_ct_cont_preset_is_cd_cont_but_for_the_launch_commands_changes():
+    """launch.sh:65 trains CT∞ on CD∞'s config with lr 5e-6 and the stop-gradient objective;
+    everything else (teacher init, l2, dropout 0.3, uniform-u) is CD∞'s."""
     cm = get("methods", "cm")
     cd, ct = cm.configure("cifar10", mode="cd-cont"), cm.configure("cifar10", mode="ct-cont")
-    assert {k: v for k, v in vars(cd).items() if k != "mode"} == \
-           {k: v for k, v in vars(ct).items() if k != "mode"}
+    differ = {k for k in vars(cd) if getattr(cd, k) != getattr(ct, k)}
+    assert differ == {"mode", "lr", "continuous_loss"}
+    assert (ct.lr, ct.continuous_loss, ct.init) == (5e-6, "stopgrad", "teacher")
 
 
 @pytest.mark.parametrize("form", ["paper", "code"])

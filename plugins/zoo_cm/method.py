@@ -173,15 +173,20 @@ PRESETS = {
         # EMA (jcm/losses.py:893-896): θ⁻ = stopgrad(θ)
         "cd": dict(num_scales=18, solver="heun", target_ema=0.0),
         # cifar10_ve_ct_adaptive.py:21 finetune False; :25-27 start_ema, start_scales,
-        # end_scales; :80 lr 2e-4; μ(k) as jcm/losses.py:916-926 computes it
-        "ct": dict(init="random", s0=2, s1=150, mu0=0.9, lr=2e-4, ct_mu_form="code"),
+        # end_scales; lr 4e-4: launch.sh:52, the command of the released ct-lpips run,
+        # overrides the config's 2e-4 (:80), as the paper's Table 3 says; μ(k) as
+        # jcm/losses.py:916-926 computes it
+        "ct": dict(init="random", s0=2, s1=150, mu0=0.9, lr=4e-4, ct_mu_form="code"),
         # cifar10_ve_continuous.py:20 loss_norm l2; :22 stopgrad False (the unsquared ‖df/dt‖
         # differentiated through the JVP); :66 dropout 0.3; :72 lr 1e-3; weight 1 per
         # u ~ U[0, 1] of t = τ(u) (jcm/losses.py:516-525)
         "cd-cont": dict(distance="l2", lr=1e-3, network_kwargs={"dropout": 0.3},
                         weighting="uniform-u", continuous_loss="norm"),
-        "ct-cont": dict(distance="l2", lr=1e-3, network_kwargs={"dropout": 0.3},
-                        weighting="uniform-u", continuous_loss="norm"),
+        # CT∞ has no config of its own: launch.sh:65 (continuous-ct-l2) runs
+        # cifar10_ve_continuous.py with lr 5e-6, dsm_target (the unbiased tangent), stopgrad
+        # True (the stop-gradient objective) and finetune True (from the teacher)
+        "ct-cont": dict(distance="l2", lr=5e-6, network_kwargs={"dropout": 0.3},
+                        weighting="uniform-u", continuous_loss="stopgrad"),
     },
     # The class-conditional ImageNet-64 runs of openai/consistency_models scripts/launch.sh
     # (cm_train.py; :25 CD-LPIPS, :22 CD-L2 with --distance l2, :38 CT): the teacher's ADM with
