@@ -106,19 +106,21 @@ class ResBlock(nn.Module):
                                 else nn.Conv2d(channels, out_channels, 1))
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
-        norm_act, conv = self.in_layers[:-1], self.in_layers[-1]
-        h = norm_act(x)
+        # the layers by index: slicing an nn.Sequential builds a new module on every call
+        in_norm, in_act, in_conv = self.in_layers
+        out_norm, out_act, out_drop, out_conv = self.out_layers
+        h = in_act(in_norm(x))
         if self.updown is not None:
             h, x = _resample(h, self.updown), _resample(x, self.updown)
-        h = conv(h)
+        h = in_conv(h)
         emb = self.emb_layers(emb).to(h.dtype)[:, :, None, None]
-        out_norm, out_rest = self.out_layers[0], self.out_layers[1:]
         if self.use_scale_shift_norm:
             scale, shift = emb.chunk(2, dim=1)
-            h = out_rest(out_norm(h) * (1 + scale) + shift)
+            h = torch.addcmul(shift, out_norm(h), 1 + scale)
         else:
-            h = self.out_layers(h + emb)
-        return self.skip_connection(x) + h
+            h = out_norm(h + emb)
+        # in place on the fresh conv output (no autograd needs it): one activation fewer
+        return out_conv(out_drop(out_act(h))).add_(self.skip_connection(x))
 
 
 class AttentionBlock(nn.Module):
@@ -147,7 +149,7 @@ class AttentionBlock(nn.Module):
             # copies, about half the time of the CPU's scaled_dot_product_attention here
             w = torch.einsum("bhcq,bhck->bhqk", q, k * q.shape[2] ** -0.5).softmax(dim=-1)
             h = torch.einsum("bhqk,bhck->bhcq", w, v)
-        return x + self.proj_out(h.reshape(b, c, height, width))
+        return self.proj_out(h.reshape(b, c, height, width)).add_(x)
 
 
 class TimestepSequential(nn.Sequential):
