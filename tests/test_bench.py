@@ -570,6 +570,30 @@ def test_a_sampler_returning_nan_never_enters_the_table(benched, tmp_path, faili
     assert not (tmp_path / "out" / "table.json").exists()
 
 
+def test_a_philox_bench_records_its_stream_and_never_mixes_with_torch_rows(benched, tmp_path,
+                                                                           monkeypatch):
+    """Rows drawn from another noise stream cannot share a table: a bench into the torch-stream
+    bench's folder with --noise-stream philox is refused before any work; into its own folder
+    it records the stream, and its numbers are another draw of the same model."""
+    out = tmp_path / "out"
+    shutil.copytree(benched[0] / "out", out)
+    before = digest(out)
+    args = ["bench", "--models", "pd", "--dataset", "toy", "--runs-root",
+            str(benched[0] / "runs"), "--n", "64", "--noise-stream", "philox"]
+    result = CliRunner().invoke(main, [*args, "--out", str(out)])
+    assert result.exit_code == 1
+    assert "(noise stream 'torch' there, 'philox' now)" in result.output
+    assert digest(out) == before
+    result = CliRunner().invoke(main, [*args, "--out", str(tmp_path / "philox")])
+    assert result.exit_code == 0, result.output
+    assert "seeds 0..63 (philox noise)" in result.output
+    record = json.loads((tmp_path / "philox" / "table.json").read_text())
+    assert record["noise_stream"] == "philox"
+    torch_rows = {(r.row.label, r.row.nfe): r.metrics["W2"] for r in benched[1].results}
+    philox_rows = {(r["label"], r["nfe"]): r["metrics"]["W2"] for r in record["rows"]}
+    assert all(philox_rows[k] != torch_rows[k] for k in philox_rows)
+
+
 def test_a_bench_into_another_benchs_folder_is_refused_before_any_work(benched, tmp_path,
                                                                       monkeypatch):
     out = tmp_path / "out"

@@ -69,6 +69,7 @@ from zoo.bench.sample import (
     row_failure,
 )
 from zoo.bench.score import previous_rows, rescore_bench, same_row
+from zoo.diffusion import random as streams
 
 __all__ = [
     "DEFAULT_N", "PICTURE_N", "PUBLISHED_N", "SAVE_SAMPLES", "BenchError", "BenchInterrupted",
@@ -83,7 +84,7 @@ def run_bench(models: list[str], dataset: str, *, runs_root="runs", train_missin
               n=None, seed=0, batch_size=500, out=None, device="cpu", inception_weights=None,
               progress=True, echo=print, weights="ema", settings=None,
               metrics=None, ref=None, save_samples="auto", sampler_options=None,
-              jobs=1) -> BenchReport:
+              jobs=1, noise_stream="torch") -> BenchReport:
     """Prepare the runs of the ``models`` entries (``METHOD`` or ``METHOD:SAMPLER``,
     :func:`parse_models`, with ``sampler_options`` by entry), training missing ones with
     ``settings`` (:func:`prepare_runs`), sample and evaluate every row with the runs'
@@ -92,8 +93,10 @@ def run_bench(models: list[str], dataset: str, *, runs_root="runs", train_missin
     file, when given), and write the outputs into ``out`` (default ``bench/<dataset>``; rank 0
     alone under torchrun, except the PNG exports); ``n`` defaults by the dataset's metric
     (:func:`default_n`); ``save_samples`` (:data:`SAVE_SAMPLES`, :func:`export_formats`) keeps
-    every row's samples for :func:`rescore_bench` and external evaluators. Returns the
-    report."""
+    every row's samples for :func:`rescore_bench` and external evaluators; every row draws its
+    noise from the per-sample ``noise_stream`` (:data:`zoo.diffusion.random.STREAMS`), which
+    the table records. Returns the report."""
+    streams.check_stream(noise_stream)
     entries = parse_models(models, sampler_options)
     methods = resolve_methods([e.method for e in entries])
     data = bench_data(dataset, methods, Path(runs_root), ref)
@@ -115,14 +118,15 @@ def run_bench(models: list[str], dataset: str, *, runs_root="runs", train_missin
     if distributed.is_main():
         lock = lock_output(out)
     try:
-        earlier = previous_rows(out, data, n, seed, ref, metric_names) if lock else []
+        earlier = (previous_rows(out, data, n, seed, ref, metric_names, noise_stream)
+                   if lock else [])
         rows, records = prepare_runs(methods, dataset, data, Path(runs_root),
                                      train_missing=train_missing, device=device,
                                      progress=progress, echo=echo, settings=settings,
                                      entries=entries, jobs=jobs)
         report = BenchReport(dataset, data.checksum, n, seed, batch_size, device,
                              note=protocol_note(data, n), ref=str(ref) if ref else None,
-                             metric_names=metric_names)
+                             metric_names=metric_names, noise_stream=noise_stream)
         planned = sort_rows(rows, [e.key for e in entries])
         measured = {(entry.key, row.label, row.nfe) for entry, row in planned}
         kept = [r for r in earlier if (r.entry, r.row.label, r.row.nfe) not in measured]
@@ -138,10 +142,11 @@ def run_bench(models: list[str], dataset: str, *, runs_root="runs", train_missin
                 report.results.append(done)
                 continue
             try:
-                report.results.append(measure_row(
-                    methods[entry.method], entry, row, record, data, n, seed=seed,
-                    batch_size=batch_size, device=device, weights=weights,
-                    evaluation=evaluation, formats=formats, out=out, progress=progress))
+                with streams.noise_stream(noise_stream):
+                    report.results.append(measure_row(
+                        methods[entry.method], entry, row, record, data, n, seed=seed,
+                        batch_size=batch_size, device=device, weights=weights,
+                        evaluation=evaluation, formats=formats, out=out, progress=progress))
             except Exception as exc:
                 if distributed.is_main() and (report.results or kept):
                     partial = dataclasses.replace(report, results=report.results + kept)

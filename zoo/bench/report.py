@@ -256,7 +256,8 @@ def write_outputs(report: BenchReport, out: Path, *, complete: bool = True) -> d
     _write_text(paths["table.csv"], buffer.getvalue())
     record = {
         "dataset": report.dataset, "dataset_checksum": report.checksum, "n": report.n,
-        "seeds": [report.seed, report.seed + report.n - 1], "batch_size": report.batch_size,
+        "seeds": [report.seed, report.seed + report.n - 1], "noise_stream": report.noise_stream,
+        "batch_size": report.batch_size,
         "device": report.device, "zoo_version": zoo.__version__, "git_commit": git_commit(),
         "note": report.note, "reference": report.ref or "dataset", "complete": complete,
         # which reference file the numbers were measured against, byte for byte

@@ -69,6 +69,7 @@ class BenchReport:
     note: str = ""
     ref: str | None = None
     metric_names: list[str] | None = None  # the registered metrics that made the columns
+    noise_stream: str = "torch"  # every row's per-sample noise (zoo.diffusion.random.STREAMS)
 
     @property
     def result_names(self) -> list[str]:

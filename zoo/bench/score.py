@@ -22,10 +22,12 @@ from zoo.data import Dataset, load_dataset
 from zoo.methods import BenchRow
 
 
-def previous_rows(out: Path, data: Dataset, n: int, seed: int, ref, metric_names) -> list:
+def previous_rows(out: Path, data: Dataset, n: int, seed: int, ref, metric_names,
+                  noise_stream: str = "torch") -> list:
     """The rows of an earlier bench in ``out`` that this one may keep: [] when there is none;
-    refused (:class:`BenchError`) when it measured other data, n, seeds, reference or metrics,
-    whose rows cannot share one table."""
+    refused (:class:`BenchError`) when it measured other data, n, seeds, noise stream (a table
+    without the record: ``torch``, the only one then), reference or metrics, whose rows cannot
+    share one table."""
     table = out / "table.json"
     if not table.exists():
         return []
@@ -33,12 +35,14 @@ def previous_rows(out: Path, data: Dataset, n: int, seed: int, ref, metric_names
         record = json.loads(table.read_text())
         theirs = {"dataset checksum": record["dataset_checksum"], "n": record["n"],
                   "first seed": record["seeds"][0], "reference": record["reference"],
-                  "metrics": record.get("metric_names")}
+                  "metrics": record.get("metric_names"),
+                  "noise stream": record.get("noise_stream", "torch")}
     except (json.JSONDecodeError, KeyError, TypeError, IndexError) as exc:
         raise BenchError(f"{table} is not a readable bench table ({type(exc).__name__}: {exc}); "
                          f"move {out} aside or choose another --out") from None
     ours = {"dataset checksum": data.checksum, "n": n, "first seed": seed,
-            "reference": str(ref) if ref else "dataset", "metrics": metric_names}
+            "reference": str(ref) if ref else "dataset", "metrics": metric_names,
+            "noise stream": noise_stream}
     differ = {k: (theirs[k], ours[k]) for k in ours if theirs[k] != ours[k]}
     if differ:
         detail = "; ".join(f"{k} {a!r} there, {b!r} now" for k, (a, b) in differ.items())
@@ -91,7 +95,8 @@ def rescore_bench(dataset: str, *, out=None, metrics=None, n=None, seed=None, ba
     evaluation = evaluation_of(data, metrics, seed=first, batch_size=batch_size, ref=ref)
     report = BenchReport(dataset, data.checksum, record["n"], first, batch_size, record["device"],
                          note=protocol_note(data, record["n"]), ref=str(ref) if ref else None,
-                         metric_names=[name for name, _ in evaluation.metrics])
+                         metric_names=[name for name, _ in evaluation.metrics],
+                         noise_stream=record.get("noise_stream", "torch"))
     for saved in tqdm(record["rows"], desc=f"rescore {dataset}", disable=not progress):
         row = BenchRow(saved["label"], saved["nfe"], Path(saved["run_dir"]), saved["options"])
         path = out / saved["samples_file"] if saved.get("samples_file") else None

@@ -73,6 +73,7 @@ def training_jobs(jobs: str, device: str) -> int:
     "fewer is marked not comparable), 2000 on digits, 10000 for points (five W2 sets)].",
 )
 @with_option("seed", help="Every row draws sample i from seed SEED+i.")
+@with_option("noise_stream")
 @with_option("batch_size", default=500)
 @click.option(
     "--out",
@@ -139,6 +140,7 @@ def bench_command(
     train_missing,
     n,
     seed,
+    noise_stream,
     batch_size,
     out,
     device,
@@ -173,7 +175,8 @@ def bench_command(
     metric_names = [m.strip() for m in metrics.split(",") if m.strip()] if metrics else None
     if rescore:
         given = [f"--{p.replace('_', '-')}" for p in ("models", "sampler_options", "settings",
-                                                       "train_missing", "save_samples", "weights")
+                                                       "train_missing", "save_samples", "weights",
+                                                       "noise_stream")
                  if ctx.get_parameter_source(p) == ParameterSource.COMMANDLINE]
         if given:
             raise UserError(f"--rescore reads the rows and samples of the bench in {out}; it "
@@ -208,6 +211,7 @@ def bench_command(
             train_missing=train_missing,
             n=n,
             seed=seed,
+            noise_stream=noise_stream,
             batch_size=batch_size,
             out=out,
             device=device,
@@ -230,8 +234,8 @@ def bench_command(
         raise user_error(exc) from None
     if not main_rank:
         return
-    click.echo(f"{dataset}: n={report.n} samples per row, seeds {seed}..{seed + report.n - 1}, "
-               f"reference {report.ref or 'the dataset'}\n")
+    click.echo(f"{dataset}: n={report.n} samples per row, seeds {seed}..{seed + report.n - 1} "
+               f"({report.noise_stream} noise), reference {report.ref or 'the dataset'}\n")
     click.echo(format_table(report))
     click.echo(f"\n{out}: table.md table.csv table.json metric_vs_nfe.png "
                "metric_vs_cost.png samples/")

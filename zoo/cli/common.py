@@ -141,6 +141,12 @@ SHARED_OPTIONS = {
         type=click.IntRange(min=1), show_default=True,
         help="Samples per sampler call (memory only: the samples do not depend on it).")),
     "progress": (["--progress/--no-progress"], dict(default=True, help="Show progress bars.")),
+    "noise_stream": (["--noise-stream"], dict(
+        type=click.Choice(["torch", "philox"]), default="torch", show_default=True,
+        help="Each sample's noise: torch (one torch.Generator per sample, EDM's stream, what "
+        "every recorded table used) or philox (the same per-sample property computed for the "
+        "whole batch at once: faster, other numbers). Either way a sample does not depend on "
+        "its batch.")),
 }
 
 

@@ -51,12 +51,13 @@ def _sampler_params(method) -> list[click.Option]:
 def _make_sample_command(name, method):
     def callback(
         run, dataset, runs_root, n, seed, batch_size, out, samples_out, device, weights,
-        class_label, overwrite, **opts
+        class_label, overwrite, noise_stream, **opts
     ):
         import numpy as np
         import torch
         from tqdm.auto import tqdm
 
+        from zoo.diffusion.random import noise_stream as use_stream
         from zoo.sample_export import NpzWriter
         from zoo.viz import MAX_GRID, PICTURE_SUFFIXES, check_output, save_samples_picture
 
@@ -80,9 +81,10 @@ def _make_sample_command(name, method):
                 for start in tqdm(range(0, n, batch_size), desc=f"sample {name}",
                                   disable=n <= batch_size, dynamic_ncols=True):
                     count = min(batch_size, n - start)
-                    chunk = method.sample(loaded, count, seed=seed + start,
-                                          batch_size=batch_size, device=device,
-                                          progress=n <= batch_size, **opts)
+                    with use_stream(noise_stream):
+                        chunk = method.sample(loaded, count, seed=seed + start,
+                                              batch_size=batch_size, device=device,
+                                              progress=n <= batch_size, **opts)
                     first = first or chunk
                     x = chunk.x.detach().float().cpu()
                     bad += int((~torch.isfinite(x.flatten(1))).any(1).sum())
@@ -93,7 +95,8 @@ def _make_sample_command(name, method):
                     picture.append(x[: max(0, keep - sum(map(len, picture)))])
                 info = {**first.info, "run": str(run), "weights": weights,
                         "dataset": loaded.dataset["name"], "seeds": [seed, seed + n - 1],
-                        "n": n, **({"labels": labels} if labels else {})}
+                        "noise_stream": noise_stream, "n": n,
+                        **({"labels": labels} if labels else {})}
                 npz = writer.close({"info": np.array(json.dumps(info))})
             except BaseException:
                 writer.abort()
@@ -101,7 +104,7 @@ def _make_sample_command(name, method):
         except USER_ERRORS as exc:
             raise user_error(exc) from None
         picture = torch.cat(picture)
-        settings = given_options(ctx, ["weights", "sampler", "sampler_options",
+        settings = given_options(ctx, ["weights", "sampler", "sampler_options", "noise_stream",
                                 *(o.name for o in method.sample_options)])
         if bad:
             raise UserError(not_finite_message(bad, n, loaded, settings, npz))
@@ -132,6 +135,7 @@ def _make_sample_command(name, method):
             help="Number of samples.",
         ),
         shared_option("seed"),
+        shared_option("noise_stream"),
         shared_option("batch_size", default=256),
         click.Option(
             ["--out"],

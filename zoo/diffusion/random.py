@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+
 import torch
 
 
@@ -104,3 +107,28 @@ class PhiloxGenerator:
 #: The per-sample streams ``generate`` may use: ``torch`` (EDM's stream: one torch.Generator
 #: per sample; the default, the stream every recorded table used) or ``philox`` (vectorised).
 STREAMS = {"torch": StackedGenerator, "philox": PhiloxGenerator}
+DEFAULT_STREAM = "torch"
+_STREAM = contextvars.ContextVar("zoo_noise_stream", default=DEFAULT_STREAM)
+
+
+def check_stream(name: str) -> str:
+    if name not in STREAMS:
+        raise ValueError(f"noise stream {name!r}; accepted: {', '.join(STREAMS)}")
+    return name
+
+
+@contextlib.contextmanager
+def noise_stream(name: str):
+    """Within the block, ``generate`` draws from the per-sample stream ``name`` (:data:`STREAMS`)
+    unless a call names its own: ``zoo sample`` and ``zoo bench --noise-stream`` set it, so a
+    method's ``sample`` needs no option of its own."""
+    token = _STREAM.set(check_stream(name))
+    try:
+        yield
+    finally:
+        _STREAM.reset(token)
+
+
+def current_stream() -> str:
+    """The per-sample stream in force (:func:`noise_stream`; ``torch`` outside any)."""
+    return _STREAM.get()

@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from zoo import plugins
 from zoo.diffusion.precond import SIGMA_MIN, expand_sigma, ode_derivative
-from zoo.diffusion.random import STREAMS, StackedGenerator
+from zoo.diffusion.random import STREAMS, StackedGenerator, check_stream, current_stream
 from zoo.distributed import all_max, gather_samples, shard
 from zoo.hookspecs import hookimpl
 
@@ -432,12 +432,13 @@ def generate(
     device="cpu",
     progress: bool = False,
     distributed: bool = True,
-    stream: str = "torch",
+    stream: str | None = None,
     **opts,
 ):
     """Draw one sample per seed: x_T = σ_0·z with z from the sample's own seed, then the sampler.
     ``stream`` (:data:`~zoo.diffusion.random.STREAMS`): ``torch``, EDM's per-sample
-    ``torch.Generator``, or ``philox``, the same per-sample property computed vectorised.
+    ``torch.Generator``, or ``philox``, the same per-sample property computed vectorised;
+    ``None``: the one in force (:func:`~zoo.diffusion.random.noise_stream`, else ``torch``).
 
     ``labels`` (int64, one per seed; :func:`zoo.methods.draw_labels`) condition a
     class-conditional model: the sampler gets them as ``class_labels``. Returns ``(x0, nfe)``,
@@ -445,8 +446,7 @@ def generate(
     ``distributed=True``; every rank must then call it) each rank samples its contiguous share
     of the seeds and all get every sample, in seed order: the same samples as one process.
     """
-    if stream not in STREAMS:
-        raise ValueError(f"stream {stream!r}; accepted: {', '.join(STREAMS)}")
+    stream = check_stream(stream or current_stream())
     seeds = list(seeds)
     total = len(seeds)
     if labels is not None and len(labels) != total:
