@@ -8,12 +8,15 @@ for DDPM++); a training step costs ≈3× the forward (forward + backward). Peak
 spec-sheet numbers of the detected GPU (H100 SXM/PCIe/NVL, H200), or ``--peak-tflops``.
 Training data are random images of CIFAR-10's shape (no download on the GPU machine).
 Then the per-sample noise streams' overhead on one-step sampling (paired.py): the torch stream
-(a generator per sample) and the vectorised Philox stream against one torch.randn for the batch.
-Meant to finish in < 5 minutes on an H100 (compile ~1-2 min of it; ``--no-compile`` skips it):
+(a generator per sample) and the vectorised Philox stream against one torch.randn for the batch;
+and the ADM forward (openai's ImageNet-64 network, the one every released checkpoint uses) in
+images/s, with ``--edm PATH`` (a checkout of NVlabs/edm) paired against EDM's own DhariwalUNet
+with the same weights (target ≤ 1.00). Meant to finish in < 5 minutes on an H100 (compile
+~1-2 min of it; ``--no-compile`` skips it):
 
-    python benchmarks/gpu_throughput.py                       # on the GPU machine
+    python benchmarks/gpu_throughput.py [--edm PATH]          # on the GPU machine
     python benchmarks/gpu_throughput.py --device cpu --network ddpmpp-small --batch 4 \\
-        --train-batch 4 --steps 2 --no-compile              # smoke test of the script
+        --train-batch 4 --steps 2 --no-compile --adm-batch 1  # smoke test of the script
 """
 
 from __future__ import annotations
@@ -123,6 +126,10 @@ def main():
     parser.add_argument("--no-compile", action="store_true", help="Skip the compiled rows.")
     parser.add_argument("--peak-tflops", type=float, nargs=3, metavar=("FP32", "TF32", "BF16"),
                         help="Dense peak TFLOP/s (default: from the detected GPU).")
+    parser.add_argument("--adm-batch", type=int, default=64,
+                        help="ADM forward batch (64 px); 0 skips the ADM rows.")
+    parser.add_argument("--edm", default=None,
+                        help="A checkout of NVlabs/edm: ADM paired against its DhariwalUNet.")
     args = parser.parse_args()
     shape = (3, 32, 32)
     gpu, peaks = detect_peaks(args.device)
@@ -149,6 +156,64 @@ def main():
                for rate, passes in ((sample, 1), (train, 3))]
         print(f"{mode:14s} {sample:13.0f} {pct[0]} {train:12.0f} {pct[1]}", flush=True)
     noise_overhead(denoiser, shape, args.batch, args.device, args.steps)
+    adm_forward(args.adm_batch, args.device, args.steps, args.edm)
+
+
+#: EDM's DhariwalUNet for ImageNet-64 (its defaults: openai's ADM of the released checkpoints).
+DHARIWAL_IMAGENET64 = dict(img_resolution=64, in_channels=3, out_channels=3, label_dim=1000,
+                           model_channels=192, channel_mult=[1, 2, 3, 4], num_blocks=3,
+                           attn_resolutions=[32, 16, 8], dropout=0.0)
+
+
+def adm_forward(batch, device, rounds, edm_checkout) -> None:
+    """The ImageNet-64 ADM forward in images/s, fp32 and bf16 autocast; with ``edm_checkout``,
+    ÷ EDM's DhariwalUNet of the same configuration and weights (paired, fp32)."""
+    from paired import describe, paired_ratio
+
+    from zoo.nets.adm import ADMUNet, dhariwal_state_dict_to_adm, dhariwal_to_adm_kwargs
+
+    if batch == 0:
+        return
+    torch.manual_seed(0)
+    adm = ADMUNet(**dhariwal_to_adm_kwargs(DHARIWAL_IMAGENET64)).to(device).eval()
+    x = torch.randn(batch, 3, 64, 64, device=device)
+    noise = torch.rand(batch, device=device)
+    labels = torch.nn.functional.one_hot(torch.randint(1000, (batch,)), 1000).float().to(device)
+    for precision in ("fp32", "bf16") if torch.device(device).type == "cuda" else ("fp32",):
+        with torch.no_grad(), torch.autocast(torch.device(device).type, torch.bfloat16,
+                                             enabled=precision == "bf16"):
+            adm(x, noise, labels)
+            sync(device)
+            start = time.perf_counter()
+            for _ in range(rounds):
+                adm(x, noise, labels)
+            sync(device)
+        rate = batch * rounds / (time.perf_counter() - start)
+        print(f"ADM ImageNet-64 forward, {precision}, batch {batch}: {rate:.4g} img/s", flush=True)
+    if edm_checkout is None:
+        return
+    import sys
+
+    sys.path.insert(0, edm_checkout)
+    from training.networks import DhariwalUNet
+
+    edm = DhariwalUNet(**DHARIWAL_IMAGENET64).to(device).eval()
+    for p in edm.parameters():  # EDM zero-initialises some layers: make every path count
+        p.data.normal_(0, 0.05)
+    adm.load_state_dict(dhariwal_state_dict_to_adm(edm.state_dict()))
+
+    @torch.no_grad()
+    def ours():
+        adm(x, noise, labels)
+        sync(device)
+
+    @torch.no_grad()
+    def theirs():
+        edm(x, noise, labels)
+        sync(device)
+
+    print(describe(f"ADM / EDM's DhariwalUNet forward, batch {batch}",
+                   paired_ratio(theirs, ours, rounds=max(5, rounds))), flush=True)
 
 
 def noise_overhead(denoiser, shape, batch, device, rounds) -> None:
