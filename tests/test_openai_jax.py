@@ -9,6 +9,7 @@ JAX; its parameters are seeded random values, so no layer is a no-op).
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import msgpack
@@ -159,3 +160,21 @@ def test_every_released_file_has_a_preset_of_the_released_network():
     modes = sorted(p.method_fields.get("mode", "edm") for p in JAX_PRESETS.values())
     assert modes == ["cd", "cd", "cd", "cd-cont", "cd-cont", "cd-cont", "ct", "ct-cont",
                      "ct-cont", "edm"]
+
+
+@pytest.mark.skipif(not os.environ.get("ZOO_JCM_RELEASED"),
+                    reason="set ZOO_JCM_RELEASED=DIR, made by make_jcm_fixture.py --released-size")
+def test_the_released_configuration_imports_with_its_preset_and_gives_jaxs_outputs(tmp_path):
+    """The released NCSN++ (56.4 M parameters) at its own size, through the CLI with the
+    cd-lpips preset and no --network-kwargs."""
+    folder = Path(os.environ["ZOO_JCM_RELEASED"])
+    result = CliRunner().invoke(main, ["import-openai-jax", str(folder / "checkpoint_80"),
+                                       "--preset", "cd-lpips", "--out", str(tmp_path / "run"),
+                                       "--no-check-data"])
+    assert result.exit_code == 0, result.output
+    run = zoo.plugins.get("methods", "cm").load(tmp_path / "run")
+    with np.load(folder / "released_reference.npz") as f:
+        x, t, expected = (torch.from_numpy(f[k]) for k in ("x", "t", "consistency"))
+    with torch.no_grad():
+        out = run.denoiser(x, t)
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=2e-5)
