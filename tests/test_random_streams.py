@@ -8,6 +8,7 @@ import scipy.stats
 import torch
 
 from zoo.diffusion.random import (
+    STREAMS,
     PhiloxGenerator,
     StackedGenerator,
     current_stream,
@@ -109,6 +110,10 @@ def test_noise_stream_sets_generates_default_and_a_call_may_name_its_own():
     with pytest.raises(ValueError, match="noise stream 'numpy'; accepted: torch, philox"):
         with noise_stream("numpy"):
             pass
+    # the CLI's choices (defined without importing torch) are the streams
+    from zoo.cli.common import SHARED_OPTIONS
+
+    assert list(SHARED_OPTIONS["noise_stream"][1]["type"].choices) == list(STREAMS)
 
 
 def test_zoo_sample_noise_stream_philox_is_the_vectorised_stream_and_is_recorded(tmp_path):

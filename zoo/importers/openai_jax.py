@@ -210,10 +210,10 @@ def _check_ncsnpp(network_kwargs: dict) -> dict:
     fixed = dict(embedding_type="fourier", channel_mult_noise=2, encoder_type="residual",
                  decoder_type="standard", resample_filter=(1, 3, 3, 1), channel_mult_emb=4,
                  label_dim=0, augment_dim=0)
-    wrong = [f"{key}={settings.get(key, NCSNPP_CIFAR10.get(key))!r} (the released files have "
-             f"{value!r})" for key, value in fixed.items()
-             if key in settings and tuple(np.atleast_1d(settings[key])) !=
-             tuple(np.atleast_1d(value))]
+    wrong = [f"{key}={settings[key]!r} (the released files have {value!r})"
+             for key, value in fixed.items()
+             if key in settings and np.atleast_1d(settings[key]).tolist() != np.atleast_1d(
+                 value).tolist()]
     if wrong:
         raise ValueError("the Flax NCSN++ maps onto ncsnpp with score_sde's released layout "
                          "only: " + "; ".join(wrong))
