@@ -178,3 +178,42 @@ def test_the_released_configuration_imports_with_its_preset_and_gives_jaxs_outpu
     with torch.no_grad():
         out = run.denoiser(x, t)
     torch.testing.assert_close(out, expected, rtol=1e-5, atol=2e-5)
+
+
+def test_the_papers_cifar10_runs_bench_against_a_reference_without_the_training_set(
+        tmp_path, monkeypatch):
+    """CD and CT imported from the fixture's Flax file on a machine without CIFAR-10 (and
+    without an EDM run) bench against a reference batch (a pixel feature space stands in for
+    Inception): every row of `zoo bench --models cm --dataset cifar10 --ref FILE` finite."""
+    from test_metrics import PixelExtractor
+
+    from zoo.bench import run_bench
+    from zoo.hookspecs import hookimpl
+    from zoo.metrics import FidelityMetric, register_feature_extractor
+
+    class Pixels:
+        @hookimpl
+        def register_metrics(self, register):
+            register_feature_extractor("test-pixels-jcm", PixelExtractor)
+            register("fd-pixels-jcm", FidelityMetric("fd-pixels-jcm", "test-pixels-jcm",
+                                                     suffix="-pixels", isc=False))
+
+    monkeypatch.setenv("ZOO_DATA_DIR", str(tmp_path / "no-data"))
+    root = tmp_path / "runs"
+    for run, preset in (("cm-cd-lpips", "cd-lpips"), ("cm-ct", "ct-lpips")):
+        with pytest.warns(UserWarning, match="cifar10's files are not here"):
+            import_jax_run(CHECKPOINT, root / "cifar10" / run, preset,
+                           network_kwargs={**TINY, "img_resolution": 8})
+    np.savez(tmp_path / "VIRTUAL_tiny.npz", arr_0=np.random.default_rng(0).integers(
+        0, 256, (64, 8, 8, 3), dtype=np.uint8))
+    zoo.plugins.register_plugin(Pixels(), "pixels-jcm")
+    try:
+        report = run_bench(["cm"], "cifar10", runs_root=root, n=32, batch_size=16,
+                           metrics=["fd-pixels-jcm"], ref=tmp_path / "VIRTUAL_tiny.npz",
+                           out=tmp_path / "bench", progress=False, echo=lambda m: None)
+    finally:
+        zoo.plugins.unregister_plugin("pixels-jcm")
+    assert [(r.row.label, r.row.nfe) for r in report.results] == [
+        ("CD (LPIPS)", 1), ("CD (LPIPS)", 2), ("CT (LPIPS)", 1), ("CT (LPIPS)", 2)]
+    assert not (root / "cifar10" / "edm").exists()
+    assert all(np.isfinite(r.metrics["FD-pixels"]) for r in report.results)
