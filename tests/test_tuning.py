@@ -121,6 +121,30 @@ def test_zoo_tune_command_runs_and_refuses_a_dataset_without_validation(still, t
     assert "best of 1 trials (0 pruned)" in result.output
 
 
+def test_a_second_process_on_a_running_study_is_refused_and_steals_no_trial(still, tmp_path):
+    """While one process tunes a study (its folder locked), another on the same folder is
+    refused before it touches the study: on opening, a study takes any running trial for one
+    interrupted by a stop and tries it again, which would take the first process's trial."""
+    from zoo.training.rundir import RunLock
+
+    out = tmp_path / "study"
+    out.mkdir()
+    study = optuna.create_study(study_name="still-edm-toy", direction="minimize",
+                                storage=f"sqlite:///{out / 'study.db'}")
+    running = study.ask()  # the first process's trial, in flight
+    running_number = running.number
+    with RunLock(out):  # the first process holds the study
+        result = CliRunner().invoke(main, ["tune", "still-edm", "--dataset", "toy", "--trials",
+                                           "1", "--out", str(out), "--no-progress"])
+        assert result.exit_code == 1
+        assert "is in use by another zoo process" in result.output
+        assert "tune another study (--out) meanwhile" in result.output
+    states = optuna.load_study(study_name="still-edm-toy",
+                               storage=f"sqlite:///{out / 'study.db'}").trials
+    assert [t.state for t in states] == [optuna.trial.TrialState.RUNNING]
+    assert states[0].number == running_number
+
+
 def test_a_staged_runs_tuning_cost_holds_every_stage_not_its_teacher(tmp_path):
     """PD trains its stages one after another, each from the last: a trial's cost is the whole
     chain of its stages less the EDM teacher's training (the same for every trial)."""

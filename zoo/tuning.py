@@ -24,6 +24,7 @@ from zoo.methods import Method
 from zoo.training import config_to_dict
 from zoo.training.config import merge_overrides
 from zoo.training.cost import forward_equivalents, run_cost
+from zoo.training.rundir import RunLock, RunLockedError
 
 #: First seed of a trial's validation samples: far from the seeds a bench draws ([0, n)).
 VALIDATION_SEED = 500_000
@@ -199,17 +200,32 @@ def tune(method: Method, dataset: str, *, trials: int, out: Path, fixed: dict | 
     cost) and the history and parameter-importance plots; return the best record. ``pruner``:
     another Optuna pruner than Hyperband over the :data:`REPORTS` rungs. ``confirm`` > 0
     retrains the best ``confirm`` trials at the preset's full length and names the best of those
-    (a score at a fraction of the run is a low-fidelity estimate); their cost joins the study's."""
+    (a score at a fraction of the run is a low-fidelity estimate); their cost joins the study's.
+    One process tunes a study at a time (the study folder's lock): a second is refused."""
+    fixed = dict(fixed or {})
+    if not method.search_space(method.configure(dataset, **fixed)):
+        raise ValueError(f"method {method.name!r} declares no search space (Method.search_space)")
+    validation(dataset)
+    out = Path(out)
+    try:  # one process per study: open_study takes any running trial for an interrupted one
+        lock = RunLock(out).acquire()
+    except RunLockedError as exc:
+        raise RunLockedError(str(exc).replace("choose another --run-dir", "tune another study "
+                                              "(--out) meanwhile")) from None
+    try:
+        return _tune(method, dataset, trials=trials, out=out, fixed=fixed, fraction=fraction,
+                     budget_fwd=budget_fwd, n=n, seed=seed, device=device, progress=progress,
+                     echo=echo, pruner=pruner, confirm=confirm)
+    finally:
+        lock.release()
+
+
+def _tune(method: Method, dataset: str, *, trials, out: Path, fixed: dict, fraction, budget_fwd,
+          n, seed, device, progress, echo, pruner, confirm) -> dict:
     import optuna
     from optuna.trial import TrialState
     from tqdm.auto import tqdm
 
-    fixed = dict(fixed or {})
-    space = method.search_space(method.configure(dataset, **fixed))
-    if not space:
-        raise ValueError(f"method {method.name!r} declares no search space (Method.search_space)")
-    validation(dataset)
-    out = Path(out)
     study = open_study(method, dataset, out, seed=seed, pruner=pruner)
     done = lambda: [t for t in study.trials if t.state in (TrialState.COMPLETE,  # noqa: E731
                                                             TrialState.PRUNED)]
