@@ -97,11 +97,12 @@ def import_openai_command(checkpoint, preset, method, out, dataset, check_data):
 @main.command("import-openai-jax")
 @click.argument("checkpoint", type=click.Path(dir_okay=False, exists=True))
 @click.option("--preset", required=True,
-              help="The released file's settings: edm-cifar10, cd-l1, cd-l2, cd-lpips, "
-              "ct-lpips, cd-cont-l2, cd-cont-l2-stopgrad, cd-cont-lpips-stopgrad, ct-cont-l2, "
-              "ct-cont-lpips (docs/reproduce.md lists the files).")
+              help="The released file's settings, e.g. cd-lpips, ct-lpips, edm-cifar10, "
+              "ct-cont-l2 (docs/reproduce.md lists the ten files and theirs; an unknown name "
+              "lists them).")
 @click.option("--out", required=True, type=click.Path(file_okay=False),
-              help="Run directory to create, e.g. runs/cifar10/cm-cd-lpips-jax.")
+              help="Run directory to create, e.g. runs/cifar10/cm-cd-lpips (where zoo bench "
+              "looks for CD with LPIPS).")
 @click.option("--weights", type=click.Choice(["ema", "online"]), default="ema",
               show_default=True,
               help="The checkpoint's params_ema (what the paper sampled and evaluated) or its "
