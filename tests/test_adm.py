@@ -181,18 +181,9 @@ def test_released_runs_bench_against_a_reference_batch_without_data_or_teacher(r
     without an EDM run: sampling them needs no teacher, the --ref file no training set. A
     reference batch of another resolution is refused, naming both."""
     import numpy as np
-    from test_metrics import PixelExtractor
+    from test_metrics import PixelFD
 
     from zoo.bench import run_bench
-    from zoo.hookspecs import hookimpl
-    from zoo.metrics import FidelityMetric, register_feature_extractor
-
-    class Pixels:
-        @hookimpl
-        def register_metrics(self, register):
-            register_feature_extractor("test-pixels-adm", PixelExtractor)
-            register("fd-pixels-adm", FidelityMetric("fd-pixels-adm", "test-pixels-adm",
-                                                     suffix="-pixels", isc=False))
 
     monkeypatch.setenv("ZOO_DATA_DIR", str(tmp_path / "no-data"))
     ref = reference["openai"]
@@ -207,7 +198,7 @@ def test_released_runs_bench_against_a_reference_batch_without_data_or_teacher(r
              arr_0=rng.integers(0, 256, (64, 8, 8, 3), dtype=np.uint8))
     np.savez(tmp_path / "VIRTUAL_16.npz",
              arr_0=rng.integers(0, 256, (64, 16, 16, 3), dtype=np.uint8))
-    zoo.plugins.register_plugin(Pixels(), "pixels-adm")
+    zoo.plugins.register_plugin(PixelFD("adm"), "pixels-adm")
     try:
         report = run_bench(["cm"], "imagenet64", runs_root=root, n=32, batch_size=16,
                            metrics=["fd-pixels-adm"], ref=tmp_path / "VIRTUAL_tiny.npz",

@@ -339,6 +339,20 @@ class PixelExtractor(FeatureExtractorBase):
         return (x.flatten(1).double() / 255,)
 
 
+class PixelFD:
+    """A plugin registering FD on raw pixels as ``fd-pixels-TAG`` (extractor
+    ``test-pixels-TAG``): a stand-in for Inception where its weights are absent."""
+
+    def __init__(self, tag: str):
+        self.tag = tag
+
+    @hookimpl
+    def register_metrics(self, register):
+        register_feature_extractor(f"test-pixels-{self.tag}", PixelExtractor)
+        register(f"fd-pixels-{self.tag}", FidelityMetric(
+            f"fd-pixels-{self.tag}", f"test-pixels-{self.tag}", suffix="-pixels", isc=False))
+
+
 class MeanGap:
     name, kinds, lower_is_better = "mean-gap", ("image", "points"), {"mean gap": True}
 

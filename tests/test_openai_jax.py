@@ -185,18 +185,9 @@ def test_the_papers_cifar10_runs_bench_against_a_reference_without_the_training_
     """CD and CT imported from the fixture's Flax file on a machine without CIFAR-10 (and
     without an EDM run) bench against a reference batch (a pixel feature space stands in for
     Inception): every row of `zoo bench --models cm --dataset cifar10 --ref FILE` finite."""
-    from test_metrics import PixelExtractor
+    from test_metrics import PixelFD
 
     from zoo.bench import run_bench
-    from zoo.hookspecs import hookimpl
-    from zoo.metrics import FidelityMetric, register_feature_extractor
-
-    class Pixels:
-        @hookimpl
-        def register_metrics(self, register):
-            register_feature_extractor("test-pixels-jcm", PixelExtractor)
-            register("fd-pixels-jcm", FidelityMetric("fd-pixels-jcm", "test-pixels-jcm",
-                                                     suffix="-pixels", isc=False))
 
     monkeypatch.setenv("ZOO_DATA_DIR", str(tmp_path / "no-data"))
     root = tmp_path / "runs"
@@ -206,7 +197,7 @@ def test_the_papers_cifar10_runs_bench_against_a_reference_without_the_training_
                            network_kwargs={**TINY, "img_resolution": 8})
     np.savez(tmp_path / "VIRTUAL_tiny.npz", arr_0=np.random.default_rng(0).integers(
         0, 256, (64, 8, 8, 3), dtype=np.uint8))
-    zoo.plugins.register_plugin(Pixels(), "pixels-jcm")
+    zoo.plugins.register_plugin(PixelFD("jcm"), "pixels-jcm")
     try:
         report = run_bench(["cm"], "cifar10", runs_root=root, n=32, batch_size=16,
                            metrics=["fd-pixels-jcm"], ref=tmp_path / "VIRTUAL_tiny.npz",
