@@ -16,7 +16,7 @@ from zoo.data import load_dataset
 from zoo.hookspecs import hookimpl
 from zoo.search_space import Choice, Float, Int
 from zoo.training import load_checkpoint
-from zoo.tuning import VALIDATION_SEED, tune, validation_score
+from zoo.tuning import VALIDATION_SEED, time_left, tune, validation_score
 
 TINY = {"network_kwargs": {"hidden": 16, "num_layers": 1}, "batch_size": 64,
         "dataset_options": {"n": 500}}
@@ -119,6 +119,17 @@ def test_zoo_tune_command_runs_and_refuses_a_dataset_without_validation(still, t
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     assert "best of 1 trials (0 pruned)" in result.output
+    # without a progress bar (a batch job's log): one plain line per trial
+    assert "still-edm trial 0: 1/1 trials, best " in result.output
+    assert " G fwd-eq, about 0m 0s left" in result.output
+
+
+def test_time_left_is_the_budget_or_the_trials_whichever_ends_first():
+    # 2 trials took 100 s and spent 1e6 of a 4e6 budget: 300 s by the budget, 400 s by 10 trials
+    assert time_left(100.0, 2, 10, 2, 1e6, 1e6, 4e6) == pytest.approx(300.0)
+    assert time_left(100.0, 2, 4, 2, 1e6, 1e6, 4e6) == pytest.approx(100.0)  # 2 trials to go
+    assert time_left(100.0, 2, 10, 2, 1e6, 1e6, None) == pytest.approx(400.0)
+    assert time_left(100.0, 2, 10, 2, 1e6, 5e6, 4e6) == 0.0  # the budget is spent
 
 
 def test_a_second_process_on_a_running_study_is_refused_and_steals_no_trial(still, tmp_path):

@@ -18,12 +18,15 @@ import dataclasses
 import hashlib
 import json
 import math
+import sys
+import time
 from pathlib import Path
 
 from zoo.methods import Method
 from zoo.training import config_to_dict
 from zoo.training.config import merge_overrides
 from zoo.training.cost import forward_equivalents, run_cost
+from zoo.training.monitor import duration_text
 from zoo.training.rundir import RunLock, RunLockedError
 
 #: First seed of a trial's validation samples: far from the seeds a bench draws ([0, n)).
@@ -230,7 +233,8 @@ def _tune(method: Method, dataset: str, *, trials, out: Path, fixed: dict, fract
     done = lambda: [t for t in study.trials if t.state in (TrialState.COMPLETE,  # noqa: E731
                                                             TrialState.PRUNED)]
     bar = tqdm(total=trials, initial=len(done()), desc=f"tune {method.name} on {dataset}",
-               disable=not progress, dynamic_ncols=True)
+               disable=not progress or not sys.stderr.isatty(), dynamic_ncols=True)
+    start, start_cost, start_done = time.perf_counter(), study_cost(study), len(done())
     try:
         while len(done()) < trials and (budget_fwd is None or study_cost(study) < budget_fwd):
             trial = study.ask()
@@ -246,9 +250,18 @@ def _tune(method: Method, dataset: str, *, trials, out: Path, fixed: dict, fract
             else:
                 study.tell(trial, value)
             bar.update(1)
-            best = _best(study)
-            bar.set_postfix(best=f"{best.value:.4g}" if best else "-",
-                            cost=f"{study_cost(study) / 1e9:.3g}G")
+            best, cost = _best(study), study_cost(study)
+            left = time_left(time.perf_counter() - start, len(done()) - start_done, trials,
+                             len(done()), cost - start_cost, cost, budget_fwd)
+            bar.set_postfix(best=f"{best.value:.4g}" if best else "-", cost=f"{cost / 1e9:.3g}G",
+                            left=duration_text(left))
+            if bar.disable:  # a batch job's log: one plain line per trial
+                echo(f"{method.name} trial {trial.number}: {len(done())}/{trials} trials, best "
+                     + (f"{best.value:.4g} (trial {best.number})" if best else "-")
+                     + f", cost {cost / 1e9:.3g}"
+                     + (f"/{budget_fwd / 1e9:.3g}" if budget_fwd else "")
+                     + f" G fwd-eq, about {duration_text(left)} left"
+                     + (f" (then {confirm} full-length runs)" if confirm else ""))
     finally:
         bar.close()
     best = _best(study)
@@ -271,6 +284,17 @@ def _tune(method: Method, dataset: str, *, trials, out: Path, fixed: dict, fract
     (out / "best.json").write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
     write_plots(study, out, optuna)
     return record
+
+
+def time_left(elapsed: float, trained: int, trials: int, done: int, spent: float, cost: float,
+              budget: float | None) -> float:
+    """Seconds until the study stops, at this process's pace: by the budget still to spend
+    (``spent`` forward-equivalents took ``elapsed`` seconds) or by the trials still to run,
+    whichever comes first."""
+    by_trials = elapsed / max(trained, 1) * max(trials - done, 0)
+    if budget is None or spent <= 0:
+        return by_trials
+    return min(by_trials, elapsed / spent * max(budget - cost, 0.0))
 
 
 def confirm_at_full_length(method: Method, dataset: str, study, fixed: dict, out: Path,
