@@ -84,7 +84,7 @@ def run_bench(models: list[str], dataset: str, *, runs_root="runs", train_missin
               n=None, seed=0, batch_size=500, out=None, device="cpu", inception_weights=None,
               progress=True, echo=print, weights="ema", settings=None,
               metrics=None, ref=None, save_samples="auto", sampler_options=None,
-              jobs=1, noise_stream="torch") -> BenchReport:
+              jobs=1, noise_stream=streams.DEFAULT_STREAM) -> BenchReport:
     """Prepare the runs of the ``models`` entries (``METHOD`` or ``METHOD:SAMPLER``,
     :func:`parse_models`, with ``sampler_options`` by entry), training missing ones with
     ``settings`` (:func:`prepare_runs`), sample and evaluate every row with the runs'

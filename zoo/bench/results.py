@@ -9,6 +9,7 @@ from pathlib import Path
 
 from zoo import metrics as zoo_metrics
 from zoo.data import Dataset
+from zoo.diffusion.random import DEFAULT_STREAM
 from zoo.methods import BenchRow
 
 # Samples per row unless asked, by the dataset's default metric: points, five W2 sets of 2000
@@ -69,7 +70,7 @@ class BenchReport:
     note: str = ""
     ref: str | None = None
     metric_names: list[str] | None = None  # the registered metrics that made the columns
-    noise_stream: str = "torch"  # every row's per-sample noise (zoo.diffusion.random.STREAMS)
+    noise_stream: str = DEFAULT_STREAM  # every row's per-sample noise (random.STREAMS)
 
     @property
     def result_names(self) -> list[str]:

@@ -19,11 +19,12 @@ from zoo.bench.results import (
 )
 from zoo.bench.sample import read_row_samples
 from zoo.data import Dataset, load_dataset
+from zoo.diffusion.random import DEFAULT_STREAM
 from zoo.methods import BenchRow
 
 
 def previous_rows(out: Path, data: Dataset, n: int, seed: int, ref, metric_names,
-                  noise_stream: str = "torch") -> list:
+                  noise_stream: str = DEFAULT_STREAM) -> list:
     """The rows of an earlier bench in ``out`` that this one may keep: [] when there is none;
     refused (:class:`BenchError`) when it measured other data, n, seeds, noise stream (a table
     without the record: ``torch``, the only one then), reference or metrics, whose rows cannot
@@ -36,6 +37,7 @@ def previous_rows(out: Path, data: Dataset, n: int, seed: int, ref, metric_names
         theirs = {"dataset checksum": record["dataset_checksum"], "n": record["n"],
                   "first seed": record["seeds"][0], "reference": record["reference"],
                   "metrics": record.get("metric_names"),
+                  # tables written before the stream was recorded all used torch's
                   "noise stream": record.get("noise_stream", "torch")}
     except (json.JSONDecodeError, KeyError, TypeError, IndexError) as exc:
         raise BenchError(f"{table} is not a readable bench table ({type(exc).__name__}: {exc}); "

@@ -17,6 +17,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import msgpack
 import numpy as np
 import torch
 
@@ -35,8 +36,6 @@ CHUNKED = "__msgpack_chunked_array__"
 
 
 def _unpack_array(data: bytes) -> np.ndarray:
-    import msgpack
-
     shape, dtype, buffer = msgpack.unpackb(data, raw=False)
     itemsize = 2 if dtype == "bfloat16" else np.dtype(dtype).itemsize if dtype in ARRAY_DTYPES \
         else None
@@ -54,8 +53,6 @@ def _unpack_array(data: bytes) -> np.ndarray:
 
 
 def _ext_hook(code: int, data: bytes):
-    import msgpack
-
     if code in (EXT_NDARRAY, EXT_SCALAR):
         array = _unpack_array(data)
         return array if code == EXT_NDARRAY else array[()]
@@ -80,8 +77,6 @@ def read_flax_checkpoint(path) -> dict:
     """The state dict of a Flax msgpack checkpoint (``flax.serialization.msgpack_restore``'s
     result: nested dicts of numpy arrays) without JAX; anything else raises
     :class:`ImportFileError` saying what the file is."""
-    import msgpack
-
     expected = "a Flax checkpoint of openai/consistency_models_cifar10 (msgpack)"
     todo = f"download it again from {JAX_DOWNLOADS} (docs/reproduce.md)"
     kind = file_kind(path)
