@@ -11,7 +11,7 @@ import argparse
 
 import torch
 import torch.nn.functional as F
-from paired import describe, paired_ratio
+from paired import add_clock_option, describe, paired_ratio
 
 from zoo.nets.adm import ADMUNet, AttentionBlock
 
@@ -30,6 +30,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=21)
+    add_clock_option(parser)
     args = parser.parse_args()
     torch.manual_seed(0)
     # a small ImageNet-64-like configuration: 64 px, attention at 32/16/8 px, 1000 classes
@@ -51,7 +52,8 @@ def main() -> None:
         return call
 
     same = (run(einsum_forward)() - run(sdpa_forward)()).abs().max().item()
-    result = paired_ratio(run(sdpa_forward), run(einsum_forward), rounds=args.rounds)
+    result = paired_ratio(run(sdpa_forward), run(einsum_forward), rounds=args.rounds,
+                          clock=args.clock)
     print(describe(f"ADM forward, batch {args.batch}: einsum / SDPA attention", result))
     print(f"largest difference of the outputs: {same:.2e}")
 

@@ -12,7 +12,7 @@ import argparse
 import sys
 
 import torch
-from paired import describe, paired_ratio
+from paired import add_clock_option, describe, paired_ratio
 
 from zoo.nets.adm import ADMUNet, dhariwal_state_dict_to_adm, dhariwal_to_adm_kwargs
 
@@ -26,6 +26,7 @@ def main() -> None:
     parser.add_argument("--edm", required=True, help="A checkout of NVlabs/edm.")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=21)
+    add_clock_option(parser)
     args = parser.parse_args()
     sys.path.insert(0, args.edm)
     from training.networks import DhariwalUNet
@@ -47,7 +48,7 @@ def main() -> None:
         def theirs():
             edm(x, sigma, labels)
 
-        result = paired_ratio(theirs, ours, rounds=args.rounds)
+        result = paired_ratio(theirs, ours, rounds=args.rounds, clock=args.clock)
     print(describe(f"ADM / EDM's DhariwalUNet forward, batch {args.batch}", result))
     print(f"largest difference of the outputs: {gap:.2e}")
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 
 import torch
-from paired import describe, paired_ratio
+from paired import add_clock_option, describe, paired_ratio
 
 from zoo.diffusion import Denoiser
 from zoo.diffusion.samplers import generate, sample_consistency
@@ -22,6 +22,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, nargs="+", default=[256, 4096])
     parser.add_argument("--rounds", type=int, default=21)
+    add_clock_option(parser)
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
     torch.manual_seed(0)
@@ -31,7 +32,7 @@ def main() -> None:
     for batch in args.batch:
         bare, streams = timed_calls(denoiser, batch, sigmas[0], args.device)
         for stream, sampled in streams.items():
-            result = paired_ratio(bare, sampled, rounds=args.rounds)
+            result = paired_ratio(bare, sampled, rounds=args.rounds, clock=args.clock)
             print(describe(f"batch {batch}, {stream} stream / bare loop", result), flush=True)
 
 

@@ -20,7 +20,7 @@ import argparse
 import time
 
 import torch
-from paired import paired_ratio
+from paired import add_clock_option, paired_ratio
 
 from zoo.diffusion import Denoiser, append_zero, karras_sigmas
 from zoo.diffusion.samplers import generate, sample_consistency, sample_heun
@@ -73,13 +73,13 @@ def measure(case, name, shape, args):
                 for _ in range(nfe):
                     net(x, noise)
 
-            result = paired_ratio(forwards, fn, rounds=args.rounds)
+            result = paired_ratio(forwards, fn, rounds=args.rounds, clock=args.clock)
             print(f"{case:20s} {row:22s} {nfe:4d} {1e3 * result['b_s']:9.2f} "
                   f"{1e3 * result['a_s']:9.2f} {result['ratio']:6.3f} "
                   f"{result['q1']:6.3f}–{result['q3']:.3f}"
                   + ("" if result["stable"] else "  unstable: more --rounds"))
         ours, ref = rows["ours: sample_heun"][1], rows["ref: EDM Algorithm 1"][1]
-        result = paired_ratio(ref, ours, rounds=args.rounds)
+        result = paired_ratio(ref, ours, rounds=args.rounds, clock=args.clock)
     same = torch.allclose(sample_heun(edm, x * 80, heun),
                           reference_heun(edm, x * 80, heun.tolist()), atol=1e-4)
     print(f"{case:20s} {'ours ÷ EDM Alg. 1 ref':22s} {35:4d} {1e3 * result['b_s']:9.2f} "
@@ -90,6 +90,7 @@ def main():
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=21,
                         help="Paired rounds per ratio (benchmarks/paired.py).")
+    add_clock_option(parser)
     args = parser.parse_args()
     torch.manual_seed(0)
     cases = {  # name: (network, data shape)
@@ -97,7 +98,7 @@ def main():
         "toy mlp": ("mlp", (2,)),
     }
     print(f"batch {args.batch}, {torch.get_num_threads()} thread(s), medians of {args.rounds} "
-          "paired, interleaved rounds")
+          f"paired, interleaved rounds, {args.clock} clock")
     print(f"{'network':20s} {'sampler':22s} {'NFE':>4s} {'ms':>9s} {'k×fwd ms':>9s} {'ratio':>6s} "
           f"{'IQR':>13s}")
     for case, (name, shape) in cases.items():

@@ -570,28 +570,37 @@ def test_a_sampler_returning_nan_never_enters_the_table(benched, tmp_path, faili
     assert not (tmp_path / "out" / "table.json").exists()
 
 
-def test_a_philox_bench_records_its_stream_and_never_mixes_with_torch_rows(benched, tmp_path,
-                                                                           monkeypatch):
-    """Rows drawn from another noise stream cannot share a table: a bench into the torch-stream
-    bench's folder with --noise-stream philox is refused before any work; into its own folder
-    it records the stream, and its numbers are another draw of the same model."""
+def test_a_bench_records_its_stream_and_never_mixes_two_in_one_table(benched, tmp_path):
+    """Rows drawn from another noise stream cannot share a table: a --noise-stream torch bench
+    into the (default) Philox bench's folder is refused before any work, naming the flag that
+    would add to it; into its own folder it records the stream, and its numbers are another
+    draw of the same model. A table written before the stream was recorded counts as torch's."""
     out = tmp_path / "out"
     shutil.copytree(benched[0] / "out", out)
+    assert json.loads((out / "table.json").read_text())["noise_stream"] == "philox"
     before = digest(out)
     args = ["bench", "--models", "pd", "--dataset", "toy", "--runs-root",
-            str(benched[0] / "runs"), "--n", "64", "--noise-stream", "philox"]
-    result = CliRunner().invoke(main, [*args, "--out", str(out)])
+            str(benched[0] / "runs"), "--n", "64"]
+    result = CliRunner().invoke(main, [*args, "--noise-stream", "torch", "--out", str(out)])
+    assert result.exit_code == 1
+    assert "(noise stream 'philox' there, 'torch' now)" in result.output
+    assert "or pass --noise-stream philox to add to it" in " ".join(result.output.split())
+    assert digest(out) == before
+    result = CliRunner().invoke(main, [*args, "--noise-stream", "torch", "--out",
+                                       str(tmp_path / "torch")])
+    assert result.exit_code == 0, result.output
+    assert "seeds 0..63 (torch noise)" in result.output
+    record = json.loads((tmp_path / "torch" / "table.json").read_text())
+    assert record["noise_stream"] == "torch"
+    philox_rows = {(r.row.label, r.row.nfe): r.metrics["W2"] for r in benched[1].results}
+    torch_rows = {(r["label"], r["nfe"]): r["metrics"]["W2"] for r in record["rows"]}
+    assert all(philox_rows[k] != torch_rows[k] for k in torch_rows)
+    # an older table, without the record, was sampled with torch's stream: the default refuses
+    del record["noise_stream"]
+    (tmp_path / "torch" / "table.json").write_text(json.dumps(record))
+    result = CliRunner().invoke(main, [*args, "--out", str(tmp_path / "torch")])
     assert result.exit_code == 1
     assert "(noise stream 'torch' there, 'philox' now)" in result.output
-    assert digest(out) == before
-    result = CliRunner().invoke(main, [*args, "--out", str(tmp_path / "philox")])
-    assert result.exit_code == 0, result.output
-    assert "seeds 0..63 (philox noise)" in result.output
-    record = json.loads((tmp_path / "philox" / "table.json").read_text())
-    assert record["noise_stream"] == "philox"
-    torch_rows = {(r.row.label, r.row.nfe): r.metrics["W2"] for r in benched[1].results}
-    philox_rows = {(r["label"], r["nfe"]): r["metrics"]["W2"] for r in record["rows"]}
-    assert all(philox_rows[k] != torch_rows[k] for k in philox_rows)
 
 
 def test_a_bench_into_another_benchs_folder_is_refused_before_any_work(benched, tmp_path,

@@ -10,6 +10,7 @@ from torch import nn
 
 from zoo.cli import main
 from zoo.diffusion import SIGMA_MAX, SIGMA_MIN, Denoiser, StackedGenerator
+from zoo.diffusion.random import per_sample_generator
 from zoo.diffusion.samplers import sample_consistency
 from zoo.editing import (
     LUMA,
@@ -262,7 +263,7 @@ def test_zoo_edit_command(digits_runs, tmp_path):
     assert result.exit_code == 0, result.output
     assert (panels("stroke")[1] - y[0]).abs().max() < 10 * loaded.config.sigma_min
     frames = panels("interpolate")  # the end frames are one-step samples of seeds 0 and 1
-    z = StackedGenerator([0, 1]).randn((1, 8, 8))
+    z = per_sample_generator([0, 1]).randn((1, 8, 8))  # the stream `zoo sample` draws from
     with torch.no_grad():
         ends = f(sigma_max * z, torch.full((2,), sigma_max)).clamp(-1, 1)
     assert frames.shape == (5, 1, 8, 8)

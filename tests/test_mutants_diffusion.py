@@ -19,6 +19,7 @@ from zoo.diffusion import (
     lognormal_sigmas,
 )
 from zoo.diffusion.precond import ode_derivative
+from zoo.diffusion.random import PhiloxGenerator
 from zoo.diffusion.samplers import (
     check_sigmas,
     euler_step,
@@ -237,7 +238,7 @@ def test_generate_starts_each_sample_at_sigma_0_times_its_seeds_noise():
     assert nfe == 1 and len(spy.calls) == 2
     assert spy.labels[0].tolist() == [4, 2] and spy.labels[1].tolist() == [7]
     x_start = torch.cat([spy.calls[0][0], spy.calls[1][0]])
-    torch.testing.assert_close(x_start, 3.0 * StackedGenerator([10, 11, 12]).randn([2]))
+    torch.testing.assert_close(x_start, 3.0 * PhiloxGenerator([10, 11, 12]).randn([2]))
     with pytest.raises(ValueError, match="2 class labels for 3 seeds"):
         generate(spy, "euler", [3.0, 0.0], (2,), [10, 11, 12], labels=labels[:2])
 

@@ -2,12 +2,15 @@
 (against Random123's known answers and a scalar reference), a sample the same alone and in any
 batch, normals that pass a distribution test, and the torch stream kept for EDM's samplers."""
 
+import math
+
 import numpy as np
 import pytest
 import scipy.stats
 import torch
 
 from zoo.diffusion.random import (
+    DEFAULT_STREAM,
     STREAMS,
     PhiloxGenerator,
     StackedGenerator,
@@ -52,6 +55,28 @@ def test_philox_gives_random123s_known_answers_and_the_scalar_reference():
     assert got == [philox_reference(c.tolist(), k.tolist()) for c, k in zip(counters, keys)]
 
 
+def test_philox_normals_are_box_muller_of_the_counter_words():
+    """Sample b's draw d, block j is Philox4x32-10 of counter (j, d mod 2³², d div 2³², 0) under
+    key (seed mod 2³², seed div 2³²); its four words give the uniforms u = (w + ½)/2³² and the
+    normals √(−2 ln u0)·cos 2πu1, √(−2 ln u2)·cos 2πu3, then the sines (Box–Muller), computed
+    here on Python integers and floats."""
+    seeds = [0, 7, 2**33 + 1]
+    gen = PhiloxGenerator(seeds)
+    gen.randn([1])
+    second = gen.randn([6]).double()  # draw 1: two blocks, the last two normals unused
+    for b, seed in enumerate(seeds):
+        expected = []
+        for block in range(2):
+            w = philox_reference([block, 1, 0, 0], [seed & MASK, seed >> 32])
+            u = [(x + 0.5) / 2**32 for x in w]
+            r0, r2 = math.sqrt(-2 * math.log(u[0])), math.sqrt(-2 * math.log(u[2]))
+            a1, a3 = 2 * math.pi * u[1], 2 * math.pi * u[3]
+            expected += [r0 * math.cos(a1), r2 * math.cos(a3), r0 * math.sin(a1),
+                         r2 * math.sin(a3)]
+        torch.testing.assert_close(second[b], torch.tensor(expected[:6], dtype=torch.float64),
+                                   rtol=1e-6, atol=1e-6)  # float32 draws
+
+
 @pytest.mark.parametrize("stream", [PhiloxGenerator, StackedGenerator])
 def test_a_sample_is_the_same_alone_and_in_any_batch(stream):
     seeds = [3, 17, 2**40 + 5, 99]
@@ -91,7 +116,9 @@ def test_generate_takes_either_stream_and_refuses_another():
     torch.testing.assert_close(a, b, rtol=0, atol=0)  # batch size does not matter
     torch.testing.assert_close(a, PhiloxGenerator(range(6)).randn([2]) * 2.0)
     c, _ = generate(denoiser, sample_euler, sigmas, (2,), range(6))
-    torch.testing.assert_close(c, StackedGenerator(range(6)).randn([2]) * 2.0)  # EDM's stream
+    torch.testing.assert_close(c, a, rtol=0, atol=0)  # Philox is the default
+    d, _ = generate(denoiser, sample_euler, sigmas, (2,), range(6), stream="torch")
+    torch.testing.assert_close(d, StackedGenerator(range(6)).randn([2]) * 2.0)  # EDM's stream
     with pytest.raises(ValueError, match="stream 'numpy'; accepted: torch, philox"):
         generate(denoiser, sample_euler, sigmas, (2,), range(2), stream="numpy")
 
@@ -99,21 +126,23 @@ def test_generate_takes_either_stream_and_refuses_another():
 def test_noise_stream_sets_generates_default_and_a_call_may_name_its_own():
     denoiser = lambda x, sigma, *args, **kwargs: x  # noqa: E731
     sigmas = torch.tensor([2.0, 1.0, 0.0])
-    philox = PhiloxGenerator(range(5)).randn([2]) * 2.0
-    with noise_stream("philox"):
-        assert current_stream() == "philox"
+    assert current_stream() == DEFAULT_STREAM == "philox"
+    with noise_stream("torch"):
+        assert current_stream() == "torch"
         a, _ = generate(denoiser, sample_euler, sigmas, (2,), range(5))
-        b, _ = generate(denoiser, sample_euler, sigmas, (2,), range(5), stream="torch")
-    assert current_stream() == "torch"
-    torch.testing.assert_close(a, philox, rtol=0, atol=0)
-    torch.testing.assert_close(b, StackedGenerator(range(5)).randn([2]) * 2.0, rtol=0, atol=0)
+        b, _ = generate(denoiser, sample_euler, sigmas, (2,), range(5), stream="philox")
+    assert current_stream() == "philox"
+    torch.testing.assert_close(a, StackedGenerator(range(5)).randn([2]) * 2.0, rtol=0, atol=0)
+    torch.testing.assert_close(b, PhiloxGenerator(range(5)).randn([2]) * 2.0, rtol=0, atol=0)
     with pytest.raises(ValueError, match="noise stream 'numpy'; accepted: torch, philox"):
         with noise_stream("numpy"):
             pass
     # the CLI's choices (defined without importing torch) are the streams
     from zoo.cli.common import SHARED_OPTIONS
 
-    assert list(SHARED_OPTIONS["noise_stream"][1]["type"].choices) == list(STREAMS)
+    option = SHARED_OPTIONS["noise_stream"][1]
+    assert sorted(option["type"].choices) == sorted(STREAMS)
+    assert option["default"] == DEFAULT_STREAM
 
 
 def test_zoo_sample_noise_stream_philox_is_the_vectorised_stream_and_is_recorded(tmp_path):

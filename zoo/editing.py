@@ -12,8 +12,8 @@ starting from x = A⁻¹[(A y) ⊙ (1 − Ω)] + σ_1·z. The known components o
 of y exactly. Every transform here keeps the image's shape: its output is an image-shaped array
 of components, so a mask is an image-shaped 0/1 tensor.
 
-Images are ``[B, C, H, W]`` in [−1, 1]; randomness comes from a
-:class:`~zoo.diffusion.StackedGenerator`, so an edit does not depend on its batch.
+Images are ``[B, C, H, W]`` in [−1, 1]; randomness comes from a per-sample generator
+(:mod:`zoo.diffusion.random`), so an edit does not depend on its batch.
 """
 
 from __future__ import annotations
@@ -24,7 +24,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from zoo.diffusion import SIGMA_MAX, SIGMA_MIN, StackedGenerator, karras_sigmas
+from zoo.diffusion import SIGMA_MAX, SIGMA_MIN, karras_sigmas
+from zoo.diffusion.random import per_sample_generator
 from zoo.diffusion.samplers import check_sigmas
 
 #: ITU-R BT.601 luma weights (the paper's colour transform, Appendix D).
@@ -315,7 +316,7 @@ def edit_files(f, task, inputs, *, shape, sigmas, sigma_min, sigma_max, seed=0, 
         raise ValueError(f"unknown task {task!r}; valid: {', '.join(TASKS)}")
     channels, height, width = shape
     if task == "interpolate":
-        gen = StackedGenerator([seed, seed + 1 if seed2 is None else seed2])
+        gen = per_sample_generator([seed, seed + 1 if seed2 is None else seed2])
         z = gen.randn(shape)
         row = interpolate(f, z[0], z[1], torch.linspace(0, 1, frames), sigma_max=sigma_max)
         return ["interpolation"], [row]
@@ -341,7 +342,7 @@ def edit_files(f, task, inputs, *, shape, sigmas, sigma_min, sigma_max, seed=0, 
         raise ValueError(f"--sigma must lie in [{sigma_min}, {sigma_max}], got {sigma}")
     y = torch.stack([read_image(p, channels, size, resize=resize,
                                 allow_grey=task == "colorize") for p in files])
-    gen = StackedGenerator(range(seed, seed + len(files)))
+    gen = per_sample_generator(range(seed, seed + len(files)))
     options = dict(generator=gen, sigma_min=sigma_min)
     if task == "inpaint":
         if mask is None:

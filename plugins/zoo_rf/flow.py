@@ -80,8 +80,10 @@ def sample_rf_euler(velocity, x, sigmas, *, generator=None, class_labels=None):
 @torch.no_grad()
 def make_pairs(velocity, shape, seeds, steps: int, *, labels=None, batch_size: int = 1000,
                device="cpu"):
-    """The reflow coupling (Z_0, Z_1) of a trained flow: Z_0 = z from each seed's own generator
-    (the noise ``generate`` starts sample ``seed`` from), Z_1 its ``steps``-step Euler solution.
+    """The reflow coupling (Z_0, Z_1) of a trained flow: Z_0 = z from each seed's own
+    ``torch.Generator`` (the per-sample torch stream, whatever stream the bench samples with, so
+    that a run's training data never depends on a sampling flag), Z_1 its ``steps``-step Euler
+    solution.
     Returns float32 CPU tensors (z, x1); a pair does not depend on ``batch_size``."""
     seeds = list(seeds)
     zs, xs = [], []

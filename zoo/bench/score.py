@@ -48,9 +48,11 @@ def previous_rows(out: Path, data: Dataset, n: int, seed: int, ref, metric_names
     differ = {k: (theirs[k], ours[k]) for k in ours if theirs[k] != ours[k]}
     if differ:
         detail = "; ".join(f"{k} {a!r} there, {b!r} now" for k, (a, b) in differ.items())
+        same_stream = (f", or pass --noise-stream {theirs['noise stream']} to add to it"
+                       if list(differ) == ["noise stream"] else "")
         raise BenchError(f"--out {out} holds another bench's results ({detail}): its rows "
                          f"cannot share a table with this one. Choose another --out, or move "
-                         f"it aside (mv {out} {out}.old)")
+                         f"it aside (mv {out} {out}.old){same_stream}")
     return [row_result_from_record(r) for r in record["rows"]]
 
 

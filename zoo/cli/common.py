@@ -142,11 +142,11 @@ SHARED_OPTIONS = {
         help="Samples per sampler call (memory only: the samples do not depend on it).")),
     "progress": (["--progress/--no-progress"], dict(default=True, help="Show progress bars.")),
     "noise_stream": (["--noise-stream"], dict(
-        type=click.Choice(["torch", "philox"]), default="torch", show_default=True,
-        help="Each sample's noise: torch (one torch.Generator per sample, EDM's stream, what "
-        "every recorded table used) or philox (the same per-sample property computed for the "
-        "whole batch at once: faster, other numbers). Either way a sample does not depend on "
-        "its batch.")),
+        type=click.Choice(["philox", "torch"]), default="philox", show_default=True,
+        help="Each sample's noise: philox (Philox4x32-10 keyed by the sample's seed, computed "
+        "for the whole batch at once) or torch (one torch.Generator per sample: EDM's stream, "
+        "and the stream of tables recorded before Philox became the default). Either way a "
+        "sample does not depend on its batch; the two give other numbers.")),
 }
 
 

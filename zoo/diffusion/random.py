@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 
+import numpy as np
 import torch
 
 
@@ -45,20 +46,40 @@ PHILOX_ROUNDS = 10
 _U32 = 0xFFFFFFFF
 
 
+def philox_key_schedule(key: torch.Tensor) -> torch.Tensor:
+    """The round keys of Philox4x32-10 for ``key`` ``[..., 2]``: ``[..., 10, 2]``, round r's key
+    (k0 + r·W0, k1 + r·W1) mod 2³², even rounds' in swapped order (see :func:`_philox_rounds`)."""
+    swap = torch.tensor([[1, 0] if r % 2 == 0 else [0, 1] for r in range(PHILOX_ROUNDS)],
+                        device=key.device)
+    weyl = torch.tensor([[r * PHILOX_W[i] for i in row] for r, row in enumerate(swap.tolist())],
+                        dtype=torch.int64, device=key.device)
+    return (key[..., swap] + weyl) & _U32
+
+
+def _philox_rounds(even: torch.Tensor, odd: torch.Tensor, schedule: torch.Tensor):
+    """The ten rounds on the counter words split as ``even`` = (c0, c2) and ``odd`` = (c3, c1)
+    (``[..., 2]`` each, broadcast against ``schedule[..., r, :]``): returns (c0, c2), (c1, c3).
+
+    A round multiplies (c0, c2) by (M0, M1) and sets c0 = hi(c2·M1) ^ c1 ^ k0, c1 = lo(c2·M1),
+    c2 = hi(c0·M0) ^ c3 ^ k1, c3 = lo(c0·M0). Keeping ``even`` and ``odd`` in opposite word
+    orders, which swap every round (the multipliers and round keys swapped with them), makes
+    each round seven tensor operations with one copy, however large the batch."""
+    mult = torch.tensor([PHILOX_M, PHILOX_M[::-1]], device=even.device)
+    for r in range(PHILOX_ROUNDS):
+        product = even * mult[r % 2]  # < 2⁶⁴: taken modulo 2⁶⁴ in int64, halves masked out
+        low = product & _U32
+        even = ((product >> 32) & _U32) ^ odd ^ schedule[..., r, :]
+        odd = low.flip(-1) if r < PHILOX_ROUNDS - 1 else low
+    return even, odd
+
+
 def philox4x32(counter: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
     """Philox4x32-10 of ``counter`` ``[..., 4]`` under ``key`` ``[..., 2]`` (uint32 values held
     in int64, broadcast): ``[..., 4]`` uint32 words, a counter-based generator's output, computed
-    with tensor operations across all of them at once (products of two 32-bit words taken
-    modulo 2⁶⁴ in int64, their halves masked out)."""
-    c0, c1, c2, c3 = counter.unbind(-1)
-    k0, k1 = key.unbind(-1)
-    for r in range(PHILOX_ROUNDS):
-        if r:
-            k0, k1 = (k0 + PHILOX_W[0]) & _U32, (k1 + PHILOX_W[1]) & _U32
-        p0, p1 = c0 * PHILOX_M[0], c2 * PHILOX_M[1]
-        c0, c1, c2, c3 = (((p1 >> 32) & _U32) ^ c1 ^ k0, p1 & _U32,
-                          ((p0 >> 32) & _U32) ^ c3 ^ k1, p0 & _U32)
-    return torch.stack([c0, c1, c2, c3], -1)
+    with tensor operations across all of them at once."""
+    even, odd = _philox_rounds(counter[..., 0::2], counter[..., [3, 1]],
+                               philox_key_schedule(key))
+    return torch.stack([even, odd], -1).flatten(-2)
 
 
 class PhiloxGenerator:
@@ -70,14 +91,20 @@ class PhiloxGenerator:
     :class:`StackedGenerator`'s (EDM's per-sample ``torch.Generator`` stream)."""
 
     def __init__(self, seeds, device="cpu"):
-        self.seeds = [int(s) for s in seeds]
         self.device = torch.device(device)
-        seeds64 = torch.tensor(self.seeds, dtype=torch.int64, device=self.device)
-        self.keys = torch.stack([seeds64 & _U32, (seeds64 >> 32) & _U32], -1)  # [B, 2]
+        if isinstance(seeds, range):
+            seeds64 = torch.arange(seeds.start, seeds.stop, seeds.step, device=self.device)
+        else:
+            seeds64 = torch.from_numpy(np.asarray(seeds, dtype=np.int64)).to(self.device)
+        if seeds64.ndim != 1:
+            raise ValueError(f"seeds must be a sequence of integers, got shape "
+                             f"{tuple(seeds64.shape)}")
+        keys = torch.stack([seeds64 & _U32, (seeds64 >> 32) & _U32], -1)  # [B, 2]
+        self.schedule = philox_key_schedule(keys)[:, None]  # [B, 1, rounds, 2]
         self.draws = 0
 
     def __len__(self) -> int:
-        return len(self.seeds)
+        return self.schedule.shape[0]
 
     def randn(self, size, dtype=torch.float32) -> torch.Tensor:
         """Standard normals ``[B, *size]``: this generator's next draw."""
@@ -86,17 +113,22 @@ class PhiloxGenerator:
         for n in size:
             numel *= n
         blocks = (numel + 3) // 4
-        counter = torch.zeros(len(self), blocks, 4, dtype=torch.int64, device=self.device)
-        counter[..., 0] = torch.arange(blocks, device=self.device)
-        counter[..., 1] = self.draws & _U32
-        counter[..., 2] = (self.draws >> 32) & _U32
+        # counter (c0, c1, c2, c3) = (block, draw mod 2³², draw div 2³², 0), the same for every
+        # sample: only the keys differ
+        draw_low, draw_high = self.draws & _U32, (self.draws >> 32) & _U32
         self.draws += 1
-        words = philox4x32(counter, self.keys[:, None, :]).to(torch.float64)
-        uniform = (words + 0.5) / 2.0**32  # in (0, 1): the logarithm below is finite
-        radius = torch.sqrt(-2 * torch.log(uniform[..., 0::2]))
-        angle = 2 * torch.pi * uniform[..., 1::2]
+        even = torch.tensor([0, draw_high], device=self.device).repeat(blocks, 1)
+        even[:, 0] = torch.arange(blocks, device=self.device)
+        odd = torch.tensor([[0, draw_low]], device=self.device)
+        words_r, words_a = _philox_rounds(even, odd, self.schedule)  # (c0, c2), (c1, c3)
+        # Box–Muller: a radius from each of c0, c2 and an angle from c1, c3, uniforms in (0, 1)
+        radius = torch.sqrt(-2 * torch.log((words_r.to(torch.float64) + 0.5) / 2.0**32))
+        angle = (words_a.to(torch.float64) + 0.5) * (2 * torch.pi / 2.0**32)
         normals = torch.cat([radius * torch.cos(angle), radius * torch.sin(angle)], -1)
-        return normals.reshape(len(self), -1)[:, :numel].reshape(len(self), *size).to(dtype)
+        normals = normals.reshape(len(self), -1)
+        if normals.shape[1] != numel:
+            normals = normals[:, :numel]
+        return normals.reshape(len(self), *size).to(dtype)
 
     def randn_like(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[0] != len(self):
@@ -104,10 +136,11 @@ class PhiloxGenerator:
         return self.randn(x.shape[1:], dtype=x.dtype).to(x.device)
 
 
-#: The per-sample streams ``generate`` may use: ``torch`` (EDM's stream: one torch.Generator
-#: per sample; the default, the stream every recorded table used) or ``philox`` (vectorised).
+#: The per-sample streams ``generate`` may use: ``philox`` (vectorised; the default) or
+#: ``torch`` (EDM's stream: one torch.Generator per sample, what EDM's and openai's samplers
+#: draw, and the stream of the tables recorded before Philox became the default).
 STREAMS = {"torch": StackedGenerator, "philox": PhiloxGenerator}
-DEFAULT_STREAM = "torch"
+DEFAULT_STREAM = "philox"
 _STREAM = contextvars.ContextVar("zoo_noise_stream", default=DEFAULT_STREAM)
 
 
@@ -130,5 +163,12 @@ def noise_stream(name: str):
 
 
 def current_stream() -> str:
-    """The per-sample stream in force (:func:`noise_stream`; ``torch`` outside any)."""
+    """The per-sample stream in force (:func:`noise_stream`; :data:`DEFAULT_STREAM` outside
+    any)."""
     return _STREAM.get()
+
+
+def per_sample_generator(seeds, device="cpu", stream: str | None = None):
+    """A generator of the per-sample ``stream`` (:data:`STREAMS`; ``None``: the one in force)
+    for ``seeds``: row b of each draw comes from ``seeds[b]`` alone."""
+    return STREAMS[check_stream(stream or current_stream())](seeds, device)

@@ -28,7 +28,12 @@ from tqdm.auto import tqdm
 
 from zoo import plugins
 from zoo.diffusion.precond import SIGMA_MIN, expand_sigma, ode_derivative
-from zoo.diffusion.random import STREAMS, StackedGenerator, check_stream, current_stream
+from zoo.diffusion.random import (
+    StackedGenerator,
+    check_stream,
+    current_stream,
+    per_sample_generator,
+)
 from zoo.distributed import all_max, gather_samples, shard
 from zoo.hookspecs import hookimpl
 
@@ -436,9 +441,9 @@ def generate(
     **opts,
 ):
     """Draw one sample per seed: x_T = σ_0·z with z from the sample's own seed, then the sampler.
-    ``stream`` (:data:`~zoo.diffusion.random.STREAMS`): ``torch``, EDM's per-sample
-    ``torch.Generator``, or ``philox``, the same per-sample property computed vectorised;
-    ``None``: the one in force (:func:`~zoo.diffusion.random.noise_stream`, else ``torch``).
+    ``stream`` (:data:`~zoo.diffusion.random.STREAMS`): ``philox``, per-sample Philox computed
+    for the whole batch at once, or ``torch``, EDM's per-sample ``torch.Generator``; ``None``:
+    the one in force (:func:`~zoo.diffusion.random.noise_stream`, else ``philox``).
 
     ``labels`` (int64, one per seed; :func:`zoo.methods.draw_labels`) condition a
     class-conditional model: the sampler gets them as ``class_labels``. Returns ``(x0, nfe)``,
@@ -447,7 +452,7 @@ def generate(
     of the seeds and all get every sample, in seed order: the same samples as one process.
     """
     stream = check_stream(stream or current_stream())
-    seeds = list(seeds)
+    seeds = seeds if isinstance(seeds, range) else list(seeds)
     total = len(seeds)
     if labels is not None and len(labels) != total:
         raise ValueError(f"{len(labels)} class labels for {total} seeds")
@@ -457,7 +462,7 @@ def generate(
     sigma_0 = float(sigmas[0])
     outs, nfe = [torch.empty(0, *shape)], 0
     for start in tqdm(range(0, len(seeds), batch_size), disable=not progress, desc="sampling"):
-        gen = STREAMS[stream](seeds[start : start + batch_size], device)
+        gen = per_sample_generator(seeds[start : start + batch_size], device, stream)
         x = gen.randn(shape).to(device) * sigma_0
         if labels is not None:
             opts["class_labels"] = labels[start : start + batch_size].to(device)
