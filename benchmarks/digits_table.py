@@ -35,6 +35,7 @@ from zoo.bench import format_table, rescore_bench, run_bench
 from zoo.bench.report import cost_cells, git_commit, plot_metric_vs_cost, plot_metric_vs_nfe
 from zoo.cli import training_jobs
 from zoo.data import load_dataset
+from zoo.diffusion.random import DEFAULT_STREAM, STREAMS
 from zoo.metrics import evaluate, lower_is_better
 
 MODELS = "cm,edm,pd,rf,meanflow,ect,scm"
@@ -109,6 +110,9 @@ def main(argv=None) -> int:
     parser.add_argument("--plot-metric", default="FD297-digits")
     parser.add_argument("--jobs", default="auto",
                         help="runs trained at once, as zoo bench --jobs [auto]")
+    parser.add_argument("--noise-stream", default=DEFAULT_STREAM, choices=list(STREAMS),
+                        help="per-sample noise, as zoo bench --noise-stream (the README's "
+                        "untuned digits table was sampled with torch)")
     args = parser.parse_args(argv)
     out = Path(args.out)
     commit = git_commit()  # before training: the code that produced the runs
@@ -119,7 +123,8 @@ def main(argv=None) -> int:
         report = run_bench(args.models.split(","), "digits", runs_root=args.runs_root,
                            train_missing=True, n=args.n, seed=args.seed,
                            batch_size=args.batch_size, out=out, device=args.device, echo=echo,
-                           jobs=training_jobs(args.jobs, args.device))
+                           jobs=training_jobs(args.jobs, args.device),
+                           noise_stream=args.noise_stream)
     train, test = load_dataset("digits"), load_dataset("digits", split="test")
     floors = floor_metrics(report, evaluate(test.x, train, metrics=["fd-digits"],
                                             seed=report.seed))

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from zoo.bench import run_bench
 from zoo.bench.report import cost_cells
+from zoo.diffusion.random import DEFAULT_STREAM, STREAMS
 
 #: A study's folder -> the method and run of the table it tunes.
 FAMILIES = {"edm": ("edm", "edm"), "cm-cd": ("cm", "cm-cd"), "cm-ct": ("cm", "cm-ct"),
@@ -43,6 +44,9 @@ def main() -> None:
     parser.add_argument("--runs-root", default="runs-tuned")
     parser.add_argument("--out", default=None)
     parser.add_argument("--jobs", type=int, default=1)
+    parser.add_argument("--noise-stream", default=DEFAULT_STREAM, choices=list(STREAMS),
+                        help="per-sample noise, as zoo bench --noise-stream (the toy tuning "
+                        "table in docs/tuning.md was sampled with torch)")
     parser.add_argument("--families", default=None,
                         help=f"Comma-separated studies to table [default: all of {list(FAMILIES)}]")
     args = parser.parse_args()
@@ -53,7 +57,7 @@ def main() -> None:
     methods = list(dict.fromkeys(scope.split("/")[0] for scope in settings))
     report = run_bench(methods, args.dataset, runs_root=args.runs_root, train_missing=True,
                        out=args.out or f"bench/{args.dataset}-tuned", settings=settings,
-                       jobs=args.jobs, progress=False)
+                       jobs=args.jobs, progress=False, noise_stream=args.noise_stream)
     metric = report.metric_names[0]
     key = next(k for k in report.result_names if not k.endswith((" ±", " floor")))
     print(f"| METHOD | NFE | {key} | train Mimg | train passes (G fwd-eq) | tuning passes "

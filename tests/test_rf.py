@@ -20,6 +20,7 @@ from zoo_rf import (
 import zoo
 import zoo.plugins
 from zoo.cli import main
+from zoo.diffusion.random import noise_stream
 from zoo.diffusion.samplers import NFECounter
 from zoo.training import BatchNoise, load_checkpoint
 
@@ -148,7 +149,9 @@ def test_samples_count_nfe_and_do_not_depend_on_the_batch_size(method, teacher):
     for nfe in (1, 2, 5):
         samples = method.sample(run, 12, nfe=nfe, batch_size=5)
         assert samples.nfe == nfe and samples.x.shape == (12, 2)
-        assert torch.equal(samples.x, method.sample(run, 12, nfe=nfe, batch_size=12).x)
+        # the same noise; the MLP's fp32 rounding may differ between batches of 5 and 12
+        torch.testing.assert_close(samples.x, method.sample(run, 12, nfe=nfe, batch_size=12).x,
+                                   rtol=0, atol=1e-6)
     assert method.sample(run, 3).nfe == 100  # a 1-RF run samples its ODE by default
     assert torch.equal(method.sample(run, 12, seed=0, nfe=2).x[4:],
                        method.sample(run, 8, seed=4, nfe=2).x)
@@ -173,9 +176,11 @@ def test_a_reflow_run_resumed_after_a_crash_reproduces_the_uninterrupted_run(met
     pairs_a = load_checkpoint(straight / "reflow-pairs.pt")
     pairs_b = load_checkpoint(resumed / "reflow-pairs.pt")
     assert torch.equal(pairs_a["x1"], pairs_b["x1"]) and torch.equal(pairs_a["z"], pairs_b["z"])
-    # pair j is the teacher's own reflow_steps-step sample from seed reflow_seed + j
+    # pair j is the teacher's own reflow_steps-step sample from seed reflow_seed + j, its noise
+    # from the torch stream whatever the sampling default (training data never follows it)
     config = reflow_config(method, teacher)
-    own = method.sample(method.load(teacher), 5, seed=config.reflow_seed, nfe=4).x
+    with noise_stream("torch"):
+        own = method.sample(method.load(teacher), 5, seed=config.reflow_seed, nfe=4).x
     torch.testing.assert_close(pairs_a["x1"][:5], own)
     # a reflowed run samples in one step by default
     assert method.sample(method.load(straight), 3).nfe == 1
