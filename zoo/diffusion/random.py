@@ -46,25 +46,32 @@ PHILOX_ROUNDS = 10
 _U32 = 0xFFFFFFFF
 
 
+#: Round r's Weyl increments r·(W0, W1), in swapped order for even r; the multipliers in both
+#: orders (see :func:`_philox_rounds`). Moved to a device once per generator, never per draw: a
+#: host-to-device copy would wait for the GPU's queue.
+_WEYL = torch.tensor([[r * PHILOX_W[1], r * PHILOX_W[0]] if r % 2 == 0 else
+                      [r * PHILOX_W[0], r * PHILOX_W[1]] for r in range(PHILOX_ROUNDS)])
+_MULT = torch.tensor([PHILOX_M, PHILOX_M[::-1]])
+
+
 def philox_key_schedule(key: torch.Tensor) -> torch.Tensor:
     """The round keys of Philox4x32-10 for ``key`` ``[..., 2]``: ``[..., 10, 2]``, round r's key
     (k0 + r·W0, k1 + r·W1) mod 2³², even rounds' in swapped order (see :func:`_philox_rounds`)."""
-    swap = torch.tensor([[1, 0] if r % 2 == 0 else [0, 1] for r in range(PHILOX_ROUNDS)],
-                        device=key.device)
-    weyl = torch.tensor([[r * PHILOX_W[i] for i in row] for r, row in enumerate(swap.tolist())],
-                        dtype=torch.int64, device=key.device)
-    return (key[..., swap] + weyl) & _U32
+    both = torch.stack([key.flip(-1), key], -2)  # [..., 2, 2]: swapped, then as given
+    rounds = both.repeat(*(1,) * (key.dim() - 1), PHILOX_ROUNDS // 2, 1)
+    return (rounds + _WEYL.to(key.device)) & _U32
 
 
-def _philox_rounds(even: torch.Tensor, odd: torch.Tensor, schedule: torch.Tensor):
+def _philox_rounds(even: torch.Tensor, odd: torch.Tensor, schedule: torch.Tensor,
+                   mult: torch.Tensor):
     """The ten rounds on the counter words split as ``even`` = (c0, c2) and ``odd`` = (c3, c1)
     (``[..., 2]`` each, broadcast against ``schedule[..., r, :]``): returns (c0, c2), (c1, c3).
 
     A round multiplies (c0, c2) by (M0, M1) and sets c0 = hi(c2·M1) ^ c1 ^ k0, c1 = lo(c2·M1),
     c2 = hi(c0·M0) ^ c3 ^ k1, c3 = lo(c0·M0). Keeping ``even`` and ``odd`` in opposite word
     orders, which swap every round (the multipliers and round keys swapped with them), makes
-    each round seven tensor operations with one copy, however large the batch."""
-    mult = torch.tensor([PHILOX_M, PHILOX_M[::-1]], device=even.device)
+    each round seven tensor operations with one copy, however large the batch. ``mult`` is
+    :data:`_MULT` on the counter's device."""
     for r in range(PHILOX_ROUNDS):
         product = even * mult[r % 2]  # < 2⁶⁴: taken modulo 2⁶⁴ in int64, halves masked out
         low = product & _U32
@@ -78,7 +85,7 @@ def philox4x32(counter: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
     in int64, broadcast): ``[..., 4]`` uint32 words, a counter-based generator's output, computed
     with tensor operations across all of them at once."""
     even, odd = _philox_rounds(counter[..., 0::2], counter[..., [3, 1]],
-                               philox_key_schedule(key))
+                               philox_key_schedule(key), _MULT.to(counter.device))
     return torch.stack([even, odd], -1).flatten(-2)
 
 
@@ -101,6 +108,7 @@ class PhiloxGenerator:
                              f"{tuple(seeds64.shape)}")
         keys = torch.stack([seeds64 & _U32, (seeds64 >> 32) & _U32], -1)  # [B, 2]
         self.schedule = philox_key_schedule(keys)[:, None]  # [B, 1, rounds, 2]
+        self.mult = _MULT.to(self.device)
         self.draws = 0
 
     def __len__(self) -> int:
@@ -114,13 +122,14 @@ class PhiloxGenerator:
             numel *= n
         blocks = (numel + 3) // 4
         # counter (c0, c1, c2, c3) = (block, draw mod 2³², draw div 2³², 0), the same for every
-        # sample: only the keys differ
         draw_low, draw_high = self.draws & _U32, (self.draws >> 32) & _U32
         self.draws += 1
-        even = torch.tensor([0, draw_high], device=self.device).repeat(blocks, 1)
+        # sample: only the keys differ (made on the device: no host-to-device copy per draw)
+        even = torch.full((blocks, 2), draw_high, dtype=torch.int64, device=self.device)
         even[:, 0] = torch.arange(blocks, device=self.device)
-        odd = torch.tensor([[0, draw_low]], device=self.device)
-        words_r, words_a = _philox_rounds(even, odd, self.schedule)  # (c0, c2), (c1, c3)
+        odd = torch.zeros(1, 2, dtype=torch.int64, device=self.device)
+        odd[0, 1] = draw_low
+        words_r, words_a = _philox_rounds(even, odd, self.schedule, self.mult)  # (c0,c2), (c1,c3)
         # Box–Muller: a radius from each of c0, c2 and an angle from c1, c3, uniforms in (0, 1)
         radius = torch.sqrt(-2 * torch.log((words_r.to(torch.float64) + 0.5) / 2.0**32))
         angle = (words_a.to(torch.float64) + 0.5) * (2 * torch.pi / 2.0**32)
