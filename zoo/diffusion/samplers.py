@@ -2,9 +2,9 @@
 
 ``x`` is the starting point at noise level ``sigmas[0]`` (``sigmas[0]·z``), ``sigmas`` the
 decreasing grid to follow; diffusion samplers expect it to end at 0 (:func:`append_zero`).
-Randomness comes from a :class:`~zoo.diffusion.random.StackedGenerator`, so a sample does not
-depend on its batch. Wrap the denoiser in :class:`NFECounter` (or use :func:`run_sampler`) to
-count network evaluations.
+Randomness comes from a per-sample generator (:mod:`zoo.diffusion.random`: Philox by default,
+or EDM's one ``torch.Generator`` per sample), so a sample does not depend on its batch. Wrap the
+denoiser in :class:`NFECounter` (or use :func:`run_sampler`) to count network evaluations.
 
 A sampler declares the model output it consumes as its ``parameterization`` attribute
 (:data:`MODEL_KINDS`: ``"edm"`` a denoiser D(x, σ), ``"consistency"`` f(x, σ), ...), and its
