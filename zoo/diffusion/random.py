@@ -122,9 +122,9 @@ class PhiloxGenerator:
             numel *= n
         blocks = (numel + 3) // 4
         # counter (c0, c1, c2, c3) = (block, draw mod 2³², draw div 2³², 0), the same for every
+        # sample (only the keys differ), made on the device: no host-to-device copy per draw
         draw_low, draw_high = self.draws & _U32, (self.draws >> 32) & _U32
         self.draws += 1
-        # sample: only the keys differ (made on the device: no host-to-device copy per draw)
         even = torch.full((blocks, 2), draw_high, dtype=torch.int64, device=self.device)
         even[:, 0] = torch.arange(blocks, device=self.device)
         odd = torch.zeros(1, 2, dtype=torch.int64, device=self.device)
