@@ -16,7 +16,14 @@ from zoo.data import load_dataset
 from zoo.hookspecs import hookimpl
 from zoo.search_space import Choice, Float, Int
 from zoo.training import load_checkpoint
-from zoo.tuning import VALIDATION_SEED, time_left, tune, validation_score
+from zoo.tuning import (
+    VALIDATION_SEED,
+    open_study,
+    study_cost,
+    time_left,
+    tune,
+    validation_score,
+)
 
 TINY = {"network_kwargs": {"hidden": 16, "num_layers": 1}, "batch_size": 64,
         "dataset_options": {"n": 500}}
@@ -190,3 +197,23 @@ def test_the_best_trials_are_confirmed_at_full_length(still, tmp_path):
         study_name="still-edm-toy", storage=f"sqlite:///{tmp_path / 's' / 'study.db'}").trials)
     assert record["tuning_cost_fwd"] == pytest.approx(short_cost + confirmed["cost_fwd"])
     assert confirmed["cost_fwd"] > 0
+
+
+def test_a_resumed_study_proposes_new_settings_and_counts_each_run_once(still, tmp_path):
+    """A study continued by another process must not replay the first one's proposals (a
+    sampler seeded as before would: the same settings trained again, counted twice against the
+    budget); a run folder shared by several trials counts once, at its cumulative cost."""
+    out = tmp_path / "study"
+    proposals = []
+    for _ in range(2):  # each open_study as a new process would
+        study = open_study(still, "toy", out)
+        trial = study.ask()
+        proposals.append(trial.suggest_float("x", 0.0, 1.0))
+        study.tell(trial, 1.0)
+    assert proposals[0] != proposals[1]
+    shared = optuna.create_study()  # three trials, two of them on one run folder
+    for lr, cost in ((1e-3, 5.0), (1e-3, 8.0), (2e-3, 3.0)):
+        shared.add_trial(optuna.trial.create_trial(
+            params={"lr": lr}, distributions={"lr": optuna.distributions.FloatDistribution(
+                1e-4, 1e-2, log=True)}, value=0.5, user_attrs={"cost_fwd": cost}))
+    assert study_cost(shared) == 11.0

@@ -169,8 +169,14 @@ def load_saved_config(method: Method, run_dir: Path):
 
 
 def study_cost(study) -> float:
-    """Forward-equivalent passes of every trial of ``study`` so far."""
-    return sum(t.user_attrs.get("cost_fwd", 0.0) for t in study.trials)
+    """Forward-equivalent passes the trials of ``study`` have trained so far: each run folder
+    (one per settings, :func:`params_key`) once, at the most any of its trials recorded (a
+    folder's cost is cumulative; an interrupted trial and its retry share it)."""
+    spent: dict = {}
+    for t in study.trials:
+        key = params_key(t.params)
+        spent[key] = max(spent.get(key, 0.0), t.user_attrs.get("cost_fwd", 0.0))
+    return sum(spent.values())
 
 
 def open_study(method: Method, dataset: str, out: Path, *, seed: int = 0, pruner=None):
@@ -184,9 +190,11 @@ def open_study(method: Method, dataset: str, out: Path, *, seed: int = 0, pruner
     study = optuna.create_study(
         study_name=f"{method.name}-{dataset}", storage=f"sqlite:///{out / 'study.db'}",
         load_if_exists=True, direction="minimize",
-        sampler=optuna.samplers.TPESampler(seed=seed),
         pruner=pruner or optuna.pruners.HyperbandPruner(min_resource=1, max_resource=REPORTS,
                                                         reduction_factor=3))
+    # seeded by the trials so far: a resumed study's sampler would otherwise start its random
+    # stream again and propose the first process's settings a second time
+    study.sampler = optuna.samplers.TPESampler(seed=seed + len(study.trials))
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         study.tell(trial.number, state=TrialState.FAIL)
         study.enqueue_trial(trial.params, skip_if_exists=False)
@@ -299,13 +307,17 @@ def time_left(elapsed: float, trained: int, trials: int, done: int, spent: float
 
 def confirm_at_full_length(method: Method, dataset: str, study, fixed: dict, out: Path,
                            top: int, *, n: int | None = None, device: str = "cpu") -> list[dict]:
-    """The ``top`` best finished trials retrained at the preset's full length (in
-    ``out/confirm/``, continued if a stop interrupted them) and scored again: ``[{trial, short
-    score, validation, settings, cost_fwd}]``."""
+    """The ``top`` best finished trials of distinct settings retrained at the preset's full
+    length (in ``out/confirm/``, continued if a stop interrupted them) and scored again:
+    ``[{trial, short score, validation, settings, cost_fwd}]``."""
     from optuna.trial import TrialState
 
-    finished = sorted((t for t in study.trials if t.state == TrialState.COMPLETE),
-                      key=lambda t: t.value)[:top]
+    finished, seen = [], set()
+    for t in sorted((t for t in study.trials if t.state == TrialState.COMPLETE),
+                    key=lambda t: t.value):
+        if params_key(t.params) not in seen and len(finished) < top:  # distinct settings only
+            seen.add(params_key(t.params))
+            finished.append(t)
     confirmed = []
     for trial in finished:
         config = trial_config(method, dataset, fixed, trial.params, 1.0)
