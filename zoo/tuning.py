@@ -312,12 +312,10 @@ def confirm_at_full_length(method: Method, dataset: str, study, fixed: dict, out
     ``[{trial, short score, validation, settings, cost_fwd}]``."""
     from optuna.trial import TrialState
 
-    finished, seen = [], set()
-    for t in sorted((t for t in study.trials if t.state == TrialState.COMPLETE),
-                    key=lambda t: t.value):
-        if params_key(t.params) not in seen and len(finished) < top:  # distinct settings only
-            seen.add(params_key(t.params))
-            finished.append(t)
+    best_first = sorted((t for t in study.trials if t.state == TrialState.COMPLETE),
+                        key=lambda t: t.value)
+    distinct = {params_key(t.params): t for t in reversed(best_first)}  # the best of each
+    finished = sorted(distinct.values(), key=lambda t: t.value)[:top]
     confirmed = []
     for trial in finished:
         config = trial_config(method, dataset, fixed, trial.params, 1.0)
