@@ -29,6 +29,7 @@ from zoo.training.config import (
     resume_config,
 )
 from zoo.training.trainer import dataset_record
+from zoo.tuned import Tuned, check_tuned
 
 DEFAULT_RUNS_ROOT = Path("runs")
 SCALES = ("toy", "digits", "cifar10", "imagenet64", "lsun256")
@@ -143,6 +144,7 @@ def check_method(name: str, obj) -> None:
         raise ValueError(f"method {name!r} has name {obj.name!r}: a method's `name` attribute "
                          "must be the name it is registered under (its runs go to "
                          "runs/DATASET/NAME)")
+    check_tuned(name, obj.tuned, obj.config_class)
 
 
 def sampler_label(sampler: str, options: dict | None = None) -> str:
@@ -173,6 +175,9 @@ class Method(abc.ABC):
     #: parameterization (``zoo sample --sampler``, ``zoo bench --models METHOD:SAMPLER``); None:
     #: the method samples its own way and offers no choice
     default_sampler: str | None = None
+    #: the settings ``zoo tune`` chose, by dataset and run name (:meth:`run_name`), applied over
+    #: the preset by :meth:`configure`: ``{"digits": {"cm-cd": Tuned(...)}}``
+    tuned: dict[str, dict[str, Tuned]] = {}
 
     @abc.abstractmethod
     def preset(self, dataset: str) -> TrainConfig:
@@ -190,7 +195,8 @@ class Method(abc.ABC):
         class-conditional run takes ``class_label`` (see :func:`draw_labels`)."""
 
     def configure(self, dataset: str, **overrides) -> TrainConfig:
-        """The preset for ``dataset`` with ``overrides`` applied; unknown settings are an error."""
+        """The preset for ``dataset`` with ``overrides`` applied, and its tuned settings
+        (:meth:`with_tuned`) where ``overrides`` leave them; unknown settings are an error."""
         config = self.preset(dataset)
         names = {f.name for f in dataclasses.fields(config)}
         unknown = sorted(set(overrides) - names)
@@ -198,8 +204,15 @@ class Method(abc.ABC):
             raise ValueError(f"unknown {self.name} settings: {', '.join(unknown)}")
         config = dataclasses.replace(config, **merge_overrides(
             {k: getattr(config, k) for k in overrides}, overrides))
+        config = self.with_tuned(config, overrides)
         config.validate()
         return config
+
+    def with_tuned(self, config: TrainConfig, overrides=()) -> TrainConfig:
+        """``config`` with the settings :attr:`tuned` holds for its dataset and run, but those
+        given in ``overrides`` (:meth:`zoo.tuned.Tuned.apply`)."""
+        found = self.tuned.get(config.dataset, {}).get(self.run_name(config))
+        return config if found is None else found.apply(config, overrides)
 
     def run_name(self, config: TrainConfig) -> str:
         """Folder name of a run of this config under ``runs/<dataset>/``."""
@@ -468,9 +481,10 @@ class ModalMethod(Method):
 
     def configure(self, dataset: str, **overrides) -> TrainConfig:
         """The preset of ``dataset`` for ``overrides["mode"]`` (default: the first mode), then
-        the overrides."""
+        the overrides and the tuned settings they leave (:meth:`Method.with_tuned`)."""
         preset = config_to_dict(self.preset(dataset, overrides.get("mode")))
         config = config_from_dict(self.config_class, merge_overrides(preset, overrides))
+        config = self.with_tuned(config, overrides)
         config.validate()
         return config
 

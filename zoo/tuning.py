@@ -28,6 +28,7 @@ from zoo.training.config import merge_overrides
 from zoo.training.cost import forward_equivalents, run_cost
 from zoo.training.monitor import duration_text
 from zoo.training.rundir import RunLock, RunLockedError
+from zoo.tuned import untuned
 
 #: First seed of a trial's validation samples: far from the seeds a bench draws ([0, n)).
 VALIDATION_SEED = 500_000
@@ -59,20 +60,25 @@ def validation(dataset: str) -> dict:
     return VALIDATION[dataset]
 
 
+def study_preset(method: Method, dataset: str, fixed: dict):
+    """The preset a study searches around: as written, with the study's ``fixed`` settings (the
+    method's tuned settings are a study's outcome, not its start: :func:`zoo.methods.untuned`)."""
+    return untuned(method.configure(dataset, **fixed))
+
+
 def trial_config(method: Method, dataset: str, fixed: dict, params: dict, fraction: float):
     """The config a trial trains: the preset with the study's ``fixed`` settings and the trial's
     ``params``, on the tuning data, for ``fraction`` of the iterations of the preset with the
     fixed settings (checkpointed at each report)."""
     protocol = validation(dataset)
     overrides = merge_overrides({}, {**fixed, **params})
-    preset = method.configure(dataset, **fixed)  # the full length: the preset's, or fixed
+    preset = study_preset(method, dataset, fixed)  # the full length: the preset's, or fixed
     iterations = preset.iterations if fraction >= 1 else max(
         REPORTS, round(preset.iterations * fraction) // REPORTS * REPORTS)
     options = {**preset.dataset_options, **protocol["train"]}
-    config = method.configure(dataset, **{**overrides, "iterations": iterations,
-                                          "dataset_options": options,
-                                          "checkpoint_every": max(1, iterations // REPORTS)})
-    return config
+    return untuned(method.configure(dataset, **{
+        **overrides, "iterations": iterations, "dataset_options": options,
+        "checkpoint_every": max(1, iterations // REPORTS)}))
 
 
 def validation_score(method: Method, run_dir: Path, dataset: str, *, n: int | None = None,
@@ -124,7 +130,7 @@ def run_trial(method: Method, trial, dataset: str, fixed: dict, fraction: float,
     """Train and score one trial, reporting at every rung and stopping when the pruner says
     so (:class:`TrialPruned`); its cost (forward-equivalent passes) and run folder are kept in
     the trial's attributes."""
-    space = method.search_space(method.configure(dataset, **fixed))
+    space = method.search_space(study_preset(method, dataset, fixed))
     params = {name: param.suggest(trial, name) for name, param in space.items()}
     config = trial_config(method, dataset, fixed, params, fraction)
     config.device = device
@@ -214,7 +220,7 @@ def tune(method: Method, dataset: str, *, trials: int, out: Path, fixed: dict | 
     (a score at a fraction of the run is a low-fidelity estimate); their cost joins the study's.
     One process tunes a study at a time (the study folder's lock): a second is refused."""
     fixed = dict(fixed or {})
-    if not method.search_space(method.configure(dataset, **fixed)):
+    if not method.search_space(study_preset(method, dataset, fixed)):
         raise ValueError(f"method {method.name!r} declares no search space (Method.search_space)")
     validation(dataset)
     out = Path(out)

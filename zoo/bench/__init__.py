@@ -84,7 +84,7 @@ def run_bench(models: list[str], dataset: str, *, runs_root="runs", train_missin
               n=None, seed=0, batch_size=500, out=None, device="cpu", inception_weights=None,
               progress=True, echo=print, weights="ema", settings=None,
               metrics=None, ref=None, save_samples="auto", sampler_options=None,
-              jobs=1, noise_stream=streams.DEFAULT_STREAM) -> BenchReport:
+              jobs=1, noise_stream=streams.DEFAULT_STREAM, untuned=False) -> BenchReport:
     """Prepare the runs of the ``models`` entries (``METHOD`` or ``METHOD:SAMPLER``,
     :func:`parse_models`, with ``sampler_options`` by entry), training missing ones with
     ``settings`` (:func:`prepare_runs`), sample and evaluate every row with the runs'
@@ -95,7 +95,8 @@ def run_bench(models: list[str], dataset: str, *, runs_root="runs", train_missin
     (:func:`default_n`); ``save_samples`` (:data:`SAVE_SAMPLES`, :func:`export_formats`) keeps
     every row's samples for :func:`rescore_bench` and external evaluators; every row draws its
     noise from the per-sample ``noise_stream`` (:data:`zoo.diffusion.random.STREAMS`), which
-    the table records. Returns the report."""
+    the table records. The presets are the tuned ones where a method holds them
+    (:attr:`zoo.methods.Method.tuned`), as written with ``untuned``. Returns the report."""
     streams.check_stream(noise_stream)
     entries = parse_models(models, sampler_options)
     methods = resolve_methods([e.method for e in entries])
@@ -123,7 +124,7 @@ def run_bench(models: list[str], dataset: str, *, runs_root="runs", train_missin
         rows, records = prepare_runs(methods, dataset, data, Path(runs_root),
                                      train_missing=train_missing, device=device,
                                      progress=progress, echo=echo, settings=settings,
-                                     entries=entries, jobs=jobs)
+                                     entries=entries, jobs=jobs, untuned_presets=untuned)
         report = BenchReport(dataset, data.checksum, n, seed, batch_size, device,
                              note=protocol_note(data, n), ref=str(ref) if ref else None,
                              metric_names=metric_names, noise_stream=noise_stream)

@@ -20,7 +20,8 @@ from zoo.methods import BenchRow, Method
 from zoo.training import CheckpointError, load_checkpoint
 from zoo.training.checkpoint import CHECKPOINT_NAME
 from zoo.training.config import merge_overrides
-from zoo.training.cost import run_cost
+from zoo.training.cost import run_cost, run_tuning_cost
+from zoo.tuned import untuned
 
 
 @dataclass
@@ -158,12 +159,15 @@ def train_command(name: str, method: Method, config, dataset: str, run_dir: Path
     """The ``zoo train`` command line that creates ``run_dir`` with ``config``."""
     mode = {"mode": config.mode} if hasattr(config, "mode") else {}
     preset = method.configure(dataset, **mode)  # the mode's own preset
+    flags = []
+    if preset.tuned and not config.tuned:  # the preset as written
+        preset, flags = untuned(preset), ["--untuned"]
     changed = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)
-               if f.name not in ("method", "dataset", "device")
+               if f.name not in ("method", "dataset", "device", "tuned")
                and getattr(config, f.name) != getattr(preset, f.name)}
     if mode and config.mode != method.configure(dataset).mode:
         changed = {"mode": config.mode, **changed}  # the mode, then what differs from its preset
-    return " ".join([f"zoo train {name} --dataset {dataset} --run-dir {run_dir}",
+    return " ".join([f"zoo train {name} --dataset {dataset} --run-dir {run_dir}", *flags,
                      *_flags(changed)])
 
 
@@ -249,14 +253,53 @@ def bench_data(dataset: str, methods: dict[str, Method], runs_root: Path, ref) -
                    num_classes=config.get("num_classes", 0), data_range=(-1.0, 1.0))
 
 
+def _provenance(tuned: dict) -> str:
+    return (f"the settings of study {tuned['study']} trial {tuned['trial']}" if tuned else
+            "the preset as written")
+
+
+def check_same_preset(name: str, method: Method, run_dir: Path, config,
+                      untuned_presets: bool) -> None:
+    """Refuse a run trained from other presets than the bench's: one of the preset as written
+    where the preset is tuned now, one of tuned settings under ``--untuned``, or one of another
+    study's settings; its rows would carry the method's label with other settings than its
+    preset's."""
+    saved = None  # the run's config, or a staged run's first stage's (PD)
+    for path in [run_dir, *sorted(p.parent for p in run_dir.glob(f"*/{CHECKPOINT_NAME}"))]:
+        try:
+            saved = method.saved_config(path).get("tuned", {})
+            break
+        except CheckpointError:
+            continue
+    if saved is None:
+        return
+    if _provenance(saved) == _provenance(config.tuned):
+        return
+    if untuned_presets:
+        remedy = ("bench it without --untuned, or bench the presets as written under another "
+                  "--runs-root")
+    elif not saved:
+        remedy = (f"bench the presets as written with --untuned, or move the run aside (mv "
+                  f"{run_dir} {run_dir}.untuned) and pass --train-missing to train the tuned one")
+    else:
+        remedy = (f"move the run aside (mv {run_dir} {run_dir}.old) and pass --train-missing to "
+                  "train the preset's")
+    raise BenchError(f"{name} run {run_dir} was trained with {_provenance(saved)}, but the "
+                     f"bench's {name} preset for {config.dataset} has "
+                     f"{_provenance(config.tuned)} (docs/tuning.md): {remedy}")
+
+
 def prepare_runs(methods: dict[str, Method], dataset: str, data: Dataset, runs_root: Path, *,
                  train_missing: bool, device: str, progress: bool, echo=print, settings=None,
-                 entries: list[ModelEntry] | None = None, jobs: int = 1):
+                 entries: list[ModelEntry] | None = None, jobs: int = 1,
+                 untuned_presets: bool = False):
     """Train (with ``train_missing``) or refuse absent runs, requirements first, and refuse runs
     on other data before anything is trained from them; runs to train take the ``--set``
     ``settings`` (:func:`parse_settings`) over their presets; a run without a config (a dataset
     without training presets, e.g. LSUN-256) must be imported. Up to ``jobs`` runs whose
-    requirements are trained train at once (:func:`train_runs`). Returns the rows of the
+    requirements are trained train at once (:func:`train_runs`). The presets are the tuned ones
+    where a method holds them (:attr:`Method.tuned`), as written with ``untuned_presets``; a run
+    trained from the other ones is refused (:func:`check_same_preset`). Returns the rows of the
     ``entries`` (default: each method's own rows) as ``[(entry, BenchRow)]``, a row that two
     entries give listed once, and each row's run record (step, checksum)."""
     entries = entries or [ModelEntry(name) for name in methods]
@@ -277,6 +320,9 @@ def prepare_runs(methods: dict[str, Method], dataset: str, data: Dataset, runs_r
         for run_name, config in method.bench_configs(dataset, runs_root).items():
             run_dir = Path(runs_root) / dataset / run_name
             runs.append((name, run_dir))
+            if config is not None:
+                config = untuned(config) if untuned_presets else config
+                check_same_preset(name, method, run_dir, config, untuned_presets)
             problem = run_problem(method, run_dir)
             if problem and config is None:
                 raise BenchError(f"{name} run {run_dir} {problem}, and dataset {dataset} has no "
@@ -349,7 +395,8 @@ def check_same_data(rows: list[BenchRow], dataset: str, data: Dataset) -> dict[P
     for row in rows:
         run_dir = Path(row.run_dir)
         if run_dir not in records:
-            records[run_dir] = record = {**_record(run_dir), "cost": run_cost(run_dir)}
+            records[run_dir] = record = {**_record(run_dir), "cost": run_cost(run_dir),
+                                         "tuning": run_tuning_cost(run_dir)}
             unchecked = record["imported"] and record["checksum"] is None
             if unchecked and record["data"] != data.name:
                 raise BenchError(f"run {run_dir} was imported for dataset {record['data']}, not "

@@ -60,11 +60,14 @@ STDERR, FLOOR = " ±", " floor"
 
 def table_rows(report: BenchReport) -> tuple[list[str], list[list[str]]]:
     """Header and cells in the paper's layout: METHOD | NFE | metrics | samples/s, then the
-    training cost (teachers included); ``value ± standard error`` cells, and a first row
-    ``real data (floor)`` holding the metrics' floors when they report any."""
+    training cost (teachers included) and, where a row's settings were tuned, the tuning cost
+    (teachers' studies included; "—" for the presets as written); ``value ± standard error``
+    cells, and a first row ``real data (floor)`` holding the metrics' floors when they report
+    any."""
     names = [k for k in report.result_names if not k.endswith((STDERR, FLOOR))]
+    tuned = any(r.tuning_fwd for r in report.results)
     header = ["METHOD", "NFE", *[f"{k}{_arrow(k)}" for k in names], "samples/s", "train Mimg",
-              "train passes (G fwd-eq)"]
+              "train passes (G fwd-eq)", *["tuning passes (G fwd-eq)"] * tuned]
 
     def cell(metrics: dict, key: str) -> str:
         if key not in metrics:
@@ -74,11 +77,13 @@ def table_rows(report: BenchReport) -> tuple[list[str], list[list[str]]]:
 
     floors = {k: r.metrics[k + FLOOR] for r in reversed(report.results) for k in names
               if k + FLOOR in r.metrics}
-    cells = [["real data (floor)", "—", *[cell(floors, k) for k in names], "", "", ""]] * bool(
-        floors)
+    cells = [["real data (floor)", "—", *[cell(floors, k) for k in names], "", "", "",
+               *[""] * tuned]] * bool(floors)
     cells += [[r.row.label + (" [raw weights]" if r.weights == "raw" else ""), str(r.row.nfe),
                *[cell(r.metrics, k) for k in names], f"{r.samples_per_s:.0f}",
-               *cost_cells(r.cost)] for r in report.results]
+               *cost_cells(r.cost),
+               *[_fmt(r.tuning_fwd / 1e9) if r.tuning_fwd else "—"] * tuned]
+              for r in report.results]
     return header, cells
 
 
@@ -246,13 +251,14 @@ def write_outputs(report: BenchReport, out: Path, *, complete: bool = True) -> d
     buffer = io.StringIO(newline="")
     writer = csv.writer(buffer)
     writer.writerow(["method", "label", "sampler", "nfe", *names, "samples_per_s",
-                     "run_dir", "samples_file", *[f"train_{k}" for k in COST_COLUMNS]])
+                     "run_dir", "samples_file", *[f"train_{k}" for k in COST_COLUMNS],
+                     "tuning_forward_equivalents"])
     for r in report.results:
         cost = training_cost(r.cost) or {}
         writer.writerow([r.method, r.row.label, r.sampler or "", r.row.nfe,
                          *[r.metrics.get(k, "") for k in names], r.samples_per_s,
                          str(r.row.run_dir), r.samples_file,
-                         *[cost.get(k, "") for k in COST_COLUMNS]])
+                         *[cost.get(k, "") for k in COST_COLUMNS], r.tuning_fwd])
     _write_text(paths["table.csv"], buffer.getvalue())
     record = {
         "dataset": report.dataset, "dataset_checksum": report.checksum, "n": report.n,
@@ -270,10 +276,12 @@ def write_outputs(report: BenchReport, out: Path, *, complete: bool = True) -> d
                   "run_dir": str(r.row.run_dir), "run_checksum": r.checksum, "run_step": r.step,
                   "run_stamp": r.stamp, "options": r.row.options, "weights": r.weights,
                   "samples_picture": r.samples_picture, "samples_file": r.samples_file,
-                  "training_cost": training_cost(r.cost)}
+                  "training_cost": training_cost(r.cost), "tuning_fwd": r.tuning_fwd}
                  for r in report.results],
         "training_cost_unit": "passes: one network evaluation on one sample (a JVP: 2 forward); "
-                              "forward_equivalents = forward + 2 * backward; teachers included",
+                              "forward_equivalents = forward + 2 * backward; teachers included; "
+                              "tuning_fwd: forward-equivalents of the zoo tune studies that chose "
+                              "the row's settings and its teachers' (0: the preset as written)",
     }
     _write_text(paths["table.json"], json.dumps(record, indent=2) + "\n")
     plot_metric_vs_nfe(report, paths["metric_vs_nfe.png"])

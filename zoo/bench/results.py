@@ -40,8 +40,9 @@ class BenchInterrupted(RuntimeError):
 
 @dataclass
 class RowResult:
-    """One measured row: the method, its row, the metrics, the sampling throughput and the
-    training cost of its run (:func:`~zoo.training.cost.run_cost`; None where unrecorded)."""
+    """One measured row: the method, its row, the metrics, the sampling throughput, the
+    training cost of its run (:func:`~zoo.training.cost.run_cost`; None where unrecorded) and
+    the cost of tuning its settings (:func:`~zoo.training.cost.run_tuning_cost`)."""
 
     method: str
     row: BenchRow
@@ -56,6 +57,7 @@ class RowResult:
     entry: str = ""
     samples_file: str = ""
     stamp: str = ""  # the run's checkpoint file as benched (size-mtime)
+    tuning_fwd: float = 0.0
 
 
 @dataclass
@@ -103,7 +105,7 @@ def row_result_from_record(saved: dict, metrics: dict | None = None) -> RowResul
         saved["samples_picture"], saved["weights"],
         None if cost is None else {k: v for k, v in cost.items() if k != "forward_equivalents"},
         saved.get("sampler"), saved.get("entry", saved["method"]), saved["samples_file"],
-        saved.get("run_stamp", ""))
+        saved.get("run_stamp", ""), saved.get("tuning_fwd", 0.0))
 
 
 def evaluation_of(data: Dataset, metrics, **options):

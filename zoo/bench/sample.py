@@ -58,7 +58,7 @@ def measure_row(method: Method, entry, row: BenchRow, record: dict, data: Datase
     method.sample(run, 1, seed=seed, batch_size=1, device=device, **row.options)  # warm-up
     result = RowResult(entry.method, row, {}, 0.0, record["checksum"], record["step"],
                        weights=weights, cost=record["cost"], entry=entry.key,
-                       stamp=record["stamp"])
+                       stamp=record["stamp"], tuning_fwd=record["tuning"])
     picture = bench_row(method, run, result, data, n, seed=seed, batch_size=batch_size,
                         device=device, evaluation=evaluation, formats=formats,
                         stem=out / "samples" / row_stem(row), progress=progress)

@@ -66,6 +66,13 @@ def training_jobs(jobs: str, device: str) -> int:
     help="Train absent or unfinished runs with the dataset's preset, requirements first.",
 )
 @click.option(
+    "--untuned",
+    is_flag=True,
+    help="The presets as written: without the settings `zoo tune` chose for a method on this "
+    "dataset where it holds some (docs/tuning.md). A run trained from the other presets is "
+    "refused: bench these under another --runs-root.",
+)
+@click.option(
     "--n",
     type=click.IntRange(min=2),
     default=None,
@@ -138,6 +145,7 @@ def bench_command(
     dataset,
     runs_root,
     train_missing,
+    untuned,
     n,
     seed,
     noise_stream,
@@ -176,7 +184,7 @@ def bench_command(
     if rescore:
         given = [f"--{p.replace('_', '-')}" for p in ("models", "sampler_options", "settings",
                                                        "train_missing", "save_samples", "weights",
-                                                       "noise_stream")
+                                                       "noise_stream", "untuned")
                  if ctx.get_parameter_source(p) == ParameterSource.COMMANDLINE]
         if given:
             raise UserError(f"--rescore reads the rows and samples of the bench in {out}; it "
@@ -209,6 +217,7 @@ def bench_command(
             dataset,
             runs_root=runs_root,
             train_missing=train_missing,
+            untuned=untuned,
             n=n,
             seed=seed,
             noise_stream=noise_stream,

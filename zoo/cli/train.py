@@ -27,6 +27,10 @@ def _click_type(annotation: str):
     return {"int": int, "float": float, "str": str, "bool": bool, "dict": "json"}.get(base, str)
 
 
+#: Config fields that are not options: set by the command (method, dataset) or the method
+#: (tuned: the provenance of the preset's tuned settings; --untuned drops those).
+NOT_OPTIONS = ("method", "dataset", "tuned")
+
 #: The datasets whose presets ``zoo train METHOD --help`` shows, one per preset scale.
 PRESET_DATASETS = ("toy", "digits", "cifar10")
 
@@ -85,7 +89,7 @@ def config_options(config_class, presets: dict | None = None) -> list[click.Opti
     keeps it."""
     options = []
     for f in dataclasses.fields(config_class):
-        if f.name in ("method", "dataset"):
+        if f.name in NOT_OPTIONS:
             continue
         flag = "--" + f.name.replace("_", "-")
         kind = _click_type(f.type if isinstance(f.type, str) else f.type.__name__)
@@ -118,7 +122,7 @@ def _overrides(config_class, params: dict) -> dict:
     out = {}
     for f in dataclasses.fields(config_class):
         value = params.get(f.name)
-        if value is None or f.name in ("method", "dataset"):
+        if value is None or f.name in NOT_OPTIONS:
             continue
         if _click_type(f.type if isinstance(f.type, str) else f.type.__name__) == "json":
             value = json_object(f"--{f.name.replace('_', '-')}", value)
@@ -160,10 +164,15 @@ def _print_timing(plan: dict, report: dict, steps: int) -> None:
 
 def _make_train_command(name, method):
     def callback(dataset, run_dir, runs_root, resume, progress, dry_run, time_steps, config_file,
-                 write_config, **params):
+                 write_config, untuned_preset, **params):
         from zoo import distributed
         from zoo.settings_file import read_settings, write_settings
         from zoo.training import TrainingInterrupted
+        from zoo.tuned import untuned
+
+        def configure():
+            config = method.configure(dataset or "toy", **overrides)
+            return untuned(config) if untuned_preset else config
 
         overrides = _overrides(method.config_class, params)
         if config_file:  # the file's settings, then the flags given over them
@@ -179,14 +188,16 @@ def _make_train_command(name, method):
             raise UserError("--write-config writes a --dry-run's settings; pass --dry-run too")
         echo = lambda msg: click.echo(msg, err=True) if distributed.is_main() else None
         try:
+            if untuned_preset and resume:
+                raise UserError("--untuned chooses the settings of a new run; a resumed run keeps "
+                                "its own: drop --untuned")
             if run_dir is None:
-                preset = method.configure(dataset or "toy", **overrides)
-                run_dir = method.default_run_dir(preset, runs_root)
+                run_dir = method.default_run_dir(configure(), runs_root)
             run_dir = Path(run_dir)
             if dry_run:
                 if resume:
                     raise UserError("--dry-run describes a new run; it does not take --resume")
-                config = method.configure(dataset or "toy", **overrides)
+                config = configure()
                 plan = method.dry_run(config, run_dir)
                 if distributed.is_main():
                     _print_plan(plan)
@@ -214,7 +225,7 @@ def _make_train_command(name, method):
                     overrides["dataset"] = dataset
                 method.resume(run_dir, overrides, progress=progress, echo=echo)
             else:
-                config = method.configure(dataset or "toy", **overrides)
+                config = configure()
                 echo(f"training {name} on {config.dataset} -> {run_dir}")
                 method.train(config, run_dir, progress=progress)
         except TrainingInterrupted as exc:
@@ -274,6 +285,12 @@ def _make_train_command(name, method):
             type=click.Path(dir_okay=False),
             default=None,
             help="With --dry-run: write the settings to this TOML file, for --config.",
+        ),
+        click.Option(
+            ["--untuned", "untuned_preset"],
+            is_flag=True,
+            help="Train the dataset's preset as written: without the settings `zoo tune` chose "
+            "for it where the method holds some (docs/tuning.md), e.g. to compare with them.",
         ),
         *config_options(method.config_class, _presets(method)),
     ]

@@ -113,6 +113,10 @@ class TrainConfig:
         "weights every this many thousand samples, into RUN_DIR/metrics.jsonl; 0 = off."
     )
     eval_n: int = setting(0, "Samples per measurement; 0 = 5000 for FID, else 2000 (W2, FD).")
+    tuned: dict = setting(
+        {}, "Set by the method, not an option: where the preset's tuned settings came from (the "
+        "zoo tune study, trial, validation score and tuning cost) and the values the preset has "
+        "as written; {} for a preset as written (zoo train --untuned).")
 
     #: Settings that define a run: a resumed run refuses to change them (its checkpoint, data
     #: order and noise were made with them). Methods extend this with their own.

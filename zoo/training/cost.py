@@ -37,12 +37,10 @@ def forward_equivalents(cost: dict) -> int:
     return cost["forward"] + 2 * cost["backward"]
 
 
-def run_cost(run_dir) -> dict[str, int] | None:
-    """The training cost of the run in ``run_dir`` (a run directory or checkpoint) plus that of
-    its ``config.teacher`` run, recursively; None when a run of the chain has no cost record
-    (an imported run, one trained before costs were recorded, or a teacher that is gone)."""
-    total, seen = empty_cost(), set()
-    path = Path(run_dir)
+def _chain(run_dir):
+    """The checkpoint states of the run in ``run_dir`` and of its ``config.teacher`` chain, in
+    order; a ``None`` in place of a state that cannot be read (a teacher that is gone) ends it."""
+    seen, path = set(), Path(run_dir)
     while True:
         key = path.resolve()
         if key in seen:
@@ -51,14 +49,37 @@ def run_cost(run_dir) -> dict[str, int] | None:
         try:
             state = load_checkpoint(path)
         except CheckpointError:
-            return None
-        if state.get("cost") is None:
-            return None
-        total = add_cost(total, state["cost"])
+            yield None
+            return
+        yield state
         teacher = state["config"].get("teacher")
         if not teacher:
-            return total
+            return
         path = Path(teacher)
+
+
+def run_cost(run_dir) -> dict[str, int] | None:
+    """The training cost of the run in ``run_dir`` (a run directory or checkpoint) plus that of
+    its ``config.teacher`` run, recursively; None when a run of the chain has no cost record
+    (an imported run, one trained before costs were recorded, or a teacher that is gone)."""
+    total = empty_cost()
+    for state in _chain(run_dir):
+        if state is None or state.get("cost") is None:
+            return None
+        total = add_cost(total, state["cost"])
+    return total
+
+
+def run_tuning_cost(run_dir) -> float:
+    """Forward-equivalent passes spent choosing the settings of the run in ``run_dir`` and of
+    its teachers: the ``zoo tune`` studies their configs' ``tuned`` records name, each once (a
+    staged run's stages share one); 0 for runs trained with the presets as written."""
+    studies = {}
+    for state in _chain(run_dir):
+        tuned = {} if state is None else state["config"].get("tuned", {})
+        if tuned:
+            studies[tuned["study"]] = tuned["tuning_cost_fwd"]
+    return float(sum(studies.values()))
 
 
 #: One training budget per preset scale, in forward-equivalent passes on single samples: the
