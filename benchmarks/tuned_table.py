@@ -1,9 +1,12 @@
 """The table with every family at its tuned settings: reads tune/DATASET/FAMILY/best.json (written
 by `zoo tune`, benchmarks/tune_study.sh), trains each run at the preset's full iterations with the
 winning settings (`zoo bench --set METHOD/RUN.KEY=VALUE`) and prints the table with the tuning
-cost beside the training cost.
+cost beside the training cost. With --print-tuned it prints, instead, each study's winner as the
+`zoo.tuned.Tuned` record a method's `tuned` table holds (adopting the winners as presets:
+docs/tuning.md).
 
     python benchmarks/tuned_table.py --dataset toy [--tune tune] [--runs-root runs-tuned]
+    python benchmarks/tuned_table.py --dataset digits --print-tuned
 """
 
 from __future__ import annotations
@@ -22,19 +25,24 @@ FAMILIES = {"edm": ("edm", "edm"), "cm-cd": ("cm", "cm-cd"), "cm-ct": ("cm", "cm
             "ect": ("ect", "ect"), "scm-sct": ("scm", "scm-sct"), "scm-scd": ("scm", "scm-scd")}
 
 
-def tuned_settings(tune_root: Path, families=None) -> tuple[dict, dict]:
-    """``({scope: {setting: value}}, {run: tuning cost})`` of the studies found (of
-    ``families`` only, when given)."""
-    settings, costs = {}, {}
+def best_records(tune_root: Path, families=None) -> dict[tuple[str, str], dict]:
+    """``{(method, run): best.json record}`` of the studies found (of ``families`` only, when
+    given)."""
+    records = {}
     for family, (method, run) in FAMILIES.items():
-        if families and family not in families:
-            continue
         best = tune_root / family / "best.json"
-        if best.exists():
-            record = json.loads(best.read_text())
-            settings[f"{method}/{run}"] = record["params"]
-            costs[run] = record["tuning_cost_fwd"]
-    return settings, costs
+        if (not families or family in families) and best.exists():
+            records[method, run] = json.loads(best.read_text())
+    return records
+
+
+def tuned_literal(dataset: str, run: str, record: dict) -> str:
+    """The ``tuned`` entry of a study's winner, as Python source (exact values: the settings the
+    confirmation trained)."""
+    return (f'"{dataset}": {{"{run}": Tuned(\n    params={record["params"]!r},\n'
+            f'    study={record["study"]!r}, trial={record["trial"]!r}, '
+            f'validation={record["validation"]!r},\n'
+            f'    tuning_cost_fwd={record["tuning_cost_fwd"]!r})}}')
 
 
 def main() -> None:
@@ -49,11 +57,19 @@ def main() -> None:
                         "table in docs/tuning.md was sampled with torch)")
     parser.add_argument("--families", default=None,
                         help=f"Comma-separated studies to table [default: all of {list(FAMILIES)}]")
+    parser.add_argument("--print-tuned", action="store_true",
+                        help="Print each winner as a method's `tuned` entry; train nothing.")
     args = parser.parse_args()
     families = args.families.split(",") if args.families else None
-    settings, costs = tuned_settings(Path(args.tune) / args.dataset, families)
-    if not settings:
+    records = best_records(Path(args.tune) / args.dataset, families)
+    if not records:
         raise SystemExit(f"no best.json under {Path(args.tune) / args.dataset}: run the studies")
+    if args.print_tuned:
+        for (method, run), record in records.items():
+            print(f"# {method}\n{tuned_literal(args.dataset, run, record)}\n")
+        return
+    settings = {f"{method}/{run}": r["params"] for (method, run), r in records.items()}
+    costs = {run: r["tuning_cost_fwd"] for (_, run), r in records.items()}
     methods = list(dict.fromkeys(scope.split("/")[0] for scope in settings))
     report = run_bench(methods, args.dataset, runs_root=args.runs_root, train_missing=True,
                        out=args.out or f"bench/{args.dataset}-tuned", settings=settings,
