@@ -183,9 +183,10 @@ def test_a_staged_runs_tuning_cost_holds_every_stage_not_its_teacher(tmp_path):
         run_cost(teacher))
 
 
-def test_the_best_trials_are_confirmed_at_full_length(still, tmp_path):
+def test_the_best_trials_are_confirmed_at_full_length(still, tmp_path, capfd):
     """--confirm 1: the best trial retrained at the preset's full length names the winner, its
-    full-length validation score and settings are recorded and its cost joins the study's."""
+    full-length validation score and settings are recorded and its cost joins the study's; the
+    study run again scores the finished confirmation without training it or saying it would."""
     fixed = {**TINY, "iterations": 60}
     record = tune(still, "toy", trials=2, out=tmp_path / "s", fixed=fixed, fraction=0.5, n=300,
                   progress=False, echo=lambda m: None, confirm=1)
@@ -197,6 +198,11 @@ def test_the_best_trials_are_confirmed_at_full_length(still, tmp_path):
         study_name="still-edm-toy", storage=f"sqlite:///{tmp_path / 's' / 'study.db'}").trials)
     assert record["tuning_cost_fwd"] == pytest.approx(short_cost + confirmed["cost_fwd"])
     assert confirmed["cost_fwd"] > 0
+    capfd.readouterr()
+    again = tune(still, "toy", trials=2, out=tmp_path / "s", fixed=fixed, fraction=0.5, n=300,
+                 progress=False, echo=lambda m: None, confirm=1)
+    assert again["confirmed"] == record["confirmed"]
+    assert "already finished" not in capfd.readouterr().err
 
 
 def test_a_resumed_study_proposes_new_settings_and_counts_each_run_once(still, tmp_path):

@@ -22,6 +22,7 @@ import sys
 import time
 from pathlib import Path
 
+from zoo.bench.plan import run_problem
 from zoo.methods import Method
 from zoo.training import config_to_dict
 from zoo.training.config import merge_overrides
@@ -329,7 +330,8 @@ def confirm_at_full_length(method: Method, dataset: str, study, fixed: dict, out
         run_dir = out / "confirm" / params_key({**fixed, **trial.params,
                                                 "iterations": config.iterations})
         if (run_dir / "checkpoint.pt").exists() or (run_dir / "config.json").exists():
-            method.resume(run_dir, {"device": device}, progress=False, echo=lambda m: None)
+            if run_problem(method, run_dir):  # unfinished (a finished one is only scored)
+                method.resume(run_dir, {"device": device}, progress=False, echo=lambda m: None)
         else:
             method.train(dataclasses.replace(config), run_dir, progress=False)
         confirmed.append({
