@@ -12,7 +12,8 @@ every row through the one evaluator from the same seeds, exactly as
   (against the training split), FD∞-digits held-out, memorised-digits, each ``value ± standard
   error`` over the disjoint sets of 297 samples; then FD-digits of all n samples, KID,
   precision, recall and IS in the digits classifier's feature space, samples/s and the
-  training cost (million images, billion forward-equivalent passes, teachers included). The
+  training cost (million images, billion forward-equivalent passes, teachers included) and,
+  where a row's settings were tuned, the tuning cost (``zoo bench``'s column). The
   floor row gives KID and precision of the held-out split (their expectations do not depend on
   n); FD-digits, recall and IS of 297 images are not comparable with those of n samples and
   stay blank. With the command and the commit that produced it.
@@ -20,7 +21,7 @@ every row through the one evaluator from the same seeds, exactly as
   NFE (the floor dashed) and against training cost.
 
     python benchmarks/digits_table.py [--models cm,edm,pd,rf,meanflow,ect,scm] [--runs-root runs]
-        [--out bench/digits] [--device cpu] [--jobs auto] [--rescore]
+        [--out bench/digits] [--device cpu] [--jobs auto] [--rescore] [--untuned]
 """
 
 from __future__ import annotations
@@ -73,11 +74,15 @@ def floor_metrics(report, held_out_fd: dict) -> dict:
 
 def readme_table(report, floors: dict) -> str:
     """The Markdown table: the floor row first, then every bench row, with the cost columns."""
+    tuned = any(r.tuning_fwd for r in report.results)
     header = ["METHOD", "NFE", *[f"{name}{arrow(key)}" for key, name in COLUMNS], "samples/s",
-              "train Mimg", "train passes (G fwd-eq)"]
-    rows = [["real data (floor)", "—", *[cell(floors, k) for k, _ in COLUMNS], "", "", ""]]
+              "train Mimg", "train passes (G fwd-eq)", *["tuning passes (G fwd-eq)"] * tuned]
+    rows = [["real data (floor)", "—", *[cell(floors, k) for k, _ in COLUMNS], "", "", "",
+             *[""] * tuned]]
     rows += [[r.row.label, str(r.row.nfe), *[cell(r.metrics, k) for k, _ in COLUMNS],
-              f"{r.samples_per_s:.0f}", *cost_cells(r.cost)] for r in report.results]
+              f"{r.samples_per_s:.0f}", *cost_cells(r.cost),
+              *[f"{r.tuning_fwd / 1e9:.4g}" if r.tuning_fwd else "—"] * tuned]
+             for r in report.results]
     align = ["---", *["---:"] * (len(header) - 1)]
     return "\n".join("| " + " | ".join(r) + " |" for r in [header, align, *rows]) + "\n"
 
@@ -113,6 +118,9 @@ def main(argv=None) -> int:
     parser.add_argument("--noise-stream", default=DEFAULT_STREAM, choices=list(STREAMS),
                         help="per-sample noise, as zoo bench --noise-stream (the README's "
                         "untuned digits table was sampled with torch)")
+    parser.add_argument("--untuned", action="store_true",
+                        help="the presets as written, as zoo bench --untuned (under another "
+                        "--runs-root than the tuned ones)")
     args = parser.parse_args(argv)
     out = Path(args.out)
     commit = git_commit()  # before training: the code that produced the runs
@@ -124,7 +132,7 @@ def main(argv=None) -> int:
                            train_missing=True, n=args.n, seed=args.seed,
                            batch_size=args.batch_size, out=out, device=args.device, echo=echo,
                            jobs=training_jobs(args.jobs, args.device),
-                           noise_stream=args.noise_stream)
+                           noise_stream=args.noise_stream, untuned=args.untuned)
     train, test = load_dataset("digits"), load_dataset("digits", split="test")
     floors = floor_metrics(report, evaluate(test.x, train, metrics=["fd-digits"],
                                             seed=report.seed))
