@@ -7,10 +7,12 @@ import json
 
 import pytest
 from click.testing import CliRunner
+from zoo_edm.method import EDM
 
 import zoo.plugins
 from zoo.bench import BenchError, run_bench
 from zoo.cli import main
+from zoo.hookspecs import hookimpl
 from zoo.methods import check_method
 from zoo.training import config_to_dict
 from zoo.training.cost import run_tuning_cost
@@ -92,19 +94,42 @@ def test_zoo_train_untuned_trains_the_preset_as_written(monkeypatch, tmp_path):
     assert "--tuned" not in runner.invoke(main, ["train", "edm", "--help"]).output
 
 
+class OneRowEDM(EDM):
+    """EDM benched at its first row only (a quick bench)."""
+
+    name = "one-row-edm"
+
+    def bench_rows(self, run_dir):
+        return super().bench_rows(run_dir)[:1]
+
+
+class Plugin:
+    @hookimpl
+    def register_methods(self, register):
+        register("one-row-edm", OneRowEDM())
+
+
+@pytest.fixture
+def one_row():
+    zoo.plugins.register_plugin(Plugin(), "one-row-edm")
+    yield zoo.plugins.get("methods", "one-row-edm")
+    zoo.plugins.unregister_plugin("one-row-edm")
+
+
 def bench(root, **options):
-    return run_bench(["edm"], "toy", runs_root=root, n=32, batch_size=32, out=root / "out",
-                     progress=False, echo=lambda m: None, **options)
+    return run_bench(["one-row-edm"], "toy", runs_root=root, n=32, batch_size=32,
+                     out=root / "out", progress=False, echo=lambda m: None, **options)
 
 
 def test_the_bench_refuses_a_run_of_the_other_presets_and_shows_the_tuning_cost(
-        monkeypatch, tmp_path):
-    edm = zoo.plugins.get("methods", "edm")
+        one_row, monkeypatch, tmp_path):
     plain = tmp_path / "plain"
-    edm.train(edm.configure("toy", **TINY), plain / "toy" / "edm", progress=False)
-    set_tuned(monkeypatch, "edm", {"toy": {"edm": EDM_TOY}})
+    one_row.train(one_row.configure("toy", **TINY), plain / "toy" / "one-row-edm",
+                  progress=False)
+    set_tuned(monkeypatch, "one-row-edm", {"toy": {"one-row-edm": EDM_TOY}})
     with pytest.raises(BenchError, match="trained with the preset as written, but the bench's "
-                       "edm preset for toy has the settings of study edm-toy trial 3.*--untuned"):
+                       "one-row-edm preset for toy has the settings of study edm-toy trial 3.*"
+                       "--untuned"):
         bench(plain)
     report = bench(plain, untuned=True)
     assert report.results[0].tuning_fwd == 0
@@ -114,14 +139,14 @@ def test_the_bench_refuses_a_run_of_the_other_presets_and_shows_the_tuning_cost(
 
     tuned = tmp_path / "tuned"
     report = bench(tuned, train_missing=True, settings={None: TINY}, jobs=1)
-    config = json.loads((tuned / "toy" / "edm" / "config.json").read_text())
+    config = json.loads((tuned / "toy" / "one-row-edm" / "config.json").read_text())
     assert config["p_mean"] == -1.3 and config["tuned"]["study"] == "edm-toy"
     assert report.results[0].tuning_fwd == 3e7
     table = (tuned / "out" / "table.md").read_text()
     assert "tuning passes (G fwd-eq)" in table and "0.03" in table
     assert json.loads((tuned / "out" / "table.json").read_text())["rows"][0]["tuning_fwd"] == 3e7
     with pytest.raises(BenchError, match="settings of study edm-toy trial 3, but the bench's "
-                       "edm preset for toy has the preset as written"):
+                       "one-row-edm preset for toy has the preset as written"):
         bench(tuned, untuned=True)
 
 
