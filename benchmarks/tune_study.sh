@@ -2,7 +2,10 @@
 # Every few-step family of the table tuned with the same budget on the validation split:
 #   [JOBS=2] benchmarks/tune_study.sh DATASET BUDGET_GFWD TRIALS [TEACHER_RUN]
 # one `zoo tune` study per row family (CD and CT, sCT and sCD apart), each stopping at BUDGET_GFWD
-# billion forward-equivalent passes or TRIALS trials, in tune/DATASET/FAMILY/. Distilled families
+# billion forward-equivalent passes or TRIALS trials, in tune/DATASET/FAMILY/; the families trained
+# from nothing (CT, MeanFlow) get twice the budget, as they get the teacher's and a student's
+# training budgets: a few-step row's tuning, its teacher's study included, costs the same for
+# every family (docs/tuning.md). Distilled families
 # and those starting from a teacher's weights use TEACHER_RUN, an edm run on the trials' data
 # (toy: the bench's runs/toy/edm; digits: an edm run on split "fit", docs/tuning.md). Stopped at
 # any point, the same command continues every study where it was. Each study retrains its best
@@ -14,9 +17,10 @@ teacher=${4:-runs/$dataset/edm}
 zoo=${ZOO:-zoo}
 jobs_max=${JOBS:-1}
 failed=0
-study() {  # FAMILY METHOD [--set ...]
-  local family=$1 method=$2; shift 2
-  $zoo tune "$method" --dataset "$dataset" --trials "$trials" --budget-gfwd "$budget" \
+study() {  # FAMILY BUDGETS METHOD [--set ...]: BUDGETS = how many times BUDGET_GFWD
+  local family=$1 times=$2 method=$3; shift 3
+  $zoo tune "$method" --dataset "$dataset" --trials "$trials" \
+    --budget-gfwd "$(awk -v b="$budget" -v k="$times" 'BEGIN { print b * k }')" \
     --confirm "${CONFIRM:-2}" --out "tune/$dataset/$family" --no-progress "$@" \
     || { echo "study $family failed (exit $?)" >&2; return 1; }
 }
@@ -24,14 +28,14 @@ run() {  # a study, in the background while fewer than $jobs_max run
   while [ "$(jobs -rp | wc -l)" -ge "$jobs_max" ]; do wait -n || failed=1; done
   study "$@" &
 }
-run edm edm
-run cm-cd cm --set mode=cd --set "teacher=$teacher"
-run cm-ct cm --set mode=ct
-run pd pd --set "teacher=$teacher"
-run rf rf
-run meanflow meanflow
-run ect ect --set "teacher=$teacher"
-run scm-sct scm --set mode=sct --set "teacher=$teacher"
-run scm-scd scm --set mode=scd --set "teacher=$teacher"
+run edm 1 edm
+run cm-cd 1 cm --set mode=cd --set "teacher=$teacher"
+run cm-ct 2 cm --set mode=ct
+run pd 1 pd --set "teacher=$teacher"
+run rf 1 rf
+run meanflow 2 meanflow
+run ect 1 ect --set "teacher=$teacher"
+run scm-sct 1 scm --set mode=sct --set "teacher=$teacher"
+run scm-scd 1 scm --set mode=scd --set "teacher=$teacher"
 while [ -n "$(jobs -rp)" ]; do wait -n || failed=1; done
 exit $failed
