@@ -1,6 +1,7 @@
 """How much of a `zoo tune` score is noise: runs of one method scored as a trial is (its
-``tune_row``, FD against the digits validation split) on disjoint blocks of seeds, the first
-block being the study's own (``VALIDATION_SEED``). Prints each run's scores, their mean and
+``tune_row``, FD against the digits validation split) on disjoint blocks of seeds
+(``zoo.tuning.validation_scores``, as ``zoo tune --blocks``), the first block being a
+one-block study's own. Prints each run's scores, their mean and
 standard deviation, and for every run after the first its paired difference from the first
 (block by block: the study scores every trial on the same seeds against the same images).
 
@@ -15,26 +16,8 @@ import statistics
 import torch
 
 import zoo.plugins
-from zoo.data import load_dataset
 from zoo.diffusion.random import DEFAULT_STREAM, STREAMS, noise_stream
-from zoo.metrics import evaluate
-from zoo.tuning import VALIDATION, VALIDATION_SEED
-
-
-def block_scores(method, run_dir: str, blocks: int, stream: str) -> list[float]:
-    protocol = VALIDATION["digits"]
-    data = load_dataset("digits", **protocol["score"])
-    row = method.tune_row(method.bench_rows(run_dir))
-    run = method.load(row.run_dir)
-    scores = []
-    for k in range(blocks):
-        seed = VALIDATION_SEED + k * protocol["n"]
-        with noise_stream(stream):
-            x = method.sample(run, protocol["n"], seed=seed, **row.options).x
-        result = evaluate(x.float(), data, metrics=[protocol["metric"]], seed=seed,
-                          finite=False)
-        scores.append(float(result[protocol["result"]]))
-    return scores
+from zoo.tuning import validation_scores
 
 
 def main() -> None:
@@ -49,7 +32,8 @@ def main() -> None:
     method = zoo.plugins.get("methods", args.method)
     first = None
     for run_dir in args.runs:
-        scores = block_scores(method, run_dir, args.blocks, args.noise_stream)
+        with noise_stream(args.noise_stream):
+            scores = validation_scores(method, run_dir, "digits", blocks=args.blocks)
         line = (f"{run_dir}: {' '.join(f'{s:.3f}' for s in scores)}; mean "
                 f"{statistics.mean(scores):.3f}, sd {statistics.stdev(scores):.3f}")
         if first is None:

@@ -14,6 +14,7 @@ import zoo.plugins
 from zoo.cli import main
 from zoo.data import load_dataset
 from zoo.hookspecs import hookimpl
+from zoo.metrics import evaluate
 from zoo.search_space import Choice, Float, Int
 from zoo.training import load_checkpoint
 from zoo.tuning import (
@@ -23,6 +24,7 @@ from zoo.tuning import (
     time_left,
     tune,
     validation_score,
+    validation_scores,
 )
 
 TINY = {"network_kwargs": {"hidden": 16, "num_layers": 1}, "batch_size": 64,
@@ -96,6 +98,27 @@ def test_the_budget_stops_a_study_and_validation_draws_other_seeds(still, tmp_pa
                   budget_fwd=1.0, progress=False, echo=lambda m: None)
     assert record["trials"] == 1 and record["tuning_cost_fwd"] > 1.0  # one trial spent it
     assert VALIDATION_SEED >= 100_000  # far from the seeds a bench draws
+    assert (record["n"], record["blocks"], record["trial_fraction"]) == (400, 1, 0.5)
+    with pytest.raises(ValueError, match="scores its trials with --blocks 1 \\(now 2\\)"):
+        tune(still, "toy", trials=10, out=tmp_path / "s", fixed=TINY, fraction=0.5, n=400,
+             blocks=2, budget_fwd=2.0, progress=False, echo=lambda m: None)
+
+
+def test_a_score_over_blocks_is_the_mean_of_disjoint_seed_blocks(still, tmp_path):
+    """Block k draws seeds VALIDATION_SEED + k·n: block 0 is the one-block score, block 1 the
+    metric of the next n seeds computed here directly; the score is their mean."""
+    tune(still, "toy", trials=1, out=tmp_path / "s", fixed=TINY, fraction=0.5, n=200,
+         progress=False, echo=lambda m: None)
+    run_dir = optuna.load_study(study_name="still-edm-toy", storage=f"sqlite:///{tmp_path / 's'}"
+                                "/study.db").trials[0].user_attrs["run_dir"]
+    scores = validation_scores(still, run_dir, "toy", n=200, blocks=2)
+    assert scores[0] == validation_score(still, run_dir, "toy", n=200)
+    row = still.tune_row(still.bench_rows(run_dir))
+    x = still.sample(still.load(row.run_dir), 200, seed=VALIDATION_SEED + 200, **row.options).x
+    direct = evaluate(x, load_dataset("toy"), metrics=["w2"], seed=VALIDATION_SEED + 200)
+    assert scores[1] == pytest.approx(direct["W2"]) and scores[1] != scores[0]
+    assert validation_score(still, run_dir, "toy", n=200, blocks=2) == pytest.approx(
+        sum(scores) / 2)
 
 
 @pytest.mark.parametrize("name,mode", [("edm", None), ("cm", "cd"), ("cm", "ct"), ("ect", None),

@@ -82,10 +82,11 @@ def trial_config(method: Method, dataset: str, fixed: dict, params: dict, fracti
         "checkpoint_every": max(1, iterations // REPORTS)}))
 
 
-def validation_score(method: Method, run_dir: Path, dataset: str, *, n: int | None = None,
-                     device: str = "cpu") -> float:
-    """The validation metric of the run's scored row (``Method.tune_row``) on ``n`` samples of
-    seeds from :data:`VALIDATION_SEED`; a non-finite sample scores ``inf``."""
+def validation_scores(method: Method, run_dir: Path, dataset: str, *, n: int | None = None,
+                      blocks: int = 1, device: str = "cpu") -> list[float]:
+    """The validation metric of the run's scored row (``Method.tune_row``) on ``blocks``
+    disjoint blocks of ``n`` samples, block k of seeds from :data:`VALIDATION_SEED` + k·n; a
+    block with a non-finite sample scores ``inf``."""
     import torch
 
     from zoo.data import load_dataset
@@ -95,13 +96,25 @@ def validation_score(method: Method, run_dir: Path, dataset: str, *, n: int | No
     row = method.tune_row(method.bench_rows(run_dir))
     run = method.load(row.run_dir, device=device)
     n = n or protocol["n"]
-    x = method.sample(run, n, seed=VALIDATION_SEED, device=device, **row.options).x
-    if not bool(torch.isfinite(x).all()):
-        return math.inf
     data = load_dataset(dataset, **protocol["score"])
-    result = evaluate(x.float().cpu(), data, metrics=[protocol["metric"]], seed=VALIDATION_SEED,
-                      finite=False)
-    return float(result[protocol["result"]])
+    scores = []
+    for seed in range(VALIDATION_SEED, VALIDATION_SEED + blocks * n, n):
+        x = method.sample(run, n, seed=seed, device=device, **row.options).x
+        if not bool(torch.isfinite(x).all()):
+            scores.append(math.inf)
+            continue
+        result = evaluate(x.float().cpu(), data, metrics=[protocol["metric"]], seed=seed,
+                          finite=False)
+        scores.append(float(result[protocol["result"]]))
+    return scores
+
+
+def validation_score(method: Method, run_dir: Path, dataset: str, *, n: int | None = None,
+                     blocks: int = 1, device: str = "cpu") -> float:
+    """The mean of :func:`validation_scores`: what a trial is scored and pruned on (each block
+    the same seeds for every trial, so trials compare paired)."""
+    scores = validation_scores(method, run_dir, dataset, n=n, blocks=blocks, device=device)
+    return sum(scores) / len(scores)
 
 
 def own_cost(method: Method, config, run_dir: Path) -> float:
@@ -127,7 +140,7 @@ def params_key(params: dict) -> str:
 
 
 def run_trial(method: Method, trial, dataset: str, fixed: dict, fraction: float, out: Path, *,
-              n: int | None = None, device: str = "cpu") -> float:
+              n: int | None = None, blocks: int = 1, device: str = "cpu") -> float:
     """Train and score one trial, reporting at every rung and stopping when the pruner says
     so (:class:`TrialPruned`); its cost (forward-equivalent passes) and run folder are kept in
     the trial's attributes."""
@@ -157,7 +170,7 @@ def run_trial(method: Method, trial, dataset: str, fixed: dict, fraction: float,
         except _Pause as paused:
             step = paused.step
         resume = True
-        score = validation_score(method, run_dir, dataset, n=n, device=device)
+        score = validation_score(method, run_dir, dataset, n=n, blocks=blocks, device=device)
         trial.set_user_attr("cost_fwd", own_cost(method, config, run_dir))
         trial.report(score, step // every)
         if step >= config.iterations:
@@ -210,8 +223,8 @@ def open_study(method: Method, dataset: str, out: Path, *, seed: int = 0, pruner
 
 def tune(method: Method, dataset: str, *, trials: int, out: Path, fixed: dict | None = None,
          fraction: float = 0.25, budget_fwd: float | None = None, n: int | None = None,
-         seed: int = 0, device: str = "cpu", progress: bool = True, echo=print,
-         pruner=None, confirm: int = 0) -> dict:
+         blocks: int = 1, seed: int = 0, device: str = "cpu", progress: bool = True,
+         echo=print, pruner=None, confirm: int = 0) -> dict:
     """Run (or continue) the study of ``method`` on ``dataset`` until it holds ``trials``
     finished or pruned trials or its trials' cost reaches ``budget_fwd`` forward-equivalent
     passes; write ``best.json`` (the study, trial, validation score, settings and the study's
@@ -219,7 +232,10 @@ def tune(method: Method, dataset: str, *, trials: int, out: Path, fixed: dict | 
     another Optuna pruner than Hyperband over the :data:`REPORTS` rungs. ``confirm`` > 0
     retrains the best ``confirm`` trials at the preset's full length and names the best of those
     (a score at a fraction of the run is a low-fidelity estimate); their cost joins the study's.
-    One process tunes a study at a time (the study folder's lock): a second is refused."""
+    Every score is the mean over ``blocks`` disjoint blocks of ``n`` validation samples
+    (:func:`validation_score`); a study keeps its ``n``, ``blocks`` and ``fraction`` (a study
+    continued with others is refused). One process tunes a study at a time (the study folder's
+    lock): a second is refused."""
     fixed = dict(fixed or {})
     if not method.search_space(study_preset(method, dataset, fixed)):
         raise ValueError(f"method {method.name!r} declares no search space (Method.search_space)")
@@ -232,19 +248,21 @@ def tune(method: Method, dataset: str, *, trials: int, out: Path, fixed: dict | 
                                               "(--out) meanwhile")) from None
     try:
         return _tune(method, dataset, trials=trials, out=out, fixed=fixed, fraction=fraction,
-                     budget_fwd=budget_fwd, n=n, seed=seed, device=device, progress=progress,
-                     echo=echo, pruner=pruner, confirm=confirm)
+                     budget_fwd=budget_fwd, n=n, blocks=blocks, seed=seed, device=device,
+                     progress=progress, echo=echo, pruner=pruner, confirm=confirm)
     finally:
         lock.release()
 
 
 def _tune(method: Method, dataset: str, *, trials, out: Path, fixed: dict, fraction, budget_fwd,
-          n, seed, device, progress, echo, pruner, confirm) -> dict:
+          n, blocks, seed, device, progress, echo, pruner, confirm) -> dict:
     import optuna
     from optuna.trial import TrialState
     from tqdm.auto import tqdm
 
     study = open_study(method, dataset, out, seed=seed, pruner=pruner)
+    scoring = {"n": n or validation(dataset)["n"], "blocks": blocks, "trial_fraction": fraction}
+    check_scoring(study, scoring, out)
     done = lambda: [t for t in study.trials if t.state in (TrialState.COMPLETE,  # noqa: E731
                                                             TrialState.PRUNED)]
     bar = tqdm(total=trials, initial=len(done()), desc=f"tune {method.name} on {dataset}",
@@ -255,7 +273,7 @@ def _tune(method: Method, dataset: str, *, trials, out: Path, fixed: dict, fract
             trial = study.ask()
             try:
                 value = run_trial(method, trial, dataset, fixed, fraction, out, n=n,
-                                  device=device)
+                                  blocks=blocks, device=device)
             except TrialPruned as pruned:
                 study.tell(trial, state=TrialState.PRUNED)
                 echo(str(pruned))
@@ -285,7 +303,7 @@ def _tune(method: Method, dataset: str, *, trials, out: Path, fixed: dict, fract
     value, settings, cost, confirmed = best.value, best.user_attrs.get("settings"), 0.0, []
     if confirm:
         confirmed = confirm_at_full_length(method, dataset, study, fixed, out, confirm, n=n,
-                                           device=device)
+                                           blocks=blocks, device=device)
         winner = min(confirmed, key=lambda c: c["validation"])
         best = study.trials[winner["trial"]]
         value, settings = winner["validation"], winner["settings"]
@@ -295,10 +313,25 @@ def _tune(method: Method, dataset: str, *, trials, out: Path, fixed: dict, fract
               "params": best.params, "settings": settings, "confirmed": confirmed,
               "fixed": fixed, "trials": len(done()),
               "pruned": sum(t.state == TrialState.PRUNED for t in study.trials),
-              "tuning_cost_fwd": study_cost(study) + cost, "trial_fraction": fraction}
+              "tuning_cost_fwd": study_cost(study) + cost, **scoring}
     (out / "best.json").write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
     write_plots(study, out, optuna)
     return record
+
+
+def check_scoring(study, scoring: dict, out: Path) -> None:
+    """A study's trials compare only under one protocol: the first process records ``scoring``
+    (validation samples per block, blocks, trial fraction) in the study; a continuation with
+    another is refused. A study recorded before this existed takes the first one given."""
+    recorded = study.user_attrs.get("scoring")
+    if recorded is None:
+        study.set_user_attr("scoring", scoring)
+    elif recorded != scoring:
+        given = {"n": "--n", "blocks": "--blocks", "trial_fraction": "--trial-fraction"}
+        differ = ", ".join(f"{given[k]} {recorded[k]} (now {scoring[k]})" for k in scoring
+                           if recorded.get(k) != scoring[k])
+        raise ValueError(f"the study in {out} scores its trials with {differ}: continue it with "
+                         "those, or tune a new study (--out)")
 
 
 def time_left(elapsed: float, trained: int, trials: int, done: int, spent: float, cost: float,
@@ -313,7 +346,8 @@ def time_left(elapsed: float, trained: int, trials: int, done: int, spent: float
 
 
 def confirm_at_full_length(method: Method, dataset: str, study, fixed: dict, out: Path,
-                           top: int, *, n: int | None = None, device: str = "cpu") -> list[dict]:
+                           top: int, *, n: int | None = None, blocks: int = 1,
+                           device: str = "cpu") -> list[dict]:
     """The ``top`` best finished trials of distinct settings retrained at the preset's full
     length (in ``out/confirm/``, continued if a stop interrupted them) and scored again:
     ``[{trial, short score, validation, settings, cost_fwd}]``."""
@@ -336,7 +370,8 @@ def confirm_at_full_length(method: Method, dataset: str, study, fixed: dict, out
             method.train(dataclasses.replace(config), run_dir, progress=False)
         confirmed.append({
             "trial": trial.number, "short": trial.value,
-            "validation": validation_score(method, run_dir, dataset, n=n, device=device),
+            "validation": validation_score(method, run_dir, dataset, n=n, blocks=blocks,
+                                           device=device),
             "settings": json.loads(json.dumps(config_to_dict(load_saved_config(method,
                                                                                run_dir)))),
             "cost_fwd": own_cost(method, config, run_dir)})
