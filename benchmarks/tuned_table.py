@@ -38,9 +38,11 @@ def best_records(tune_root: Path, families=None) -> dict[tuple[str, str], dict]:
 
 def tuned_literal(dataset: str, run: str, record: dict) -> str:
     """The ``tuned`` entry of a study's winner, as Python source (exact values: the settings the
-    confirmation trained)."""
+    confirmation trained); the study is named by its folder (CD's and CT's studies are both
+    Optuna's ``cm-digits``)."""
+    study = str(Path(record["storage"]).parent)
     return (f'"{dataset}": {{"{run}": Tuned(\n    params={record["params"]!r},\n'
-            f'    study={record["study"]!r}, trial={record["trial"]!r}, '
+            f'    study={study!r}, trial={record["trial"]!r}, '
             f'validation={record["validation"]!r},\n'
             f'    tuning_cost_fwd={record["tuning_cost_fwd"]!r})}}')
 

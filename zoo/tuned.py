@@ -11,8 +11,9 @@ from dataclasses import dataclass
 @dataclass(frozen=True)
 class Tuned:
     """The settings ``zoo tune`` chose for one run of a dataset's preset (the searched ones of
-    its study's ``best.json``) and where they came from: the study, the trial, its validation
-    score (metric -> value) and the study's cost in forward-equivalent passes."""
+    its study's ``best.json``) and where they came from: the study (its folder, e.g.
+    ``tune/digits/cm-cd``: one name per study), the trial, its validation score (metric ->
+    value) and the study's cost in forward-equivalent passes."""
 
     params: dict
     study: str
