@@ -258,21 +258,17 @@ def _provenance(tuned: dict) -> str:
             "the preset as written")
 
 
-def check_same_preset(name: str, method: Method, run_dir: Path, config,
-                      untuned_presets: bool) -> None:
+def check_same_preset(name: str, run_dir: Path, config, untuned_presets: bool) -> None:
     """Refuse a run trained from other presets than the bench's: one of the preset as written
     where the preset is tuned now, one of tuned settings under ``--untuned``, or one of another
     study's settings; its rows would carry the method's label with other settings than its
     preset's."""
-    saved = None  # the run's config, or a staged run's first stage's (PD)
-    for path in [run_dir, *sorted(p.parent for p in run_dir.glob(f"*/{CHECKPOINT_NAME}"))]:
-        try:
-            saved = method.saved_config(path).get("tuned", {})
-            break
-        except CheckpointError:
-            continue
-    if saved is None:
+    # the run's settings file, or a staged run's first stage's (PD); none: nothing trained yet
+    files = [run_dir / "config.json", *sorted(run_dir.glob("*/config.json"))]
+    found = next((f for f in files if f.is_file()), None)
+    if found is None:
         return
+    saved = json.loads(found.read_text()).get("tuned", {})
     if _provenance(saved) == _provenance(config.tuned):
         return
     if untuned_presets:
@@ -322,7 +318,7 @@ def prepare_runs(methods: dict[str, Method], dataset: str, data: Dataset, runs_r
             runs.append((name, run_dir))
             if config is not None:
                 config = untuned(config) if untuned_presets else config
-                check_same_preset(name, method, run_dir, config, untuned_presets)
+                check_same_preset(name, run_dir, config, untuned_presets)
             problem = run_problem(method, run_dir)
             if problem and config is None:
                 raise BenchError(f"{name} run {run_dir} {problem}, and dataset {dataset} has no "

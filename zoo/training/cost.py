@@ -16,6 +16,7 @@ stages and their teacher, a 2-RF run's 1-RF.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from zoo.training.checkpoint import CheckpointError, load_checkpoint
@@ -37,10 +38,12 @@ def forward_equivalents(cost: dict) -> int:
     return cost["forward"] + 2 * cost["backward"]
 
 
-def _chain(run_dir):
-    """The checkpoint states of the run in ``run_dir`` and of its ``config.teacher`` chain, in
-    order; a ``None`` in place of a state that cannot be read (a teacher that is gone) ends it."""
-    seen, path = set(), Path(run_dir)
+def run_cost(run_dir) -> dict[str, int] | None:
+    """The training cost of the run in ``run_dir`` (a run directory or checkpoint) plus that of
+    its ``config.teacher`` run, recursively; None when a run of the chain has no cost record
+    (an imported run, one trained before costs were recorded, or a teacher that is gone)."""
+    total, seen = empty_cost(), set()
+    path = Path(run_dir)
     while True:
         key = path.resolve()
         if key in seen:
@@ -49,36 +52,30 @@ def _chain(run_dir):
         try:
             state = load_checkpoint(path)
         except CheckpointError:
-            yield None
-            return
-        yield state
-        teacher = state["config"].get("teacher")
-        if not teacher:
-            return
-        path = Path(teacher)
-
-
-def run_cost(run_dir) -> dict[str, int] | None:
-    """The training cost of the run in ``run_dir`` (a run directory or checkpoint) plus that of
-    its ``config.teacher`` run, recursively; None when a run of the chain has no cost record
-    (an imported run, one trained before costs were recorded, or a teacher that is gone)."""
-    total = empty_cost()
-    for state in _chain(run_dir):
-        if state is None or state.get("cost") is None:
+            return None
+        if state.get("cost") is None:
             return None
         total = add_cost(total, state["cost"])
-    return total
+        teacher = state["config"].get("teacher")
+        if not teacher:
+            return total
+        path = Path(teacher)
 
 
 def run_tuning_cost(run_dir) -> float:
     """Forward-equivalent passes spent choosing the settings of the run in ``run_dir`` and of
-    its teachers: the ``zoo tune`` studies their configs' ``tuned`` records name, each once (a
-    staged run's stages share one); 0 for runs trained with the presets as written."""
-    studies = {}
-    for state in _chain(run_dir):
-        tuned = {} if state is None else state["config"].get("tuned", {})
-        if tuned:
-            studies[tuned["study"]] = tuned["tuning_cost_fwd"]
+    its teachers: the ``zoo tune`` studies their ``config.json`` ``tuned`` records name, each
+    once (a staged run's stages share one); 0 for runs trained with the presets as written.
+    Reads the settings files only, not the checkpoints."""
+    studies, seen, path = {}, set(), Path(run_dir)
+    while (path / "config.json").is_file() and path.resolve() not in seen:
+        seen.add(path.resolve())
+        config = json.loads((path / "config.json").read_text())
+        if config.get("tuned"):
+            studies[config["tuned"]["study"]] = config["tuned"]["tuning_cost_fwd"]
+        if not config.get("teacher"):
+            break
+        path = Path(config["teacher"])
     return float(sum(studies.values()))
 
 
