@@ -183,9 +183,9 @@ def run_trial(method: Method, trial, dataset: str, fixed: dict, fraction: float,
 
 def load_saved_config(method: Method, run_dir: Path):
     from zoo.training import config_from_dict
+    from zoo.training.config import read_config
 
-    saved = json.loads((run_dir / "config.json").read_text())
-    return config_from_dict(method.config_class, saved)
+    return config_from_dict(method.config_class, read_config(run_dir))
 
 
 def study_cost(study) -> float:

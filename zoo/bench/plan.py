@@ -19,7 +19,7 @@ from zoo.data import Dataset, DatasetNotFoundError, load_dataset
 from zoo.methods import BenchRow, Method
 from zoo.training import CheckpointError, load_checkpoint
 from zoo.training.checkpoint import CHECKPOINT_NAME
-from zoo.training.config import merge_overrides
+from zoo.training.config import merge_overrides, read_config
 from zoo.training.cost import run_cost, run_tuning_cost
 from zoo.tuned import untuned
 
@@ -263,12 +263,12 @@ def check_same_preset(name: str, run_dir: Path, config, untuned_presets: bool) -
     where the preset is tuned now, one of tuned settings under ``--untuned``, or one of another
     study's settings; its rows would carry the method's label with other settings than its
     preset's."""
-    # the run's settings file, or a staged run's first stage's (PD); none: nothing trained yet
-    files = [run_dir / "config.json", *sorted(run_dir.glob("*/config.json"))]
-    found = next((f for f in files if f.is_file()), None)
-    if found is None:
+    # the run's settings, or a staged run's first stage's (PD); none: nothing trained yet
+    folders = [run_dir, *sorted(p.parent for p in run_dir.glob("*/config.json"))]
+    saved = next((c for c in map(read_config, folders) if c is not None), None)
+    if saved is None:
         return
-    saved = json.loads(found.read_text()).get("tuned", {})
+    saved = saved.get("tuned", {})
     if _provenance(saved) == _provenance(config.tuned):
         return
     if untuned_presets:

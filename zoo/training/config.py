@@ -289,6 +289,13 @@ def same_setting(name: str, a, b) -> bool:
     return a == b
 
 
+def read_config(run_dir) -> dict | None:
+    """The settings a run folder's ``config.json`` holds (written by :func:`save_config`), as a
+    dict; None when the folder has none (nothing trained there yet)."""
+    path = Path(run_dir) / "config.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
 def save_config(config, path: Path) -> None:
     """Write ``config.json`` atomically (temporary file, fsync, rename)."""
     path = Path(path)

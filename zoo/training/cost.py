@@ -16,10 +16,10 @@ stages and their teacher, a 2-RF run's 1-RF.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from zoo.training.checkpoint import CheckpointError, load_checkpoint
+from zoo.training.config import read_config
 
 #: The counters of a cost record.
 COST_KEYS = ("images", "forward", "backward")
@@ -68,9 +68,8 @@ def run_tuning_cost(run_dir) -> float:
     once (a staged run's stages share one); 0 for runs trained with the presets as written.
     Reads the settings files only, not the checkpoints."""
     studies, seen, path = {}, set(), Path(run_dir)
-    while (path / "config.json").is_file() and path.resolve() not in seen:
+    while (config := read_config(path)) is not None and path.resolve() not in seen:
         seen.add(path.resolve())
-        config = json.loads((path / "config.json").read_text())
         if config.get("tuned"):
             studies[config["tuned"]["study"]] = config["tuned"]["tuning_cost_fwd"]
         if not config.get("teacher"):
