@@ -723,3 +723,13 @@ def test_runs_of_two_image_folders_default_to_two_directories(tmp_path):
             for p in (tmp_path / "flowers", tmp_path / "faces")}
     assert dirs == {Path("runs/folder-flowers/edm"), Path("runs/folder-faces/edm")}
     assert edm.default_run_dir(edm.configure("toy")) == Path("runs/toy/edm")
+
+
+@pytest.mark.parametrize("name", ["edm", "cm", "rf", "meanflow", "ect", "scm"])
+def test_bench_rows_of_a_folder_without_a_run_name_it(tmp_path, name):
+    """A folder with nothing trained in it gives no rows silently made of defaults, and no bare
+    FileNotFoundError: the error names the folder and the missing config.json; PD's plan has no
+    stages there, so it gives no rows."""
+    with pytest.raises(CheckpointError, match=rf"{tmp_path}.*no config\.json"):
+        zoo.plugins.get("methods", name).bench_rows(tmp_path)
+    assert zoo.plugins.get("methods", "pd").bench_rows(tmp_path) == []

@@ -14,7 +14,6 @@ through any registered sampler of its kind and its bench rows.
 from __future__ import annotations
 
 import abc
-import json
 from pathlib import Path
 
 import click
@@ -22,7 +21,8 @@ import click
 from zoo import plugins
 from zoo.diffusion.samplers import generate
 from zoo.methods import BenchRow, Method, Samples, check_teacher_data, draw_labels
-from zoo.training import TrainConfig, config_from_dict
+from zoo.training import TrainConfig
+from zoo.training.config import load_config
 
 
 def nfe_option(help: str, default: int | None = 1) -> click.Option:
@@ -151,8 +151,7 @@ class ConsistencyStudent(Method):
     def bench_rows(self, run_dir) -> list[BenchRow]:
         """:meth:`bench_label` at the NFE of :attr:`bench_nfe` that the run's default schedule
         has steps for."""
-        saved = json.loads((Path(run_dir) / "config.json").read_text())
-        config = config_from_dict(self.config_class, saved)
+        config = load_config(self.config_class, run_dir)
         steps = len(self.schedule(config))
         return [BenchRow(self.bench_label(config), k, Path(run_dir), {"nfe": k})
                 for k in self.bench_nfe if k <= steps]
@@ -198,7 +197,6 @@ class FlowSampling(Method):
                                   "nfe": count, "times": times, **opts}, labels)
 
     def bench_rows(self, run_dir) -> list[BenchRow]:
-        saved = json.loads((Path(run_dir) / "config.json").read_text())
-        config = config_from_dict(self.config_class, saved)
+        config = load_config(self.config_class, run_dir)
         return [BenchRow(self.bench_label(config), k, Path(run_dir), {"nfe": k})
                 for k in self.bench_steps(config)]

@@ -24,8 +24,7 @@ from pathlib import Path
 
 from zoo.bench.plan import run_problem
 from zoo.methods import Method
-from zoo.training import config_to_dict
-from zoo.training.config import merge_overrides
+from zoo.training.config import merge_overrides, read_config
 from zoo.training.cost import forward_equivalents, run_cost
 from zoo.training.monitor import duration_text
 from zoo.training.rundir import RunLock, RunLockedError
@@ -174,18 +173,10 @@ def run_trial(method: Method, trial, dataset: str, fixed: dict, fraction: float,
         trial.set_user_attr("cost_fwd", own_cost(method, config, run_dir))
         trial.report(score, step // every)
         if step >= config.iterations:
-            trial.set_user_attr("settings", json.loads(json.dumps(config_to_dict(
-                load_saved_config(method, run_dir)))))
+            trial.set_user_attr("settings", read_config(run_dir))
             return score
         if trial.should_prune():
             raise TrialPruned(f"trial {trial.number} pruned at step {step}: {score:.4g}")
-
-
-def load_saved_config(method: Method, run_dir: Path):
-    from zoo.training import config_from_dict
-    from zoo.training.config import read_config
-
-    return config_from_dict(method.config_class, read_config(run_dir))
 
 
 def study_cost(study) -> float:
@@ -372,8 +363,7 @@ def confirm_at_full_length(method: Method, dataset: str, study, fixed: dict, out
             "trial": trial.number, "short": trial.value,
             "validation": validation_score(method, run_dir, dataset, n=n, blocks=blocks,
                                            device=device),
-            "settings": json.loads(json.dumps(config_to_dict(load_saved_config(method,
-                                                                               run_dir)))),
+            "settings": read_config(run_dir),
             "cost_fwd": own_cost(method, config, run_dir)})
     return confirmed
 

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
-from pathlib import Path
 
 import click
 
@@ -32,7 +30,7 @@ from zoo.methods import (
 )
 from zoo.search_space import Float
 from zoo.training import TrainingTask
-from zoo.training.config import TrainConfig, config_from_dict, setting
+from zoo.training.config import TrainConfig, load_config, setting
 
 
 @dataclass
@@ -300,7 +298,7 @@ class EDM(Method):
         return {self.name: None}
 
     def _config(self, run_dir) -> EDMConfig:
-        return config_from_dict(EDMConfig, json.loads((Path(run_dir) / "config.json").read_text()))
+        return load_config(EDMConfig, run_dir)
 
     def bench_rows(self, run_dir):
         """Heun at :attr:`bench_steps` (and the paper's steps of the scale), then the

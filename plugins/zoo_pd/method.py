@@ -17,7 +17,6 @@ decayed per stage; its EMA weights teach stage k + 1. Every stage is kept as its
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import sys
 from dataclasses import dataclass
@@ -46,6 +45,7 @@ from zoo.training.config import (
     TrainConfig,
     config_from_dict,
     config_to_dict,
+    read_config,
     resolve_paths,
     save_config,
     setting,
@@ -313,10 +313,10 @@ class ProgressiveDistillation(Method):
 
     def saved_config(self, run_dir) -> dict:
         """A PD run's plan: the ``config.json`` of its folder (each stage checkpoints its own)."""
-        path = Path(run_dir) / "config.json"
-        if not path.exists():
-            raise CheckpointError(f"--resume: there is no PD run in {run_dir} (no {path.name})")
-        return json.loads(path.read_text())
+        saved = read_config(run_dir)
+        if saved is None:
+            raise CheckpointError(f"--resume: there is no PD run in {run_dir} (no config.json)")
+        return saved
 
     def stage_dirs(self, root) -> dict[int, Path]:
         """Student steps → stage directory, for the stages of ``root`` that have a checkpoint."""
@@ -358,10 +358,10 @@ class ProgressiveDistillation(Method):
     def bench_rows(self, run_dir):
         """One row per stage of the run's plan (its ``config.json``), NFE N_0/2 ... 1; ``zoo bench``
         requires each stage's checkpoint to be complete."""
-        path = Path(run_dir) / "config.json"
-        if not path.exists():
+        saved = read_config(run_dir)
+        if saved is None:
             return []
-        config = config_from_dict(PDConfig, json.loads(path.read_text()))
+        config = config_from_dict(PDConfig, saved)
         return [BenchRow("PD", steps, Path(run_dir) / stage_name(stage, steps))
                 for stage, steps in enumerate(stage_plan(config.teacher_steps))]
 

@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
+from zoo.training.checkpoint import CheckpointError
+
 _NO_LEGACY = object()
 
 
@@ -294,6 +296,16 @@ def read_config(run_dir) -> dict | None:
     dict; None when the folder has none (nothing trained there yet)."""
     path = Path(run_dir) / "config.json"
     return json.loads(path.read_text()) if path.is_file() else None
+
+
+def load_config(cls, run_dir):
+    """The settings of the run in ``run_dir`` as a ``cls`` config (:func:`read_config`);
+    a CheckpointError naming the folder when it holds no run."""
+    saved = read_config(run_dir)
+    if saved is None:
+        raise CheckpointError(f"{run_dir} holds no run: no config.json (a run's settings, written "
+                              "when its training starts)")
+    return config_from_dict(cls, saved)
 
 
 def save_config(config, path: Path) -> None:
