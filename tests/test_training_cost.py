@@ -247,6 +247,7 @@ def test_the_cost_axis_is_logarithmic_only_over_a_decade_or_more():
     assert cost_axis_scale([3.8e6, 3.8e7 - 1]) == "linear"
     assert cost_axis_scale([3.8e6, 3.8e7]) == "log"
     assert cost_axis_scale([4.6e6, 1.2e7, 3.5e7, 5e5]) == "log"  # the toy rows
+    assert cost_axis_scale([0.0, 3.84e6]) == "linear"  # untrained weights: kept on the axis
 
 
 def test_budget_iterations_round_down_and_refuse_a_budget_below_one_iteration():

@@ -181,8 +181,9 @@ def plot_metric_vs_nfe(report: BenchReport, path: Path) -> Path:
 
 def cost_axis_scale(costs: list[float]) -> str:
     """``"log"`` when the training costs span a decade or more, else ``"linear"``: within one
-    decade a log axis may have no major tick, and its minor labels overlap (cost-matched rows)."""
-    return "log" if max(costs) >= 10 * min(costs) else "linear"
+    decade a log axis may have no major tick, and its minor labels overlap (cost-matched rows);
+    ``"linear"`` too where a cost is zero (untrained weights), which a log axis would drop."""
+    return "log" if min(costs) > 0 and max(costs) >= 10 * min(costs) else "linear"
 
 
 def plot_metric_vs_cost(report: BenchReport, path: Path) -> Path:
