@@ -153,6 +153,25 @@ def test_the_command_line_imports_torch_only_for_a_command_that_needs_it():
         assert out.strip().splitlines()[-1] == "False", (args, out)
 
 
+def test_a_jvp_trained_run_shows_the_user_no_warning_from_inside_torch(tmp_path):
+    """A MeanFlow run's first JVP makes torch script its own decompositions, which warns of
+    torch.jit.script's deprecation; the command line's warnings are the user's to act on, so that
+    one is not shown (in a fresh process: the warning comes once per process)."""
+    import subprocess
+    import sys
+
+    probe = ("import sys; from click.testing import CliRunner; from zoo.cli import main; "
+             "result = CliRunner().invoke(main, sys.argv[1:]); "
+             "assert result.exit_code == 0, result.output; print(result.output)")
+    out = subprocess.run(
+        [sys.executable, "-c", probe, "train", "meanflow", "--dataset", "toy", "--iterations",
+         "1", "--batch-size", "8", "--network-kwargs", '{"hidden": 16, "num_layers": 1}',
+         "--run-dir", str(tmp_path / "mf"), "--no-progress"],
+        capture_output=True, text=True, check=True)
+    assert (tmp_path / "mf" / "checkpoint.pt").exists()
+    assert "jit.script" not in out.stdout + out.stderr, out.stdout + out.stderr
+
+
 def test_train_help_shows_each_modes_own_preset_values_and_the_real_defaults():
     """CT∞'s cifar10 learning rate and CT's μ form are their own, not CD's; settings no preset
     changes show their own default (``--device auto``, not this machine's resolution of it)."""

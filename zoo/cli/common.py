@@ -104,6 +104,11 @@ def main(traceback):
 
     distributed.init_distributed()  # a no-op unless torchrun's environment variables are set
     warnings.showwarning = _show_warning
+    # torch.func.jvp's first call scripts torch's own decompositions (torch/_decomp/
+    # decompositions_for_jvp.py), which warns of torch.jit.script's deprecation: nothing a user of
+    # CT∞, sCM or MeanFlow can act on.
+    warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated",
+                            category=FutureWarning)
     _report_plugin_failures()
 
 
