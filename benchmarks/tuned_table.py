@@ -1,9 +1,9 @@
 """The table with every family at its tuned settings: reads tune/DATASET/FAMILY/best.json (written
 by `zoo tune`, benchmarks/tune_study.sh), trains each run at the preset's full iterations with the
 winning settings (`zoo bench --set METHOD/RUN.KEY=VALUE`) and prints the table with the tuning
-cost beside the training cost. With --print-tuned it prints, instead, each study's winner as the
-`zoo.tuned.Tuned` record a method's `tuned` table holds (adopting the winners as presets:
-docs/tuning.md).
+cost beside the training cost. With --print-tuned it prints, instead, each method's `tuned` table
+of its studies' winners (`zoo.tuned.Tuned` records), the source to paste into the method to adopt
+them as presets (docs/tuning.md).
 
     python benchmarks/tuned_table.py --dataset toy [--tune tune] [--runs-root runs-tuned]
     python benchmarks/tuned_table.py --dataset digits --print-tuned
@@ -36,15 +36,42 @@ def best_records(tune_root: Path, families=None) -> dict[tuple[str, str], dict]:
     return records
 
 
-def tuned_literal(dataset: str, run: str, record: dict) -> str:
-    """The ``tuned`` entry of a study's winner, as Python source (exact values: the settings the
-    confirmation trained); the study is named by its folder (CD's and CT's studies are both
+def source(value) -> str:
+    """``value`` (a setting, or a dict of them) as Python source, strings double-quoted."""
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{source(k)}: {source(v)}" for k, v in value.items()) + "}"
+    return json.dumps(value) if isinstance(value, str) else repr(value)
+
+
+def packed(items: list[str], first: str, indent: str, width: int = 100) -> list[str]:
+    """``first`` followed by ``items`` joined with commas, in lines of at most ``width``
+    columns, the later ones indented by ``indent``; an item is never split."""
+    lines = [first]
+    for k, item in enumerate(items):
+        text = item + ("," if k < len(items) - 1 else "")
+        if len(lines[-1]) + 1 + len(text) > width and lines[-1] not in (first, indent):
+            lines.append(indent + text)
+        else:
+            lines[-1] += ("" if lines[-1] in (first, indent) else " ") + text
+    return lines
+
+
+def tuned_table_source(dataset: str, runs: dict[str, dict]) -> str:
+    """One method's ``tuned`` class attribute holding its studies' winners (``{run: best.json
+    record}``), as Python source for the method's class body (exact values: the settings the
+    confirmations trained); each study is named by its folder (CD's and CT's studies are both
     Optuna's ``cm-digits``)."""
-    study = str(Path(record["storage"]).parent)
-    return (f'"{dataset}": {{"{run}": Tuned(\n    params={record["params"]!r},\n'
-            f'    study={study!r}, trial={record["trial"]!r}, '
-            f'validation={record["validation"]!r},\n'
-            f'    tuning_cost_fwd={record["tuning_cost_fwd"]!r})}}')
+    lines = ["    tuned = {", f"        {source(dataset)}: {{"]
+    for run, record in runs.items():
+        params = [f"{source(k)}: {source(v)}" for k, v in record["params"].items()]
+        lines += [f"            {source(run)}: Tuned(",
+                  *packed(params, "                params={", " " * 24)]
+        lines[-1] += "},"
+        study = str(Path(record["storage"]).parent)
+        lines += [f"                study={source(study)}, trial={record['trial']!r},",
+                  f"                validation={source(record['validation'])},",
+                  f"                tuning_cost_fwd={record['tuning_cost_fwd']!r}),"]
+    return "\n".join([*lines, "        },", "    }"])
 
 
 def main() -> None:
@@ -67,8 +94,12 @@ def main() -> None:
     if not records:
         raise SystemExit(f"no best.json under {Path(args.tune) / args.dataset}: run the studies")
     if args.print_tuned:
+        by_method: dict[str, dict] = {}
         for (method, run), record in records.items():
-            print(f"# {method}\n{tuned_literal(args.dataset, run, record)}\n")
+            by_method.setdefault(method, {})[run] = record
+        for method, runs in by_method.items():
+            print(f"# {method}: `from zoo.tuned import Tuned`\n"
+                  f"{tuned_table_source(args.dataset, runs)}\n")
         return
     settings = {f"{method}/{run}": r["params"] for (method, run), r in records.items()}
     costs = {run: r["tuning_cost_fwd"] for (_, run), r in records.items()}

@@ -159,3 +159,40 @@ def test_a_rows_tuning_cost_counts_each_study_of_its_chain_once(monkeypatch, tmp
              tmp_path / "pd", progress=False)
     assert run_tuning_cost(tmp_path / "edm") == 3e7
     assert run_tuning_cost(tmp_path / "pd" / "stage-1-nfe-1") == 4e7
+
+
+def test_printed_tuned_tables_are_the_study_winners_as_source_a_method_can_hold(tmp_path):
+    """``benchmarks/tuned_table.py --print-tuned``: one ``tuned`` class attribute per method (CD's
+    and CT's studies in one table), in 100 columns, that evaluates in a class body to exactly
+    the studies' records: adopting the winners is a paste, not a transcription."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "tuned_table.py"
+    spec = importlib.util.spec_from_file_location("tuned_table", path)
+    tuned_table = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tuned_table)
+    records = {
+        "cm-cd": {"params": {"distance": "l2", "ema_halflife_kimg": 18.159915196103242,
+                             "lr": 0.0002226434464639121, "num_scales": 33},
+                  "storage": "tune/digits/cm-cd/study.db", "trial": 1,
+                  "validation": {"FD-digits": 0.4479675795975382}, "tuning_cost_fwd": 5494272.0},
+        "cm-ct": {"params": {"ema_halflife_kimg": 4.517327494500315, "lr": 0.002459526780584015,
+                             "mu0": 0.8047308532345662, "s0": 6, "s1": 78, "lr_decay": "linear",
+                             "sample_sigmas": "80,0.8"},
+                  "storage": "tune/digits/cm-ct/study.db", "trial": 11,
+                  "validation": {"FD-digits": 1.399420346468201}, "tuning_cost_fwd": 1.312e7},
+    }
+    for family, record in records.items():
+        (tmp_path / family).mkdir()
+        (tmp_path / family / "best.json").write_text(json.dumps(record))
+    found = tuned_table.best_records(tmp_path)
+    assert list(found) == [("cm", "cm-cd"), ("cm", "cm-ct")]
+    text = tuned_table.tuned_table_source("digits", {run: r for (_, run), r in found.items()})
+    assert max(map(len, text.splitlines())) <= 100, text
+    namespace = {"Tuned": Tuned}
+    exec("class CM:\n" + text, namespace)
+    assert namespace["CM"].tuned == {"digits": {run: Tuned(
+        params=r["params"], study=f"tune/digits/{run}", trial=r["trial"],
+        validation=r["validation"], tuning_cost_fwd=r["tuning_cost_fwd"])
+        for run, r in records.items()}}
