@@ -297,13 +297,10 @@ class EDM(Method):
             return super().bench_configs(dataset, runs_root)
         return {self.name: None}
 
-    def _config(self, run_dir) -> EDMConfig:
-        return load_config(EDMConfig, run_dir)
-
     def bench_rows(self, run_dir):
         """Heun at :attr:`bench_steps` (and the paper's steps of the scale), then the
         :attr:`fast_bench` samplers near their NFE."""
-        paper = self.paper_steps.get(preset_scale(self._config(run_dir).dataset))
+        paper = self.paper_steps.get(preset_scale(load_config(EDMConfig, run_dir).dataset))
         heun = [
             BenchRow("EDM (Heun)", 2 * n - 1, run_dir, {"steps": n, "sampler": "heun"})
             for n in sorted({*self.bench_steps, *([paper] if paper else [])})
@@ -316,7 +313,7 @@ class EDM(Method):
         (default :attr:`bench_nfe`) the most steps whose NFE (counted by
         :func:`~zoo.diffusion.samplers.count_nfe`, no network run) is at most the target."""
         fn, opts = self.resolve_sampler(sampler, sampler_options)
-        config = self._config(run_dir)
+        config = load_config(EDMConfig, run_dir)
         targets = sorted(nfe or self.bench_nfe)
         steps_nfe, steps = {}, 1
         while steps <= targets[-1] + 1:  # a sampler spends at least one NFE per step
