@@ -1,0 +1,91 @@
+"""Two tables of ``benchmarks/digits_table.py`` (its ``README-table.md``) side by side in one
+metric: the presets as written against the tuned ones, say, row by row (METHOD and NFE), with the
+change and its standard error (the two rows' errors in quadrature: both tables draw the same
+seeds, so the models' errors are not independent and this is the larger, cautious one) and the
+second table's tuning cost. A row of one table only shows blank cells for the other.
+
+    python benchmarks/compare_tables.py UNTUNED.md TUNED.md [--column FD297] [--names untuned,tuned]
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import re
+import sys
+from pathlib import Path
+
+TUNING = "tuning passes (G fwd-eq)"
+_VALUE = re.compile(r"^\s*(-?[0-9.eE+-]+)(?:\s*±\s*([0-9.eE+-]+))?\s*$")
+
+
+def read_table(path: Path) -> tuple[list[str], dict[tuple[str, str], dict[str, str]]]:
+    """The header (arrows ↓↑ dropped) and ``{(METHOD, NFE): {column: cell}}`` of the first
+    Markdown table in ``path``; a label's footnote marks (¹²³...) are dropped."""
+    lines = [line.strip() for line in Path(path).read_text().splitlines()]
+    table = [line for line in lines if line.startswith("|")]
+    if len(table) < 2:
+        raise SystemExit(f"{path}: no Markdown table (a README-table.md of "
+                         "benchmarks/digits_table.py is one)")
+    split = lambda line: [c.strip() for c in line.strip("|").split("|")]  # noqa: E731
+    header = [c.rstrip("↓↑") for c in split(table[0])]
+    if header[:2] != ["METHOD", "NFE"]:
+        raise SystemExit(f"{path}: the table's first columns are {header[:2]}, not METHOD, NFE")
+    rows = {}
+    for line in table[2:]:
+        cells = dict(zip(header, split(line), strict=False))
+        rows[cells["METHOD"].rstrip("¹²³⁴⁵⁶⁷⁸⁹⁰"), cells["NFE"]] = cells
+    return header, rows
+
+
+def parse(cell: str) -> tuple[float, float | None] | None:
+    """``"0.2954 ± 0.024"`` -> (0.2954, 0.024); ``"0.3"`` -> (0.3, None); blank -> None."""
+    match = _VALUE.match(cell or "")
+    if not match:
+        return None
+    return float(match[1]), (float(match[2]) if match[2] else None)
+
+
+def comparison(a: Path, b: Path, column: str, names: tuple[str, str]) -> str:
+    """The Markdown table of ``column`` in ``a`` and ``b``, in ``a``'s row order then ``b``'s
+    new rows."""
+    (header_a, rows_a), (header_b, rows_b) = read_table(a), read_table(b)
+    for path, header in ((a, header_a), (b, header_b)):
+        if column not in header:
+            raise SystemExit(f"{path}: no column {column!r}; its columns are "
+                             f"{', '.join(header[2:])}")
+    tuning = TUNING in header_b
+    out = [["row", "NFE", *names, f"change ({names[1]} − {names[0]})",
+            *[f"tuning passes (G fwd-eq, {names[1]})"] * tuning]]
+    out.append(["---", *["---:"] * (len(out[0]) - 1)])
+    for key in [*rows_a, *[k for k in rows_b if k not in rows_a]]:
+        cell_a = rows_a.get(key, {}).get(column, "")
+        cell_b = rows_b.get(key, {}).get(column, "")
+        x, y = parse(cell_a), parse(cell_b)
+        change = ""
+        if x and y:
+            change = f"{y[0] - x[0]:+.3g}"
+            if x[1] is not None and y[1] is not None:
+                change += f" ± {math.hypot(x[1], y[1]):.2g}"
+        out.append([*key, cell_a, cell_b, change,
+                    *[rows_b.get(key, {}).get(TUNING, "")] * tuning])
+    return "\n".join("| " + " | ".join(row) + " |" for row in out) + "\n"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("a", type=Path, help="the first table (README-table.md)")
+    parser.add_argument("b", type=Path, help="the second table")
+    parser.add_argument("--column", default="FD297")
+    parser.add_argument("--names", default="untuned,tuned",
+                        help="the two tables' names, comma-separated [untuned,tuned]")
+    args = parser.parse_args(argv)
+    names = tuple(args.names.split(","))
+    if len(names) != 2:
+        parser.error(f"--names takes two names separated by a comma, got {args.names!r}")
+    print(comparison(args.a, args.b, args.column, names), end="")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

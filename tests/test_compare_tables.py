@@ -1,0 +1,72 @@
+"""``benchmarks/compare_tables.py``: two digits tables side by side in one metric, joined on
+(METHOD, NFE), so that the README's untuned-against-tuned comparison is computed, not copied."""
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+path = Path(__file__).resolve().parents[1] / "benchmarks" / "compare_tables.py"
+spec = importlib.util.spec_from_file_location("compare_tables", path)
+compare_tables = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(compare_tables)
+
+UNTUNED = """\
+| METHOD | NFE | FD297↓ | memorised↓ | train passes (G fwd-eq) |
+| --- | ---: | ---: | ---: | ---: |
+| real data (floor) | — | 0.1059 | 0.05051 |  |
+| CD (L2) | 1 | 0.2954 ± 0.024 | 0.007 | 0.00384 |
+| EDM (3-DEIS)² | 10 | 0.1612 ± 0.013 | 0.133 | 0.002304 |
+| sCD | 1 | 0.6659 ± 0.047 | 0.014 | 0.00384 |
+
+digits, n = 2000 samples per row
+"""
+TUNED = """\
+| METHOD | NFE | FD297↓ | memorised↓ | train passes (G fwd-eq) | tuning passes (G fwd-eq) |
+| --- | ---: | ---: | ---: | ---: | ---: |
+| CD (L2) | 1 | 0.25 ± 0.032 | 0.01 | 0.00384 | 0.0128 |
+| EDM (3-DEIS) | 10 | 0.17 | 0.1 | 0.002304 | 0.0073 |
+| EDM (4-DEIS) | 10 | 0.15 ± 0.02 | 0.1 | 0.002304 | 0.0073 |
+"""
+
+
+def rows(text):
+    lines = [line.strip("|").split("|") for line in text.splitlines()[2:]]
+    return [[c.strip() for c in line] for line in lines]
+
+
+def test_rows_join_on_method_and_nfe_with_the_change_and_its_error(tmp_path):
+    (tmp_path / "a.md").write_text(UNTUNED)
+    (tmp_path / "b.md").write_text(TUNED)
+    table = compare_tables.comparison(tmp_path / "a.md", tmp_path / "b.md", "FD297",
+                                      ("untuned", "tuned"))
+    assert table.splitlines()[0] == ("| row | NFE | untuned | tuned | change (tuned − untuned) "
+                                     "| tuning passes (G fwd-eq, tuned) |")
+    assert rows(table) == [
+        ["real data (floor)", "—", "0.1059", "", "", ""],
+        # the errors in quadrature: hypot(0.024, 0.032) = 0.04
+        ["CD (L2)", "1", "0.2954 ± 0.024", "0.25 ± 0.032", "-0.0454 ± 0.04", "0.0128"],
+        # a footnote mark does not part a row from itself; a value without error, no error
+        ["EDM (3-DEIS)", "10", "0.1612 ± 0.013", "0.17", "+0.0088", "0.0073"],
+        ["sCD", "1", "0.6659 ± 0.047", "", "", ""],  # in one table only
+        ["EDM (4-DEIS)", "10", "", "0.15 ± 0.02", "", "0.0073"],
+    ]
+    # without a tuning column in the second table, none in the comparison
+    swapped = compare_tables.comparison(tmp_path / "b.md", tmp_path / "a.md", "memorised",
+                                        ("tuned", "untuned"))
+    assert "tuning passes" not in swapped
+    assert rows(swapped)[0] == ["CD (L2)", "1", "0.01", "0.007", "-0.003"]
+
+
+def test_a_column_or_a_table_that_is_not_there_is_named(tmp_path, capsys):
+    (tmp_path / "a.md").write_text(UNTUNED)
+    (tmp_path / "b.md").write_text(TUNED)
+    with pytest.raises(SystemExit, match=r"a.md: no column 'FID'; its columns are FD297, "
+                                         r"memorised, train passes"):
+        compare_tables.comparison(tmp_path / "a.md", tmp_path / "b.md", "FID", ("a", "b"))
+    (tmp_path / "c.md").write_text("no table here\n")
+    with pytest.raises(SystemExit, match="c.md: no Markdown table"):
+        compare_tables.comparison(tmp_path / "a.md", tmp_path / "c.md", "FD297", ("a", "b"))
+    with pytest.raises(SystemExit):
+        compare_tables.main([str(tmp_path / "a.md"), str(tmp_path / "b.md"), "--names", "x"])
+    assert "--names takes two names separated by a comma, got 'x'" in capsys.readouterr().err
