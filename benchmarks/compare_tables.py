@@ -2,9 +2,11 @@
 metric: the presets as written against the tuned ones, say, row by row (METHOD and NFE), with the
 change and its standard error (the two rows' errors in quadrature: both tables draw the same
 seeds, so the models' errors are not independent and this is the larger, cautious one) and the
-second table's tuning cost. A row of one table only shows blank cells for the other.
+second table's tuning cost. A row of one table only shows blank cells for the other. ``--plot``
+draws the rows both tables hold, each as an arrow from the first table's value to the second's.
 
     python benchmarks/compare_tables.py UNTUNED.md TUNED.md [--column FD297] [--names untuned,tuned]
+        [--plot comparison.png]
 """
 
 from __future__ import annotations
@@ -46,14 +48,18 @@ def parse(cell: str) -> tuple[float, float | None] | None:
     return float(match[1]), (float(match[2]) if match[2] else None)
 
 
+def read_column(path: Path, column: str) -> tuple[list[str], dict]:
+    """:func:`read_table` of a table that has ``column`` (else an error naming the columns)."""
+    header, rows = read_table(path)
+    if column not in header:
+        raise SystemExit(f"{path}: no column {column!r}; its columns are {', '.join(header[2:])}")
+    return header, rows
+
+
 def comparison(a: Path, b: Path, column: str, names: tuple[str, str]) -> str:
     """The Markdown table of ``column`` in ``a`` and ``b``, in ``a``'s row order then ``b``'s
     new rows."""
-    (header_a, rows_a), (header_b, rows_b) = read_table(a), read_table(b)
-    for path, header in ((a, header_a), (b, header_b)):
-        if column not in header:
-            raise SystemExit(f"{path}: no column {column!r}; its columns are "
-                             f"{', '.join(header[2:])}")
+    (_, rows_a), (header_b, rows_b) = read_column(a, column), read_column(b, column)
     tuning = TUNING in header_b
     out = [["row", "NFE", *names, f"change ({names[1]} − {names[0]})",
             *[f"tuning passes (G fwd-eq, {names[1]})"] * tuning]]
@@ -72,6 +78,45 @@ def comparison(a: Path, b: Path, column: str, names: tuple[str, str]) -> str:
     return "\n".join("| " + " | ".join(row) + " |" for row in out) + "\n"
 
 
+def plot_comparison(a: Path, b: Path, column: str, names: tuple[str, str], path: Path) -> Path:
+    """Every row of both tables (the floor's dashed line apart) on an axis of ``column`` (log
+    where every value is positive): a dot at the first table's value, an arrow to the second's,
+    each with its error bar."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    (_, rows_a), (_, rows_b) = read_column(a, column), read_column(b, column)
+    pairs = [(key, parse(rows_a[key].get(column)), parse(rows_b[key].get(column)))
+             for key in rows_a if key in rows_b]
+    floor = [x for (label, nfe), x, _ in pairs if nfe == "—" and x]
+    pairs = [(f"{label}, {nfe} NFE", x, y) for (label, nfe), x, y in pairs
+             if nfe != "—" and x and y]
+    if not pairs:
+        raise SystemExit(f"{a} and {b} share no row with a value of {column}")
+    fig, ax = plt.subplots(figsize=(7.5, 0.28 * len(pairs) + 1.2), dpi=120)
+    for i, (_, x, y) in enumerate(pairs):
+        ax.annotate("", (y[0], i), (x[0], i), arrowprops={"arrowstyle": "->", "color": "0.5"})
+        ax.errorbar(x[0], i, xerr=x[1], fmt="o", color="C0", ms=4,
+                    label=names[0] if i == 0 else None)
+        ax.errorbar(y[0], i, xerr=y[1], fmt="s", color="C1", ms=4,
+                    label=names[1] if i == 0 else None)
+    if floor:
+        ax.axvline(floor[0][0], color="0.4", linestyle="--", label="real data (floor)")
+    ax.set_yticks(range(len(pairs)), [label for label, _, _ in pairs], fontsize=7)
+    ax.invert_yaxis()
+    if all(v[0] > 0 for _, x, y in pairs for v in (x, y)):
+        ax.set_xscale("log")  # else linear: FD∞, KID can be negative
+    ax.set_xlabel(f"{column} (± standard error)")
+    ax.grid(True, axis="x", which="both", alpha=0.3)
+    ax.legend(fontsize=7, ncol=3, loc="lower center", bbox_to_anchor=(0.5, 1.0), frameon=False)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("a", type=Path, help="the first table (README-table.md)")
@@ -79,11 +124,14 @@ def main(argv=None) -> int:
     parser.add_argument("--column", default="FD297")
     parser.add_argument("--names", default="untuned,tuned",
                         help="the two tables' names, comma-separated [untuned,tuned]")
+    parser.add_argument("--plot", type=Path, default=None, help="also draw the rows to this PNG")
     args = parser.parse_args(argv)
     names = tuple(args.names.split(","))
     if len(names) != 2:
         parser.error(f"--names takes two names separated by a comma, got {args.names!r}")
     print(comparison(args.a, args.b, args.column, names), end="")
+    if args.plot:
+        plot_comparison(args.a, args.b, args.column, names, args.plot)
     return 0
 
 

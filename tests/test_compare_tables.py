@@ -70,3 +70,15 @@ def test_a_column_or_a_table_that_is_not_there_is_named(tmp_path, capsys):
     with pytest.raises(SystemExit):
         compare_tables.main([str(tmp_path / "a.md"), str(tmp_path / "b.md"), "--names", "x"])
     assert "--names takes two names separated by a comma, got 'x'" in capsys.readouterr().err
+
+
+def test_the_plot_draws_the_shared_rows_and_refuses_tables_that_share_none(tmp_path):
+    (tmp_path / "a.md").write_text(UNTUNED)
+    (tmp_path / "b.md").write_text(TUNED)
+    compare_tables.main([str(tmp_path / "a.md"), str(tmp_path / "b.md"), "--plot",
+                         str(tmp_path / "fd.png")])
+    assert (tmp_path / "fd.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    (tmp_path / "c.md").write_text(TUNED.replace("CD (L2)", "CT (L2)").replace("EDM", "PD"))
+    with pytest.raises(SystemExit, match="share no row with a value of FD297"):
+        compare_tables.plot_comparison(tmp_path / "a.md", tmp_path / "c.md", "FD297",
+                                       ("a", "b"), tmp_path / "none.png")
