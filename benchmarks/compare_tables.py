@@ -6,7 +6,7 @@ second table's tuning cost. A row of one table only shows blank cells for the ot
 draws the rows both tables hold, each as an arrow from the first table's value to the second's.
 
     python benchmarks/compare_tables.py UNTUNED.md TUNED.md [--column FD297] [--names untuned,tuned]
-        [--plot comparison.png]
+        [--nfe 1,2] [--plot comparison.png]
 """
 
 from __future__ import annotations
@@ -48,18 +48,19 @@ def parse(cell: str) -> tuple[float, float | None] | None:
     return float(match[1]), (float(match[2]) if match[2] else None)
 
 
-def read_column(path: Path, column: str) -> tuple[list[str], dict]:
-    """:func:`read_table` of a table that has ``column`` (else an error naming the columns)."""
+def read_column(path: Path, column: str, nfe=None) -> tuple[list[str], dict]:
+    """:func:`read_table` of a table that has ``column`` (else an error naming the columns), its
+    rows at the NFE in ``nfe`` only (all when None; the floor row stays)."""
     header, rows = read_table(path)
     if column not in header:
         raise SystemExit(f"{path}: no column {column!r}; its columns are {', '.join(header[2:])}")
-    return header, rows
+    return header, {k: v for k, v in rows.items() if nfe is None or k[1] in (*nfe, "—")}
 
 
-def comparison(a: Path, b: Path, column: str, names: tuple[str, str]) -> str:
-    """The Markdown table of ``column`` in ``a`` and ``b``, in ``a``'s row order then ``b``'s
-    new rows."""
-    (_, rows_a), (header_b, rows_b) = read_column(a, column), read_column(b, column)
+def comparison(a: Path, b: Path, column: str, names: tuple[str, str], nfe=None) -> str:
+    """The Markdown table of ``column`` in ``a`` and ``b`` (rows at the NFE in ``nfe`` only,
+    when given), in ``a``'s row order then ``b``'s new rows."""
+    (_, rows_a), (header_b, rows_b) = read_column(a, column, nfe), read_column(b, column, nfe)
     tuning = TUNING in header_b
     out = [["row", "NFE", *names, f"change ({names[1]} − {names[0]})",
             *[f"tuning passes (G fwd-eq, {names[1]})"] * tuning]]
@@ -78,7 +79,8 @@ def comparison(a: Path, b: Path, column: str, names: tuple[str, str]) -> str:
     return "\n".join("| " + " | ".join(row) + " |" for row in out) + "\n"
 
 
-def plot_comparison(a: Path, b: Path, column: str, names: tuple[str, str], path: Path) -> Path:
+def plot_comparison(a: Path, b: Path, column: str, names: tuple[str, str], path: Path,
+                    nfe=None) -> Path:
     """Every row of both tables (the floor's dashed line apart) on an axis of ``column`` (log
     where every value is positive): a dot at the first table's value, an arrow to the second's,
     each with its error bar."""
@@ -87,7 +89,7 @@ def plot_comparison(a: Path, b: Path, column: str, names: tuple[str, str], path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    (_, rows_a), (_, rows_b) = read_column(a, column), read_column(b, column)
+    (_, rows_a), (_, rows_b) = read_column(a, column, nfe), read_column(b, column, nfe)
     pairs = [(key, parse(rows_a[key].get(column)), parse(rows_b[key].get(column)))
              for key in rows_a if key in rows_b]
     floor = [x for (label, nfe), x, _ in pairs if nfe == "—" and x]
@@ -108,7 +110,8 @@ def plot_comparison(a: Path, b: Path, column: str, names: tuple[str, str], path:
     ax.invert_yaxis()
     if all(v[0] > 0 for _, x, y in pairs for v in (x, y)):
         ax.set_xscale("log")  # else linear: FD∞, KID can be negative
-    ax.set_xlabel(f"{column} (± standard error)")
+    errors = any(v[1] is not None for _, x, y in pairs for v in (x, y))
+    ax.set_xlabel(column + " (± standard error)" * errors)
     ax.grid(True, axis="x", which="both", alpha=0.3)
     ax.legend(fontsize=7, ncol=3, loc="lower center", bbox_to_anchor=(0.5, 1.0), frameon=False)
     fig.tight_layout()
@@ -124,14 +127,17 @@ def main(argv=None) -> int:
     parser.add_argument("--column", default="FD297")
     parser.add_argument("--names", default="untuned,tuned",
                         help="the two tables' names, comma-separated [untuned,tuned]")
+    parser.add_argument("--nfe", default=None,
+                        help="only the rows at these NFE, comma-separated [all]")
     parser.add_argument("--plot", type=Path, default=None, help="also draw the rows to this PNG")
     args = parser.parse_args(argv)
     names = tuple(args.names.split(","))
     if len(names) != 2:
         parser.error(f"--names takes two names separated by a comma, got {args.names!r}")
-    print(comparison(args.a, args.b, args.column, names), end="")
+    nfe = args.nfe.split(",") if args.nfe else None
+    print(comparison(args.a, args.b, args.column, names, nfe), end="")
     if args.plot:
-        plot_comparison(args.a, args.b, args.column, names, args.plot)
+        plot_comparison(args.a, args.b, args.column, names, args.plot, nfe)
     return 0
 
 

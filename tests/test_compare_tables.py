@@ -82,3 +82,11 @@ def test_the_plot_draws_the_shared_rows_and_refuses_tables_that_share_none(tmp_p
     with pytest.raises(SystemExit, match="share no row with a value of FD297"):
         compare_tables.plot_comparison(tmp_path / "a.md", tmp_path / "c.md", "FD297",
                                        ("a", "b"), tmp_path / "none.png")
+
+
+def test_nfe_keeps_those_rows_and_the_floor(tmp_path, capsys):
+    (tmp_path / "a.md").write_text(UNTUNED)
+    (tmp_path / "b.md").write_text(TUNED)
+    compare_tables.main([str(tmp_path / "a.md"), str(tmp_path / "b.md"), "--nfe", "1"])
+    kept = [row[:2] for row in rows(capsys.readouterr().out)]
+    assert kept == [["real data (floor)", "—"], ["CD (L2)", "1"], ["sCD", "1"]]
