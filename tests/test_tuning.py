@@ -28,7 +28,7 @@ from zoo.tuning import (
 )
 
 TINY = {"network_kwargs": {"hidden": 16, "num_layers": 1}, "batch_size": 64,
-        "dataset_options": {"n": 500}}
+        "dataset_options": {"n": 500}, "iterations": 600}  # trials of 300 at fraction 0.5
 
 
 class StillEDM(EDM):
@@ -145,7 +145,7 @@ def test_zoo_tune_command_runs_and_refuses_a_dataset_without_validation(still, t
     args = ["tune", "still-edm", "--dataset", "toy", "--trials", "1", "--trial-fraction", "0.5",
             "--n", "300", "--out", str(tmp_path / "s"), "--no-progress",
             "--set", 'network_kwargs={"hidden": 16, "num_layers": 1}', "--set", "batch_size=64",
-            "--set", 'dataset_options={"n": 500}']
+            "--set", 'dataset_options={"n": 500}', "--set", "iterations=600"]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     assert "best of 1 trials (0 pruned)" in result.output
@@ -193,9 +193,10 @@ def test_a_staged_runs_tuning_cost_holds_every_stage_not_its_teacher(tmp_path):
     from zoo.tuning import own_cost
 
     edm, pd = (zoo.plugins.get("methods", n) for n in ("edm", "pd"))
-    teacher = edm.train(edm.configure("toy", iterations=2, **TINY), tmp_path / "edm",
+    teacher = edm.train(edm.configure("toy", **{**TINY, "iterations": 2}), tmp_path / "edm",
                         progress=False)
-    config = pd.configure("toy", teacher=str(teacher), teacher_steps=4, iterations=2, **TINY)
+    config = pd.configure("toy", teacher=str(teacher), teacher_steps=4,
+                          **{**TINY, "iterations": 2})
     root = pd.train(config, tmp_path / "pd", progress=False)
     stages = sorted(root.glob("stage-*"))
     assert len(stages) == 2
