@@ -18,7 +18,8 @@ import sys
 from pathlib import Path
 
 TUNING = "tuning passes (G fwd-eq)"
-_VALUE = re.compile(r"^\s*(-?[0-9.eE+-]+)(?:\s*±\s*([0-9.eE+-]+))?\s*$")
+_NUMBER = r"(-?\d+(?:\.\d*)?(?:[eE][-+]?\d+)?)"
+_VALUE = re.compile(rf"^\s*{_NUMBER}(?:\s*±\s*{_NUMBER})?\s*$")
 
 
 def read_table(path: Path) -> tuple[list[str], dict[tuple[str, str], dict[str, str]]]:
@@ -40,11 +41,14 @@ def read_table(path: Path) -> tuple[list[str], dict[tuple[str, str], dict[str, s
     return header, rows
 
 
-def parse(cell: str) -> tuple[float, float | None] | None:
-    """``"0.2954 ± 0.024"`` -> (0.2954, 0.024); ``"0.3"`` -> (0.3, None); blank -> None."""
-    match = _VALUE.match(cell or "")
-    if not match:
+def parse(cell: str, where: str = "") -> tuple[float, float | None] | None:
+    """``"0.2954 ± 0.024"`` -> (0.2954, 0.024); ``"0.3"`` -> (0.3, None); blank or ``—`` ->
+    None; anything else (``nan``, a word) is an error naming ``where`` it stands."""
+    if cell in (None, "", "—"):
         return None
+    match = _VALUE.match(cell)
+    if not match:
+        raise SystemExit(f"{where}: {cell!r} is not a number (or a number ± its error)")
     return float(match[1]), (float(match[2]) if match[2] else None)
 
 
@@ -68,7 +72,7 @@ def comparison(a: Path, b: Path, column: str, names: tuple[str, str], nfe=None) 
     for key in [*rows_a, *[k for k in rows_b if k not in rows_a]]:
         cell_a = rows_a.get(key, {}).get(column, "")
         cell_b = rows_b.get(key, {}).get(column, "")
-        x, y = parse(cell_a), parse(cell_b)
+        x, y = parse(cell_a, f"{a}, {key}"), parse(cell_b, f"{b}, {key}")
         change = ""
         if x and y:
             change = f"{y[0] - x[0]:+.3g}"
@@ -90,11 +94,11 @@ def plot_comparison(a: Path, b: Path, column: str, names: tuple[str, str], path:
     import matplotlib.pyplot as plt
 
     (_, rows_a), (_, rows_b) = read_column(a, column, nfe), read_column(b, column, nfe)
-    pairs = [(key, parse(rows_a[key].get(column)), parse(rows_b[key].get(column)))
-             for key in rows_a if key in rows_b]
-    floor = [x for (label, nfe), x, _ in pairs if nfe == "—" and x]
-    pairs = [(f"{label}, {nfe} NFE", x, y) for (label, nfe), x, y in pairs
-             if nfe != "—" and x and y]
+    pairs = [(key, parse(rows_a[key].get(column), f"{a}, {key}"),
+              parse(rows_b[key].get(column), f"{b}, {key}")) for key in rows_a if key in rows_b]
+    floor = [x for (_, steps), x, _ in pairs if steps == "—" and x]
+    pairs = [(f"{label}, {steps} NFE", x, y) for (label, steps), x, y in pairs
+             if steps != "—" and x and y]
     if not pairs:
         raise SystemExit(f"{a} and {b} share no row with a value of {column}")
     fig, ax = plt.subplots(figsize=(7.5, 0.28 * len(pairs) + 1.2), dpi=120)

@@ -67,6 +67,9 @@ def test_a_column_or_a_table_that_is_not_there_is_named(tmp_path, capsys):
     (tmp_path / "c.md").write_text("no table here\n")
     with pytest.raises(SystemExit, match="c.md: no Markdown table"):
         compare_tables.comparison(tmp_path / "a.md", tmp_path / "c.md", "FD297", ("a", "b"))
+    (tmp_path / "d.md").write_text(TUNED.replace("0.25 ± 0.032", "nan"))
+    with pytest.raises(SystemExit, match=r"d.md, \('CD \(L2\)', '1'\): 'nan' is not a number"):
+        compare_tables.comparison(tmp_path / "a.md", tmp_path / "d.md", "FD297", ("a", "b"))
     with pytest.raises(SystemExit):
         compare_tables.main([str(tmp_path / "a.md"), str(tmp_path / "b.md"), "--names", "x"])
     assert "--names takes two names separated by a comma, got 'x'" in capsys.readouterr().err
