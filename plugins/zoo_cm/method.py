@@ -16,6 +16,7 @@ from zoo.methods import DEFAULT_RUNS_ROOT, ModalMethod, preset_scale
 from zoo.search_space import Choice, Float, Int
 from zoo.training.config import TrainConfig, setting
 from zoo.training.cost import BUDGETS, budget_iterations
+from zoo.tuned import Tuned
 from zoo_cm.loss import (
     CT_MU_FORMS,
     DISTANCES,
@@ -219,6 +220,24 @@ class ConsistencyModels(ConsistencyStudent, ModalMethod):
     description = ("Consistency models (Song et al. 2023): distillation (CD) from an edm teacher, "
                    "training (CT), continuous-time CD∞/CT∞; 1- and few-step sampling")
     config_class = CMConfig
+    #: The digits study's winners (docs/tuning.md; provenance in docs/methods/cm.md).
+    tuned = {
+        "digits": {
+            "cm-cd": Tuned(
+                params={"distance": "l2", "ema_halflife_kimg": 18.159915196103242,
+                        "lr": 0.0002226434464639121, "num_scales": 33},
+                study="tune/digits/cm-cd", trial=1,
+                validation={"FD-digits": 0.4479675795975382},
+                tuning_cost_fwd=5494272.0),
+            "cm-ct": Tuned(
+                params={"ema_halflife_kimg": 4.517327494500315, "lr": 0.002459526780584015,
+                        "mu0": 0.8047308532345662, "s0": 6, "s1": 78, "lr_decay": "linear",
+                        "sample_sigmas": "80,0.8"},
+                study="tune/digits/cm-ct", trial=11,
+                validation={"FD-digits": 1.399420346468201},
+                tuning_cost_fwd=13120000.0),
+        },
+    }
     modes = MODES
     presets = PRESETS
     sample_options = (

@@ -15,6 +15,7 @@ from zoo.methods import DEFAULT_RUNS_ROOT, preset_scale
 from zoo.search_space import Float
 from zoo.training.config import TrainConfig, setting
 from zoo.training.cost import BUDGETS, budget_iterations
+from zoo.tuned import Tuned
 from zoo_ect.loss import EasyConsistencyTuning
 
 
@@ -115,6 +116,17 @@ class ECT(ConsistencyStudent):
     description = ("Easy consistency tuning (Geng et al. 2024): consistency training from an "
                    "edm run's weights with a shrinking Δt; 1- and 2-step sampling")
     config_class = ECTConfig
+    #: The digits study's winners (docs/tuning.md; provenance in docs/methods/ect.md).
+    tuned = {
+        "digits": {
+            "ect": Tuned(
+                params={"lr": 0.000227, "ema_halflife_kimg": 36.7, "q": 3.67, "mapping_k": 6.03,
+                        "mapping_b": 0.69, "p_mean": -1.49, "p_std": 1.92},
+                study="tune/digits/ect", trial=9,
+                validation={"FD-digits": 0.512},
+                tuning_cost_fwd=5630000.0),
+        },
+    }
     # the official generator_fn (ct_training_loop.py:80-97) does not clip between steps
     clip_images = False
     same_sigma_data = ("the consistency model starts as the teacher's denoiser, so it keeps its "

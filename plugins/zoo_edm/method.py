@@ -31,6 +31,7 @@ from zoo.methods import (
 from zoo.search_space import Float
 from zoo.training import TrainingTask
 from zoo.training.config import TrainConfig, load_config, setting
+from zoo.tuned import Tuned
 
 
 @dataclass
@@ -171,6 +172,16 @@ class EDM(Method):
         "EDM diffusion model (Karras et al. 2022): the teacher; Heun/Euler/stochastic sampling"
     )
     config_class = EDMConfig
+    #: The digits study's winners (docs/tuning.md; provenance in docs/methods/edm.md).
+    tuned = {
+        "digits": {
+            "edm": Tuned(
+                params={"lr": 0.00184, "ema_halflife_kimg": 24.2, "p_mean": -0.94, "p_std": 1.57},
+                study="tune/digits/edm", trial=13,
+                validation={"FD-digits": 0.32},
+                tuning_cost_fwd=7300000.0),
+        },
+    }
     parameterization = "edm"
     default_sampler = "heun"
     #: ``--steps`` and the stochastic sampler's options as flags (``--sampler`` and

@@ -51,6 +51,7 @@ from zoo.training.config import (
     setting,
 )
 from zoo.training.cost import BUDGETS, budget_iterations
+from zoo.tuned import Tuned
 
 #: The distilled architecture and preconditioning are the teacher's (the student starts from it);
 #: the config's network_kwargs override the teacher's (e.g. the student's dropout).
@@ -206,6 +207,16 @@ class ProgressiveDistillation(Method):
     name = "pd"
     description = "Progressive distillation (Salimans & Ho 2022): halve the steps per stage"
     config_class = PDConfig
+    #: The digits study's winners (docs/tuning.md; provenance in docs/methods/pd.md).
+    tuned = {
+        "digits": {
+            "pd": Tuned(
+                params={"lr": 0.00025, "ema_halflife_kimg": 22.7},
+                study="tune/digits/pd", trial=1,
+                validation={"FD-digits": 0.713},
+                tuning_cost_fwd=5380000.0),
+        },
+    }
     requires = ("edm",)
     sample_options = (
         click.Option(["--nfe"], type=int, default=None,

@@ -12,6 +12,7 @@ from zoo.families import FlowSampling, nfe_option
 from zoo.methods import DEFAULT_RUNS_ROOT, check_teacher_data, preset_scale
 from zoo.training import TrainConfig, setting
 from zoo.training.cost import BUDGETS, budget_iterations
+from zoo.tuned import Tuned
 from zoo_rf.flow import RectifiedFlowLoss, ReflowPairs, VelocityField, euler_grid
 
 PAIRS_NAME = "reflow-pairs.pt"
@@ -105,6 +106,16 @@ class RectifiedFlow(FlowSampling):
     description = ("Rectified flow / flow matching (Liu et al. 2022): Euler sampling; "
                    "--mode reflow trains 2-rectified flow on a run's (noise, sample) pairs")
     config_class = RFConfig
+    #: The digits study's winners (docs/tuning.md; provenance in docs/methods/rf.md).
+    tuned = {
+        "digits": {
+            "rf": Tuned(
+                params={"lr": 0.00111, "ema_halflife_kimg": 90.8},
+                study="tune/digits/rf", trial=0,
+                validation={"FD-digits": 0.255},
+                tuning_cost_fwd=6910000.0),
+        },
+    }
     parameterization = "velocity"
     default_sampler = "rf-euler"
     sample_options = (
