@@ -229,6 +229,31 @@ def test_the_best_trials_are_confirmed_at_full_length(still, tmp_path, capfd):
     assert "already finished" not in capfd.readouterr().err
 
 
+def test_a_study_whose_run_folders_are_gone_finishes_from_its_record(still, tmp_path,
+                                                                     monkeypatch):
+    """A study carried to another machine as its record alone (``study.db``: the trials and the
+    finished confirmations) names the same winner without training anything again."""
+    import shutil
+
+    fixed = {**TINY, "iterations": 60}
+    record = tune(still, "toy", trials=2, out=tmp_path / "s", fixed=fixed, fraction=0.5, n=300,
+                  progress=False, echo=lambda m: None, confirm=1)
+    moved = tmp_path / "elsewhere"
+    moved.mkdir()
+    shutil.copy(tmp_path / "s" / "study.db", moved / "study.db")
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a recorded confirmation was trained again")
+
+    monkeypatch.setattr(still, "train", no_training)
+    monkeypatch.setattr(still, "resume", no_training)
+    again = tune(still, "toy", trials=2, out=moved, fixed=fixed, fraction=0.5, n=300,
+                 progress=False, echo=lambda m: None, confirm=1)
+    assert again["confirmed"] == record["confirmed"]
+    assert (again["trial"], again["validation"]) == (record["trial"], record["validation"])
+    assert again["tuning_cost_fwd"] == record["tuning_cost_fwd"]
+
+
 def test_a_resumed_study_proposes_new_settings_and_counts_each_run_once(still, tmp_path):
     """A study continued by another process must not replay the first one's proposals (a
     sampler seeded as before would: the same settings trained again, counted twice against the

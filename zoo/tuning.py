@@ -341,7 +341,9 @@ def confirm_at_full_length(method: Method, dataset: str, study, fixed: dict, out
                            device: str = "cpu") -> list[dict]:
     """The ``top`` best finished trials of distinct settings retrained at the preset's full
     length (in ``out/confirm/``, continued if a stop interrupted them) and scored again:
-    ``[{trial, short score, validation, settings, cost_fwd}]``."""
+    ``[{trial, short score, validation, settings, cost_fwd}]``. Each finished confirmation is
+    recorded in the study, so a study whose run folders are gone (its ``study.db`` kept, or
+    copied to another machine) finishes without training it again."""
     from optuna.trial import TrialState
 
     best_first = sorted((t for t in study.trials if t.state == TrialState.COMPLETE),
@@ -352,8 +354,12 @@ def confirm_at_full_length(method: Method, dataset: str, study, fixed: dict, out
     for trial in finished:
         config = trial_config(method, dataset, fixed, trial.params, 1.0)
         config.device = device
-        run_dir = out / "confirm" / params_key({**fixed, **trial.params,
-                                                "iterations": config.iterations})
+        key = params_key({**fixed, **trial.params, "iterations": config.iterations})
+        recorded = study.user_attrs.get(f"confirmed {key}")
+        if recorded is not None:
+            confirmed.append({**recorded, "trial": trial.number, "short": trial.value})
+            continue
+        run_dir = out / "confirm" / key
         if (run_dir / "checkpoint.pt").exists() or (run_dir / "config.json").exists():
             if run_problem(method, run_dir):  # unfinished (a finished one is only scored)
                 method.resume(run_dir, {"device": device}, progress=False, echo=lambda m: None)
@@ -365,6 +371,7 @@ def confirm_at_full_length(method: Method, dataset: str, study, fixed: dict, out
                                            device=device),
             "settings": read_config(run_dir),
             "cost_fwd": own_cost(method, config, run_dir)})
+        study.set_user_attr(f"confirmed {key}", confirmed[-1])
     return confirmed
 
 
