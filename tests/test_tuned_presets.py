@@ -196,3 +196,34 @@ def test_printed_tuned_tables_are_the_study_winners_as_source_a_method_can_hold(
         params=r["params"], study=f"tune/digits/{run}", trial=r["trial"],
         validation=r["validation"], tuning_cost_fwd=r["tuning_cost_fwd"])
         for run, r in records.items()}}
+
+
+FIRST_PARTY_TUNED = [(name, run) for name in ("edm", "cm", "pd", "rf", "meanflow", "ect", "scm")
+                     for run in zoo.plugins.get("methods", name).tuned.get("digits", {})]
+
+
+@pytest.mark.parametrize("name,run", FIRST_PARTY_TUNED)
+def test_a_first_party_tuned_preset_is_a_point_of_its_studys_search_space(name, run):
+    """Each adopted winner holds searched settings only, each inside the range its study searched
+    around the preset as written (a transcription outside it is caught), with its provenance;
+    ``--untuned`` gives the preset back."""
+    import math
+
+    from zoo.search_space import Choice
+
+    method = zoo.plugins.get("methods", name)
+    record = method.tuned["digits"][run]
+    fixed = {"mode": run.split("-", 1)[1]} if name in ("cm", "scm") else {}
+    space = method.search_space(study_preset(method, "digits", fixed))
+    assert set(record.params) <= set(space), sorted(set(record.params) - set(space))
+    for key, value in record.params.items():
+        allowed = space[key]
+        assert (value in allowed.values if isinstance(allowed, Choice)
+                else allowed.low <= value <= allowed.high), (key, value, allowed)
+    assert record.study == f"tune/digits/{run}" and record.trial >= 0
+    assert record.tuning_cost_fwd > 0
+    assert all(math.isfinite(v) and v > 0 for v in record.validation.values())
+    config = method.configure("digits", **fixed)
+    assert method.run_name(config) == run
+    assert config.tuned["trial"] == record.trial
+    assert {k: getattr(config, k) for k in record.params} == record.params

@@ -231,8 +231,7 @@ class ConsistencyModels(ConsistencyStudent, ModalMethod):
                 tuning_cost_fwd=5494272.0),
             "cm-ct": Tuned(
                 params={"ema_halflife_kimg": 4.517327494500315, "lr": 0.002459526780584015,
-                        "mu0": 0.8047308532345662, "s0": 6, "s1": 78, "lr_decay": "linear",
-                        "sample_sigmas": "80,0.8"},
+                        "mu0": 0.8047308532345662, "s0": 6, "s1": 78},
                 study="tune/digits/cm-ct", trial=11,
                 validation={"FD-digits": 1.399420346468201},
                 tuning_cost_fwd=13120000.0),
