@@ -11,12 +11,18 @@
 # any point, the same command continues every study where it was. Each study retrains its best
 # $CONFIRM (default 2) trials at full length and names the best of those. $JOBS studies run at
 # once (default 1; one process per study: a study in use is refused, and the others go on).
+# $FAMILIES (comma-separated, e.g. meanflow,scm-sct) runs those studies only (default: all).
 set -uo pipefail
 dataset=${1:?dataset}; budget=${2:?budget in G forward-equivalent passes}; trials=${3:?trials}
 teacher=${4:-runs/$dataset/edm}
 zoo=${ZOO:-zoo}
 jobs_max=${JOBS:-1}
 failed=0
+known=",edm,cm-cd,cm-ct,pd,rf,meanflow,ect,scm-sct,scm-scd,"
+families=${FAMILIES:-}
+for family in ${families//,/ }; do
+  case "$known" in *",$family,"*) ;; *) echo "FAMILIES: no study $family; the studies: ${known:1:-1}" >&2; exit 2 ;; esac
+done
 study() {  # FAMILY BUDGETS METHOD [--set ...]: BUDGETS = how many times BUDGET_GFWD
   local family=$1 times=$2 method=$3; shift 3
   $zoo tune "$method" --dataset "$dataset" --trials "$trials" \
@@ -25,6 +31,7 @@ study() {  # FAMILY BUDGETS METHOD [--set ...]: BUDGETS = how many times BUDGET_
     || { echo "study $family failed (exit $?)" >&2; return 1; }
 }
 run() {  # a study, in the background while fewer than $jobs_max run
+  case ",${FAMILIES:-$1}," in *",$1,"*) ;; *) return 0 ;; esac
   while [ "$(jobs -rp | wc -l)" -ge "$jobs_max" ]; do wait -n || failed=1; done
   study "$@" &
 }
