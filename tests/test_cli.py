@@ -110,8 +110,12 @@ def test_validate_uses_the_settings_choices():
 
 
 def test_train_help_shows_the_preset_values():
+    """A value a study chose is marked, with the preset's as written (``--untuned``)."""
     flat = " ".join(cli("train", "edm", "--help").output.split())
-    assert "Peak learning rate. [presets: toy 0.002, digits 0.001, cifar10 0.001]" in flat
+    digits = get("methods", "edm").configure("digits")
+    assert digits.tuned and digits.tuned["untuned"]["lr"] == 1e-3
+    assert ("Peak learning rate. [presets: toy 0.002, digits "
+            f"{digits.lr:g} (tuned; as written 0.001), cifar10 0.001]") in flat
     assert "--optimizer [adam|radam]" in flat
 
 
