@@ -24,16 +24,26 @@ _VALUE = re.compile(rf"^\s*{_NUMBER}(?:\s*±\s*{_NUMBER})?\s*$")
 
 def read_table(path: Path) -> tuple[list[str], dict[tuple[str, str], dict[str, str]]]:
     """The header (arrows ↓↑ dropped) and ``{(METHOD, NFE): {column: cell}}`` of the first
-    Markdown table in ``path``; a label's footnote marks (¹²³...) are dropped."""
-    lines = [line.strip() for line in Path(path).read_text().splitlines()]
-    table = [line for line in lines if line.startswith("|")]
-    if len(table) < 2:
+    Markdown table in ``path`` whose first columns are METHOD and NFE (a README with other
+    tables before it will do); a label's footnote marks (¹²³...) are dropped."""
+    split = lambda line: [c.strip() for c in line.strip("|").split("|")]  # noqa: E731
+    tables, table = [], []
+    for line in [*Path(path).read_text().splitlines(), ""]:
+        if line.strip().startswith("|"):
+            table.append(line.strip())
+        elif table:
+            tables.append(table)
+            table = []
+    tables = [t for t in tables if len(t) >= 2]
+    if not tables:
         raise SystemExit(f"{path}: no Markdown table (a README-table.md of "
                          "benchmarks/digits_table.py is one)")
-    split = lambda line: [c.strip() for c in line.strip("|").split("|")]  # noqa: E731
+    found = [t for t in tables if [c.rstrip("↓↑") for c in split(t[0])][:2] == ["METHOD", "NFE"]]
+    if not found:
+        raise SystemExit(f"{path}: no table's first columns are METHOD, NFE (its tables' are "
+                         + "; ".join(", ".join(split(t[0])[:2]) for t in tables) + ")")
+    table = found[0]
     header = [c.rstrip("↓↑") for c in split(table[0])]
-    if header[:2] != ["METHOD", "NFE"]:
-        raise SystemExit(f"{path}: the table's first columns are {header[:2]}, not METHOD, NFE")
     rows = {}
     for line in table[2:]:
         cells = dict(zip(header, split(line), strict=False))

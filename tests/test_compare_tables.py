@@ -67,12 +67,27 @@ def test_a_column_or_a_table_that_is_not_there_is_named(tmp_path, capsys):
     (tmp_path / "c.md").write_text("no table here\n")
     with pytest.raises(SystemExit, match="c.md: no Markdown table"):
         compare_tables.comparison(tmp_path / "a.md", tmp_path / "c.md", "FD297", ("a", "b"))
+    (tmp_path / "e.md").write_text("| method | plugin |\n|---|---|\n| cm | zoo_cm |\n")
+    with pytest.raises(SystemExit, match="e.md: no table's first columns are METHOD, NFE "
+                                         r"\(its tables' are method, plugin\)"):
+        compare_tables.comparison(tmp_path / "a.md", tmp_path / "e.md", "FD297", ("a", "b"))
     (tmp_path / "d.md").write_text(TUNED.replace("0.25 ± 0.032", "nan"))
     with pytest.raises(SystemExit, match=r"d.md, \('CD \(L2\)', '1'\): 'nan' is not a number"):
         compare_tables.comparison(tmp_path / "a.md", tmp_path / "d.md", "FD297", ("a", "b"))
     with pytest.raises(SystemExit):
         compare_tables.main([str(tmp_path / "a.md"), str(tmp_path / "b.md"), "--names", "x"])
     assert "--names takes two names separated by a comma, got 'x'" in capsys.readouterr().err
+
+
+def test_the_table_is_found_after_other_tables_of_a_readme(tmp_path):
+    """The README itself can be one side: its first table (the methods) is passed over."""
+    (tmp_path / "README.md").write_text("# zoo\n\n| method | plugin |\n|---|---|\n"
+                                        "| cm | zoo_cm |\n\nThe table:\n\n" + UNTUNED)
+    (tmp_path / "b.md").write_text(TUNED)
+    table = compare_tables.comparison(tmp_path / "README.md", tmp_path / "b.md", "FD297",
+                                      ("untuned", "tuned"))
+    assert rows(table)[1] == ["CD (L2)", "1", "0.2954 ± 0.024", "0.25 ± 0.032",
+                              "-0.0454 ± 0.04", "0.0128"]
 
 
 def test_the_plot_draws_the_shared_rows_and_refuses_tables_that_share_none(tmp_path):
