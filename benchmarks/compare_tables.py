@@ -6,7 +6,7 @@ second table's tuning cost. A row of one table only shows blank cells for the ot
 draws the rows both tables hold, each as an arrow from the first table's value to the second's.
 
     python benchmarks/compare_tables.py UNTUNED.md TUNED.md [--column FD297] [--names untuned,tuned]
-        [--nfe 1,2] [--plot comparison.png]
+        [--nfe 1,2] [--rows "CD (L2),EDM (Heun)@35"] [--plot comparison.png]
 """
 
 from __future__ import annotations
@@ -62,19 +62,31 @@ def parse(cell: str, where: str = "") -> tuple[float, float | None] | None:
     return float(match[1]), (float(match[2]) if match[2] else None)
 
 
-def read_column(path: Path, column: str, nfe=None) -> tuple[list[str], dict]:
+def selected(key: tuple[str, str], nfe=None, rows=None) -> bool:
+    """Whether the row ``key`` (METHOD, NFE) is kept: the floor always; else, of the labels in
+    ``rows`` (all when None), those at the NFE in ``nfe`` (all when None), and any row named
+    ``LABEL@NFE`` in ``rows`` whatever ``nfe`` says."""
+    label, steps = key
+    if steps == "—" or f"{label}@{steps}" in (rows or ()):
+        return True
+    return (rows is None or label in rows) and (nfe is None or steps in nfe)
+
+
+def read_column(path: Path, column: str, nfe=None, rows=None) -> tuple[list[str], dict]:
     """:func:`read_table` of a table that has ``column`` (else an error naming the columns), its
-    rows at the NFE in ``nfe`` only (all when None; the floor row stays)."""
-    header, rows = read_table(path)
+    rows :func:`selected` by ``nfe`` and ``rows``."""
+    header, found = read_table(path)
     if column not in header:
         raise SystemExit(f"{path}: no column {column!r}; its columns are {', '.join(header[2:])}")
-    return header, {k: v for k, v in rows.items() if nfe is None or k[1] in (*nfe, "—")}
+    return header, {k: v for k, v in found.items() if selected(k, nfe, rows)}
 
 
-def comparison(a: Path, b: Path, column: str, names: tuple[str, str], nfe=None) -> str:
-    """The Markdown table of ``column`` in ``a`` and ``b`` (rows at the NFE in ``nfe`` only,
-    when given), in ``a``'s row order then ``b``'s new rows."""
-    (_, rows_a), (header_b, rows_b) = read_column(a, column, nfe), read_column(b, column, nfe)
+def comparison(a: Path, b: Path, column: str, names: tuple[str, str], nfe=None,
+               rows=None) -> str:
+    """The Markdown table of ``column`` in ``a`` and ``b`` (the rows :func:`selected` by ``nfe``
+    and ``rows``), in ``a``'s row order then ``b``'s new rows."""
+    (_, rows_a), (header_b, rows_b) = (read_column(a, column, nfe, rows),
+                                       read_column(b, column, nfe, rows))
     tuning = TUNING in header_b
     out = [["row", "NFE", *names, f"change ({names[1]} − {names[0]})",
             *[f"tuning passes (G fwd-eq, {names[1]})"] * tuning]]
@@ -94,7 +106,7 @@ def comparison(a: Path, b: Path, column: str, names: tuple[str, str], nfe=None) 
 
 
 def plot_comparison(a: Path, b: Path, column: str, names: tuple[str, str], path: Path,
-                    nfe=None) -> Path:
+                    nfe=None, rows=None) -> Path:
     """Every row of both tables (the floor's dashed line apart) on an axis of ``column`` (log
     where every value is positive): a dot at the first table's value, an arrow to the second's,
     each with its error bar."""
@@ -103,7 +115,7 @@ def plot_comparison(a: Path, b: Path, column: str, names: tuple[str, str], path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    (_, rows_a), (_, rows_b) = read_column(a, column, nfe), read_column(b, column, nfe)
+    (_, rows_a), (_, rows_b) = read_column(a, column, nfe, rows), read_column(b, column, nfe, rows)
     pairs = [(key, parse(rows_a[key].get(column), f"{a}, {key}"),
               parse(rows_b[key].get(column), f"{b}, {key}")) for key in rows_a if key in rows_b]
     floor = [x for (_, steps), x, _ in pairs if steps == "—" and x]
@@ -143,15 +155,19 @@ def main(argv=None) -> int:
                         help="the two tables' names, comma-separated [untuned,tuned]")
     parser.add_argument("--nfe", default=None,
                         help="only the rows at these NFE, comma-separated [all]")
+    parser.add_argument("--rows", default=None,
+                        help="only these rows, comma-separated: LABEL (at the --nfe ones) or "
+                        "LABEL@NFE (that row whatever --nfe says) [all]")
     parser.add_argument("--plot", type=Path, default=None, help="also draw the rows to this PNG")
     args = parser.parse_args(argv)
     names = tuple(args.names.split(","))
     if len(names) != 2:
         parser.error(f"--names takes two names separated by a comma, got {args.names!r}")
     nfe = args.nfe.split(",") if args.nfe else None
-    print(comparison(args.a, args.b, args.column, names, nfe), end="")
+    rows = [r.strip() for r in args.rows.split(",")] if args.rows else None
+    print(comparison(args.a, args.b, args.column, names, nfe, rows), end="")
     if args.plot:
-        plot_comparison(args.a, args.b, args.column, names, args.plot, nfe)
+        plot_comparison(args.a, args.b, args.column, names, args.plot, nfe, rows)
     return 0
 
 

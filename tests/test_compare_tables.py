@@ -108,3 +108,16 @@ def test_nfe_keeps_those_rows_and_the_floor(tmp_path, capsys):
     compare_tables.main([str(tmp_path / "a.md"), str(tmp_path / "b.md"), "--nfe", "1"])
     kept = [row[:2] for row in rows(capsys.readouterr().out)]
     assert kept == [["real data (floor)", "—"], ["CD (L2)", "1"], ["sCD", "1"]]
+
+
+def test_rows_keeps_the_labels_named_at_the_nfe_and_a_label_at_nfe_whatever_nfe_says(
+        tmp_path, capsys):
+    (tmp_path / "a.md").write_text(UNTUNED)
+    (tmp_path / "b.md").write_text(TUNED)
+    compare_tables.main([str(tmp_path / "a.md"), str(tmp_path / "b.md"), "--nfe", "1",
+                         "--rows", "CD (L2), EDM (3-DEIS)@10"])
+    kept = [row[:2] for row in rows(capsys.readouterr().out)]
+    assert kept == [["real data (floor)", "—"], ["CD (L2)", "1"], ["EDM (3-DEIS)", "10"]]
+    compare_tables.main([str(tmp_path / "a.md"), str(tmp_path / "b.md"), "--rows", "sCD"])
+    assert [row[:2] for row in rows(capsys.readouterr().out)] == [
+        ["real data (floor)", "—"], ["sCD", "1"]]
