@@ -18,7 +18,7 @@ teacher=${4:-runs/$dataset/edm}
 zoo=${ZOO:-zoo}
 jobs_max=${JOBS:-1}
 failed=0
-known=",edm,cm-cd,cm-ct,pd,rf,meanflow,ect,scm-sct,scm-scd,"
+known=",$(sed -n 's/^run \([a-z-]*\) .*/\1/p' "$0" | paste -sd,),"  # the studies run below
 families=${FAMILIES:-}
 for family in ${families//,/ }; do
   case "$known" in *",$family,"*) ;; *) echo "FAMILIES: no study $family; the studies: ${known:1:-1}" >&2; exit 2 ;; esac
