@@ -10,6 +10,7 @@ from zoo.methods import preset_scale
 from zoo.search_space import Float
 from zoo.training.config import TrainConfig, setting
 from zoo.training.cost import BUDGETS, budget_iterations
+from zoo.tuned import Tuned
 from zoo_meanflow.loss import MeanFlowLoss
 from zoo_meanflow.net import MeanFlowNet
 
@@ -93,6 +94,17 @@ class MeanFlow(FlowSampling):
     parameterization = "average-velocity"
     default_sampler = "meanflow"
     sample_options = (nfe_option("Steps (= NFE) on the uniform time grid 1, 1 − 1/NFE, …, 0."),)
+    tuned = {
+        "digits": {
+            "meanflow": Tuned(
+                params={"ema_halflife_kimg": 29.63068549960925, "lr": 0.0008718525936398465,
+                        "norm_p": 0.7933423796293567, "p_mean": -0.49324678493937785,
+                        "p_std": 1.2333800304661318, "ratio": 0.7227470703757719},
+                study="tune/digits/meanflow", trial=1,
+                validation={"FD-digits": 2.8604182366097177},
+                tuning_cost_fwd=12480000.0),
+        },
+    }
 
     def preset(self, dataset: str) -> MeanFlowConfig:
         return MeanFlowConfig(method=self.name, dataset=dataset,
