@@ -87,7 +87,11 @@ def test_a_finished_studys_best_json_and_plots_are_staged_with_it(repo):
                               "tune/digits/toy-study/study.db"]
 
 
-def test_a_root_without_studies_is_an_error(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr("sys.argv", ["stage_study_records.py", str(tmp_path / "missing")])
+def test_a_missing_root_or_one_without_studies_is_an_error(repo, monkeypatch):
+    monkeypatch.setattr("sys.argv", ["stage_study_records.py", str(repo / "missing")])
     with pytest.raises(SystemExit, match="no such tuning root"):
+        stage_study_records.main()
+    (repo / "tune" / "toy").mkdir()
+    monkeypatch.setattr("sys.argv", ["stage_study_records.py", str(repo / "tune" / "toy")])
+    with pytest.raises(SystemExit, match="no study.db"):
         stage_study_records.main()
