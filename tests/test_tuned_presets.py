@@ -4,6 +4,7 @@ search around the preset as written, a bench that refuses a run of the other pre
 table that shows what tuning cost."""
 
 import json
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -19,6 +20,7 @@ from zoo.training.cost import run_tuning_cost
 from zoo.tuned import Tuned, untuned
 from zoo.tuning import study_preset, trial_config
 
+REPO = Path(__file__).resolve().parents[1]
 TINY = {"batch_size": 8, "iterations": 3, "lr_warmup": 0, "checkpoint_every": 2,
         "log_every": 1, "network_kwargs": {"hidden": 16, "num_layers": 1}}
 EDM_TOY = Tuned({"lr": 5e-3, "p_mean": -1.3}, "edm-toy", 3, {"W2": 0.07}, 3e7)
@@ -227,3 +229,17 @@ def test_a_first_party_tuned_preset_is_a_point_of_its_studys_search_space(name, 
     assert method.run_name(config) == run
     assert config.tuned["trial"] == record.trial
     assert {k: getattr(config, k) for k in record.params} == record.params
+
+
+COMMITTED_WINNERS = [(name, run) for name, run in FIRST_PARTY_TUNED
+                     if (REPO / f"tune/digits/{run}/best.json").exists()]
+
+
+@pytest.mark.parametrize("name,run", COMMITTED_WINNERS)
+def test_a_tuned_preset_is_its_committed_studys_winner_exactly(name, run):
+    """Where a study's record is kept in the repository, the preset pasted into the method is the
+    winner its ``best.json`` names, to the last digit: no transcription drifts from it."""
+    record = zoo.plugins.get("methods", name).tuned["digits"][run]
+    best = json.loads((REPO / record.study / "best.json").read_text())
+    assert record == Tuned(params=best["params"], study=record.study, trial=best["trial"],
+                           validation=best["validation"], tuning_cost_fwd=best["tuning_cost_fwd"])
