@@ -272,3 +272,38 @@ def test_a_resumed_study_proposes_new_settings_and_counts_each_run_once(still, t
             params={"lr": lr}, distributions={"lr": optuna.distributions.FloatDistribution(
                 1e-4, 1e-2, log=True)}, value=0.5, user_attrs={"cost_fwd": cost}))
     assert study_cost(shared) == 11.0
+
+
+def test_a_trial_stopped_by_a_signal_is_tried_again_with_its_settings(still, tmp_path,
+                                                                    monkeypatch):
+    """A SIGTERM during a trial's training (the trainer checkpoints, then raises
+    TrainingInterrupted) ends the study's process; the next process must train those settings
+    again, continuing their run, not drop them for a new proposal (which a study that recorded
+    the stop as the settings' failure did: sCT's sixth digits trial was lost that way)."""
+    import signal
+
+    from zoo.training.signals import TrainingInterrupted
+
+    monkeypatch.setattr(still, "search_space", lambda config: {"lr": Float(1e-4, 1e-2, log=True)})
+    train = still.train
+    stops = []
+
+    def stopped_once(config, run_dir, **kwargs):
+        if not stops:
+            stops.append(run_dir)
+            raise TrainingInterrupted(signal.SIGTERM, 0, run_dir / "checkpoint.pt")
+        return train(config, run_dir, **kwargs)
+
+    monkeypatch.setattr(still, "train", stopped_once)
+    out = tmp_path / "study"
+    with pytest.raises(TrainingInterrupted):
+        tune(still, "toy", trials=1, out=out, fixed=TINY, fraction=0.5, n=200, progress=False,
+             echo=lambda m: None)
+    record = tune(still, "toy", trials=1, out=out, fixed=TINY, fraction=0.5, n=200,
+                  progress=False, echo=lambda m: None)
+    stopped, again = optuna.load_study(study_name="still-edm-toy",
+                                       storage=f"sqlite:///{out / 'study.db'}").trials
+    assert stopped.state == optuna.trial.TrialState.FAIL
+    assert again.state == optuna.trial.TrialState.COMPLETE
+    assert again.params == stopped.params and record["params"] == stopped.params
+    assert Path(again.user_attrs["run_dir"]) == stops[0]  # the same run folder, continued

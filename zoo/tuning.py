@@ -28,6 +28,7 @@ from zoo.training.config import merge_overrides, read_config
 from zoo.training.cost import forward_equivalents, run_cost
 from zoo.training.monitor import duration_text
 from zoo.training.rundir import RunLock, RunLockedError
+from zoo.training.signals import TrainingInterrupted
 from zoo.tuned import untuned
 
 #: First seed of a trial's validation samples: far from the seeds a bench draws ([0, n)).
@@ -268,6 +269,12 @@ def _tune(method: Method, dataset: str, *, trials, out: Path, fixed: dict, fract
             except TrialPruned as pruned:
                 study.tell(trial, state=TrialState.PRUNED)
                 echo(str(pruned))
+            except (TrainingInterrupted, KeyboardInterrupt, SystemExit):
+                # a stop, not the settings' failure: the next process tries them again (its
+                # run continued from the checkpoint), as open_study does for a killed process
+                study.tell(trial, state=TrialState.FAIL)
+                study.enqueue_trial(trial.params, skip_if_exists=False)
+                raise
             except BaseException:
                 study.tell(trial, state=TrialState.FAIL)
                 raise
