@@ -112,7 +112,7 @@ PRESETS = {
         "scd": dict(mid_times="1.5208"),
     },
     # 8×8 digits: the teacher's small SongUNet; as written untuned (a 10-iteration sanity run
-    # only), sCT's study's winner in SCM.tuned (`--untuned` trains this preset). Both
+    # only), the sCT and sCD studies' winners in SCM.tuned (`--untuned` trains this preset). Both
     # start from the teacher and spend the student budget (zoo.training.cost.BUDGETS): a JVP, a
     # forward and a backward pass per sample (sCD: and the teacher's forward).
     "digits": {
@@ -167,6 +167,13 @@ class SCM(ConsistencyStudent, ModalMethod):
                 study="tune/digits/scm-sct", trial=1,
                 validation={"FD-digits": 0.5002237254548518},
                 tuning_cost_fwd=5504000.0),
+            "scm-scd": Tuned(
+                params={"ema_halflife_kimg": 8.035337353526506, "lr": 8.274761220243173e-05,
+                        "p_mean": -0.6336883758795985, "p_std": 1.533165284973017,
+                        "tangent_warmup": 346},
+                study="tune/digits/scm-scd", trial=7,
+                validation={"FD-digits": 0.43924739967122406},
+                tuning_cost_fwd=5494272.0),
         },
     }
     sample_options = (
