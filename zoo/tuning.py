@@ -208,9 +208,17 @@ def open_study(method: Method, dataset: str, out: Path, *, seed: int = 0, pruner
     # stream again and propose the first process's settings a second time
     study.sampler = optuna.samplers.TPESampler(seed=seed + len(study.trials))
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        study.tell(trial.number, state=TrialState.FAIL)
-        study.enqueue_trial(trial.params, skip_if_exists=False)
+        try_again(study, trial)
     return study
+
+
+def try_again(study, trial) -> None:
+    """End ``trial``, stopped (not failed by its settings), and queue its settings as the study's
+    next trial: its run folder (:func:`params_key`) is continued from its checkpoint."""
+    from optuna.trial import TrialState
+
+    study.tell(trial.number, state=TrialState.FAIL)
+    study.enqueue_trial(trial.params, skip_if_exists=False)
 
 
 def tune(method: Method, dataset: str, *, trials: int, out: Path, fixed: dict | None = None,
@@ -270,10 +278,7 @@ def _tune(method: Method, dataset: str, *, trials, out: Path, fixed: dict, fract
                 study.tell(trial, state=TrialState.PRUNED)
                 echo(str(pruned))
             except (TrainingInterrupted, KeyboardInterrupt, SystemExit):
-                # a stop, not the settings' failure: the next process tries them again (its
-                # run continued from the checkpoint), as open_study does for a killed process
-                study.tell(trial, state=TrialState.FAIL)
-                study.enqueue_trial(trial.params, skip_if_exists=False)
+                try_again(study, trial)  # a stop: the next process goes on with these settings
                 raise
             except BaseException:
                 study.tell(trial, state=TrialState.FAIL)
